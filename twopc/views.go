@@ -1,0 +1,103 @@
+package twopc
+
+import "time"
+
+// The types in this file are what the coordinator returns to the API; their
+// JSON form is the HTTP API's (api/openapi.yaml describes them).
+
+// JobSpec is the body of PUT /v1/jobs/{job}.
+type JobSpec struct {
+	Name   string   `json:"name"`
+	Commit Mode     `json:"commit"`
+	Sinks  []string `json:"sinks"`
+}
+
+// JobInfo describes a job and its writers.
+type JobInfo struct {
+	Name    string       `json:"name"`
+	Commit  Mode         `json:"commit"`
+	Sinks   []string     `json:"sinks"`
+	Writers []WriterInfo `json:"writers"`
+}
+
+// WriterInfo describes one writer of a job.
+type WriterInfo struct {
+	Name  string `json:"name"`
+	Epoch uint64 `json:"epoch"`
+	// Owner is the node that holds the writer's current session.
+	Owner string `json:"owner"`
+	// LastCommitted is the last checkpoint decided to commit (0: none).
+	LastCommitted int64 `json:"last_committed"`
+	// InDoubt lists checkpoints prepared and not yet decided or not yet
+	// finished in every sink.
+	InDoubt []int64 `json:"in_doubt"`
+}
+
+// SessionInfo is the result of opening a session.
+type SessionInfo struct {
+	Epoch uint64 `json:"epoch"`
+	// Checkpoint is the restored checkpoint (0: nothing to restore).
+	Checkpoint int64 `json:"checkpoint"`
+	// State is that checkpoint's state; nil when Checkpoint is 0.
+	State []byte `json:"state"`
+}
+
+// WriteResult is the result of appending records.
+type WriteResult struct {
+	Accepted  int   `json:"accepted"`
+	Seq       int64 `json:"seq,omitempty"`
+	Duplicate bool  `json:"duplicate,omitempty"`
+}
+
+// Wait says how long a checkpoint call waits.
+type Wait string
+
+const (
+	WaitCommitted Wait = "committed" // default: until every branch committed (auto mode)
+	WaitPrepared  Wait = "prepared"  // until the PREPARED entry is durable
+)
+
+// Checkpoint and branch statuses as the API reports them.
+const (
+	StatusOpen       = "open"
+	StatusPrepared   = "prepared"   // journaled, no decision (external mode)
+	StatusCommitting = "committing" // decided commit, not yet confirmed by every sink
+	StatusAborting   = "aborting"   // decided abort, not yet confirmed
+	StatusCommitted  = "committed"
+	StatusAborted    = "aborted"
+	StatusDataLoss   = "data_loss" // decided commit, the sink had aborted it
+)
+
+// CheckpointResult is the result of a checkpoint call.
+type CheckpointResult struct {
+	Checkpoint int64        `json:"checkpoint"`
+	Status     string       `json:"status"`
+	Branches   []BranchInfo `json:"branches"`
+}
+
+// BranchInfo describes one branch of a checkpoint.
+type BranchInfo struct {
+	Sink   string `json:"sink"`
+	Slot   int    `json:"slot"`
+	Status string `json:"status"`
+	Handle Handle `json:"handle,omitempty"`
+}
+
+// CommitResult is the result of an external commit or abort of checkpoint n.
+type CommitResult struct {
+	Checkpoint int64  `json:"checkpoint"`
+	Status     string `json:"status"`
+	// Writers lists, per writer, the checkpoints this call decided.
+	Writers map[string][]int64 `json:"writers"`
+}
+
+// CheckpointInfo describes one unresolved or recent checkpoint of a writer.
+type CheckpointInfo struct {
+	Writer     string       `json:"writer"`
+	Checkpoint int64        `json:"checkpoint"`
+	Epoch      uint64       `json:"epoch"`
+	Status     string       `json:"status"`
+	PreparedAt time.Time    `json:"prepared_at"`
+	AgeSeconds float64      `json:"age_seconds"`
+	Branches   []BranchInfo `json:"branches"`
+}
