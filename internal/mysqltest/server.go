@@ -1,0 +1,199 @@
+package mysqltest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// Server is a mariadbd process of our own with the binary log on, reached
+// through a Unix socket in its directory (no TCP port).
+type Server struct {
+	dir  string
+	bins binaries
+	cmd  *exec.Cmd     // running private server; nil when stopped or shared
+	done chan struct{} // closed when cmd has exited
+}
+
+// PrivateServer starts a mariadbd for this test alone (its own data
+// directory and socket), stopped and removed when the test ends. Crash tests
+// use it to kill -9 the server. It is independent of TXSINK_TEST_MYSQL_DSN:
+// it needs mariadbd installed here.
+func PrivateServer(t testing.TB) *Server {
+	t.Helper()
+	bins, err := findBinaries(true)
+	if err != nil {
+		noServer(t, err)
+	}
+	// A short path: a Unix socket path must stay below 108 bytes.
+	dir, err := os.MkdirTemp("", "txsink-mdb-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{dir: dir, bins: bins}
+	t.Cleanup(func() {
+		s.Kill9()
+		_ = os.RemoveAll(dir)
+	})
+	if err := s.install(); err != nil {
+		t.Fatalf("mysqltest: %v", err)
+	}
+	if err := s.startChild(); err != nil {
+		t.Fatalf("mysqltest: %v", err)
+	}
+	return s
+}
+
+// DSN returns the server's DSN with no database selected.
+func (s *Server) DSN() string {
+	cfg := mysql.NewConfig()
+	cfg.User = "root"
+	cfg.Net = "unix"
+	cfg.Addr = s.socket()
+	return cfg.FormatDSN()
+}
+
+// Database creates a fresh database on this server for the test and returns
+// its DSN (see CreateDatabase).
+func (s *Server) Database(t testing.TB) string {
+	t.Helper()
+	return CreateDatabase(t, s.DSN())
+}
+
+// Kill9 kills the server with SIGKILL and waits until it is gone.
+func (s *Server) Kill9() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+}
+
+// Restart starts the server again after Kill9 (crash recovery runs) or stops
+// it gracefully first if it is running.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		<-s.done
+		s.cmd = nil
+	}
+	if err := s.startChild(); err != nil {
+		t.Fatalf("mysqltest: restart: %v", err)
+	}
+}
+
+func (s *Server) socket() string  { return filepath.Join(s.dir, "mysqld.sock") }
+func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
+
+// install creates the data directory unless a previous install finished.
+func (s *Server) install() error {
+	done := filepath.Join(s.dir, "installed")
+	if _, err := os.Stat(done); err == nil {
+		return nil
+	}
+	_ = os.RemoveAll(s.dataDir())
+	cmd := exec.Command(s.bins.installDB, "--no-defaults", "--datadir="+s.dataDir(),
+		"--auth-root-authentication-method=normal")
+	if os.Geteuid() == 0 {
+		cmd.Args = append(cmd.Args, "--user=root")
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w\n%s", s.bins.installDB, err, tail(out, 2000))
+	}
+	return os.WriteFile(done, nil, 0o600)
+}
+
+func (s *Server) command() *exec.Cmd {
+	cmd := exec.Command(s.bins.server, "--no-defaults",
+		"--datadir="+s.dataDir(),
+		"--socket="+s.socket(),
+		"--pid-file="+filepath.Join(s.dir, "mysqld.pid"),
+		"--skip-networking",
+		"--log-bin="+filepath.Join(s.dataDir(), "binlog"),
+		"--sync-binlog=1",
+		"--server-id=1",
+		"--innodb-buffer-pool-size=64M",
+		"--max-connections=1000",
+	)
+	if os.Geteuid() == 0 {
+		cmd.Args = append(cmd.Args, "--user=root")
+	}
+	return cmd
+}
+
+// start launches the shared server detached (own session, so it outlives the
+// test process) and waits for its socket.
+func (s *Server) start() error {
+	cmd := s.command()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	logf, err := os.OpenFile(filepath.Join(s.dir, "mysqld.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	return s.waitReady(exited)
+}
+
+// startChild launches a private server as our child.
+func (s *Server) startChild() error {
+	cmd := s.command()
+	logf, err := os.OpenFile(filepath.Join(s.dir, "mysqld.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	exited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		exited <- err
+		close(s.done)
+	}()
+	if err := s.waitReady(exited); err != nil {
+		s.Kill9()
+		return err
+	}
+	return nil
+}
+
+func (s *Server) waitReady(exited <-chan error) error {
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if ping(s.DSN(), time.Second) == nil {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("mariadbd exited (%v); log %s:\n%s", err, filepath.Join(s.dir, "mysqld.log"), s.logTail())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("mariadbd did not answer on %s; log:\n%s", s.socket(), s.logTail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *Server) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "mysqld.log"))
+	return tail(b, 3000)
+}
