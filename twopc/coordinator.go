@@ -2,7 +2,13 @@ package twopc
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,18 +51,868 @@ type Metrics interface {
 	DataLoss(job, sink string)
 }
 
-// The methods below are the coordinator's surface used by the API.
+type noMetrics struct{}
+
+func (noMetrics) Records(string, string, int, int)             {}
+func (noMetrics) CheckpointDone(string, string, time.Duration) {}
+func (noMetrics) CommitRetry(string)                           {}
+func (noMetrics) DataLoss(string, string)                      {}
+
+// finishTimeout bounds one attempt to commit or abort decided branches; the
+// recovery loop retries what did not finish.
+const finishTimeout = 30 * time.Second
+
+// Coordinator runs sessions and checkpoints against sinks and the journal.
 //
-//	PutJob(ctx, JobSpec) (JobInfo, error)
-//	Jobs() []JobInfo
-//	Job(name string) (JobInfo, error)
-//	OpenSession(ctx, job, writer string, restore *int64) (SessionInfo, error)
-//	Write(ctx, job, writer string, epoch uint64, seq *int64, recs []*Record) (WriteResult, error)
-//	Checkpoint(ctx, job, writer string, epoch uint64, n int64, state []byte, wait Wait) (CheckpointResult, error)
-//	Commit(ctx, job string, n int64) (CommitResult, error)
-//	Abort(ctx, job string, n int64) (CommitResult, error)
-//	Checkpoints(job string) ([]CheckpointInfo, error)
-//	ValidateRecords(job string, recs []*Record) error
-//	Start(ctx) error   // start-up recovery, then the recovery loop until ctx ends
-//	Close()            // stop taking writes, abort open branches
-var _ = context.Background
+// Lock order: session.mu, then Coordinator.mu. Neither is held while the
+// journal is proposed to, except session.mu, which serialises one writer's
+// calls and so is held across its sink and journal calls on purpose.
+type Coordinator struct {
+	cfg     Config
+	m       *Machine
+	log     *slog.Logger
+	metrics Metrics
+	now     func() time.Time
+	keyPfx  string
+	keySeq  atomic.Uint64
+	wg      sync.WaitGroup // background commits
+
+	mu       sync.Mutex
+	sessions map[writerKey]*session
+	opening  map[writerKey]*sync.Mutex // serialises OpenSession per writer
+	live     map[branchKey]Branch      // prepared branches this process still holds a connection for
+	busy     map[branchKey]bool        // branches some goroutine is finishing right now
+	closed   bool
+}
+
+type writerKey struct{ job, writer string }
+
+type branchKey struct {
+	job, writer, sink string
+	epoch, seq        uint64
+}
+
+func keyOf(id BranchID) branchKey {
+	return branchKey{id.Job, id.Writer, id.Sink, id.Epoch, id.Seq}
+}
+
+// session is a writer's current incarnation on this node.
+type session struct {
+	mu      sync.Mutex
+	job     string
+	writer  string
+	epoch   uint64
+	fenced  bool  // a newer session was opened, or the coordinator closed
+	failed  error // a sink failed; every branch was aborted; reopen
+	hasSeq  bool
+	seq     int64
+	lastAcc int
+	open    map[string]*openBranch // by sink
+	nextSeq uint64
+	lastN   int64
+	last    *CheckpointResult
+}
+
+type openBranch struct {
+	id BranchID
+	br Branch
+}
+
+// NewCoordinator checks cfg and returns a coordinator. Call Recover before
+// serving and Run in the background.
+func NewCoordinator(cfg Config) (*Coordinator, error) {
+	if cfg.Journal == nil || cfg.Machine == nil || len(cfg.Sinks) == 0 {
+		return nil, errors.New("twopc: coordinator needs a journal, a machine and at least one sink")
+	}
+	for name, s := range cfg.Sinks {
+		if s.Name() != name || !ValidName(name) {
+			return nil, fmt.Errorf("twopc: sink registered as %q is named %q", name, s.Name())
+		}
+		if s.MaxInflight() < 1 {
+			return nil, fmt.Errorf("twopc: sink %s: max in-flight must be at least 1", name)
+		}
+	}
+	if cfg.Node == "" {
+		cfg.Node = "node1"
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = time.Second
+	}
+	if cfg.MaxRecordsPerCall <= 0 {
+		cfg.MaxRecordsPerCall = 100_000
+	}
+	c := &Coordinator{
+		cfg: cfg, m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
+		sessions: map[writerKey]*session{}, opening: map[writerKey]*sync.Mutex{},
+		live: map[branchKey]Branch{}, busy: map[branchKey]bool{},
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.metrics == nil {
+		c.metrics = noMetrics{}
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	c.keyPfx = fmt.Sprintf("%s-%x-", cfg.Node, time.Now().UnixNano())
+	return c, nil
+}
+
+func (c *Coordinator) failpoint(p string) {
+	if c.cfg.Failpoint != nil {
+		c.cfg.Failpoint(p)
+	}
+}
+
+// propose stamps, journals and applies cmd. Domain errors come back as the
+// machine's errors; anything else means the outcome is unknown (ErrUnavailable).
+func (c *Coordinator) propose(ctx context.Context, cmd Command) (ApplyResult, error) {
+	cmd.Key = c.keyPfx + strconv.FormatUint(c.keySeq.Add(1), 36)
+	cmd.Time = c.now().UnixNano()
+	v, err := c.cfg.Journal.Propose(ctx, EncodeCommand(cmd))
+	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return ApplyResult{}, err
+		}
+		return ApplyResult{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	r, ok := v.(ApplyResult)
+	if !ok {
+		return ApplyResult{}, fmt.Errorf("twopc: journal returned %T, want ApplyResult", v)
+	}
+	return r, r.Err
+}
+
+// ---- jobs ----
+
+// PutJob creates or updates a job (idempotent).
+func (c *Coordinator) PutJob(ctx context.Context, spec JobSpec) (JobInfo, error) {
+	if err := CheckName("job", spec.Name); err != nil {
+		return JobInfo{}, err
+	}
+	if spec.Commit == "" {
+		spec.Commit = ModeAuto
+	}
+	if !spec.Commit.Valid() {
+		return JobInfo{}, fmt.Errorf("%w: commit mode %q: want %q or %q", ErrInvalid, spec.Commit, ModeAuto, ModeExternal)
+	}
+	if len(spec.Sinks) == 0 {
+		spec.Sinks = sortedKeys(c.cfg.Sinks)
+	}
+	seen := map[string]bool{}
+	for _, s := range spec.Sinks {
+		if c.cfg.Sinks[s] == nil {
+			return JobInfo{}, fmt.Errorf("%w: %q (configured: %v)", ErrUnknownSink, s, sortedKeys(c.cfg.Sinks))
+		}
+		if seen[s] {
+			return JobInfo{}, fmt.Errorf("%w: sink %q listed twice", ErrInvalid, s)
+		}
+		seen[s] = true
+	}
+	slices.Sort(spec.Sinks)
+	if _, err := c.propose(ctx, Command{Op: OpPutJob, Spec: &spec}); err != nil {
+		return JobInfo{}, err
+	}
+	return c.Job(spec.Name)
+}
+
+// Jobs lists every job.
+func (c *Coordinator) Jobs() []JobInfo {
+	out := []JobInfo{}
+	for _, n := range c.m.JobNames() {
+		if j, ok := c.m.JobInfo(n); ok {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// Job describes one job.
+func (c *Coordinator) Job(name string) (JobInfo, error) {
+	j, ok := c.m.JobInfo(name)
+	if !ok {
+		return JobInfo{}, fmt.Errorf("%w: %s", ErrJobNotFound, name)
+	}
+	return j, nil
+}
+
+// Checkpoints lists a job's unresolved and recent checkpoints.
+func (c *Coordinator) Checkpoints(job string) ([]CheckpointInfo, error) {
+	cps, ok := c.m.Checkpoints(job, c.now())
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrJobNotFound, job)
+	}
+	return cps, nil
+}
+
+// ---- sessions ----
+
+// OpenSession starts a new session for a writer: it fences the previous one,
+// decides (external mode, with restore) and finishes the writer's decided
+// branches, aborts whatever the sinks still hold that the journal does not
+// keep, and returns the restored checkpoint and its state.
+func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, restore *int64) (SessionInfo, error) {
+	if err := CheckName("writer", writer); err != nil {
+		return SessionInfo{}, err
+	}
+	spec, ok := c.m.JobSpec(job)
+	if !ok {
+		return SessionInfo{}, fmt.Errorf("%w: %s", ErrJobNotFound, job)
+	}
+	if restore != nil && *restore < 0 {
+		return SessionInfo{}, fmt.Errorf("%w: restore must be ≥ 0, got %d", ErrInvalid, *restore)
+	}
+	if restore != nil && spec.Commit != ModeExternal {
+		return SessionInfo{}, fmt.Errorf("%w: restore is for external commit mode; job %s commits by itself", ErrInvalid, job)
+	}
+	k := writerKey{job, writer}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return SessionInfo{}, fmt.Errorf("%w: sidecar is stopping", ErrUnavailable)
+	}
+	om := c.opening[k]
+	if om == nil {
+		om = &sync.Mutex{}
+		c.opening[k] = om
+	}
+	c.mu.Unlock()
+	om.Lock()
+	defer om.Unlock()
+
+	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore})
+	if err != nil {
+		return SessionInfo{}, err
+	}
+	c.mu.Lock()
+	old := c.sessions[k]
+	delete(c.sessions, k)
+	c.mu.Unlock()
+	if old != nil {
+		old.mu.Lock()
+		old.fenced = true
+		c.abortOpen(ctx, old)
+		old.mu.Unlock()
+	}
+	// Finish what is decided, then fence the sinks around what stays.
+	c.finishDecided(ctx, func(p PendingBranch) bool { return p.Job == job && p.Writer == writer })
+	if err := c.fenceWriter(ctx, job, writer, spec.Sinks); err != nil {
+		return SessionInfo{}, err
+	}
+	s := &session{job: job, writer: writer, epoch: res.Session.Epoch, open: map[string]*openBranch{}}
+	c.mu.Lock()
+	c.sessions[k] = s
+	c.mu.Unlock()
+	c.log.Info("session opened", "job", job, "writer", writer, "epoch", s.epoch, "restored", res.Session.Checkpoint)
+	return res.Session, nil
+}
+
+// fenceWriter asks every sink of the job to abort what it holds for the
+// writer beyond the journal's unresolved branches.
+func (c *Coordinator) fenceWriter(ctx context.Context, job, writer string, sinks []string) error {
+	keep := map[string][]BranchID{}
+	for _, p := range c.m.Pending(job) {
+		if p.Writer == writer {
+			keep[p.Branch.ID.Sink] = append(keep[p.Branch.ID.Sink], p.Branch.ID)
+		}
+	}
+	for _, name := range sinks {
+		sink := c.cfg.Sinks[name]
+		if sink == nil {
+			continue
+		}
+		if err := sink.Fence(ctx, job, writer, keep[name]); err != nil {
+			return fmt.Errorf("%w: fence %s/%s in sink %s: %v", ErrSinkFailure, job, writer, name, err)
+		}
+	}
+	return nil
+}
+
+// sessionFor finds the live session for (job, writer, epoch).
+func (c *Coordinator) sessionFor(job, writer string, epoch uint64) (*session, error) {
+	wv, ok := c.m.Writer(job, writer)
+	if !ok {
+		if _, ok := c.m.JobSpec(job); !ok {
+			return nil, fmt.Errorf("%w: %s", ErrJobNotFound, job)
+		}
+		return nil, fmt.Errorf("%w: writer %s of job %s: open a session first", ErrNoSession, writer, job)
+	}
+	if epoch < wv.Epoch {
+		return nil, fmt.Errorf("%w: epoch %d of %s/%s, current %d", ErrSessionFenced, epoch, job, writer, wv.Epoch)
+	}
+	if epoch > wv.Epoch {
+		return nil, fmt.Errorf("%w: epoch %d of %s/%s was never opened (current %d)", ErrNoSession, epoch, job, writer, wv.Epoch)
+	}
+	c.mu.Lock()
+	s := c.sessions[writerKey{job, writer}]
+	c.mu.Unlock()
+	if s == nil || s.epoch != epoch {
+		return nil, fmt.Errorf("%w: %s/%s epoch %d is not open on this node (restarted?); reopen and restore",
+			ErrSessionLost, job, writer, epoch)
+	}
+	return s, nil
+}
+
+// usable reports why a session cannot take calls. Needs s.mu.
+func (s *session) usable() error {
+	if s.fenced {
+		return fmt.Errorf("%w: %s/%s epoch %d", ErrSessionFenced, s.job, s.writer, s.epoch)
+	}
+	if s.failed != nil {
+		return fmt.Errorf("%w: %s/%s epoch %d failed earlier (%v); reopen the session", ErrSinkFailure, s.job, s.writer, s.epoch, s.failed)
+	}
+	return nil
+}
+
+// abortOpen aborts a session's open branches. Needs s.mu.
+func (c *Coordinator) abortOpen(ctx context.Context, s *session) {
+	for name, ob := range s.open {
+		if err := ob.br.Abort(ctx); err != nil {
+			// Fence on the next open (or at start-up) aborts it in the sink.
+			c.log.Warn("abort of open branch failed", "branch", ob.id.String(), "err", err)
+		}
+		delete(s.open, name)
+	}
+}
+
+// fail marks a session failed after a sink error and aborts its open
+// branches. Needs s.mu.
+func (c *Coordinator) fail(ctx context.Context, s *session, err error) error {
+	s.failed = err
+	c.abortOpen(ctx, s)
+	c.log.Error("session failed; branches aborted", "job", s.job, "writer", s.writer, "epoch", s.epoch, "err", err)
+	if errors.Is(err, ErrSinkFailure) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", ErrSinkFailure, err)
+}
+
+// ---- writes ----
+
+// ValidateRecords checks records for a job without writing anything. It
+// fills in the sink when the job has only one, and lets each sink normalise.
+func (c *Coordinator) ValidateRecords(job string, recs []*Record) error {
+	spec, ok := c.m.JobSpec(job)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrJobNotFound, job)
+	}
+	if len(recs) > c.cfg.MaxRecordsPerCall {
+		return fmt.Errorf("%w: %d records in one call; the limit is %d", ErrInvalid, len(recs), c.cfg.MaxRecordsPerCall)
+	}
+	var lastName string
+	var last Sink
+	for i, r := range recs {
+		if r == nil {
+			return fmt.Errorf("%w: record %d is null", ErrInvalid, i+1)
+		}
+		if r.Sink == "" && len(spec.Sinks) == 1 {
+			r.Sink = spec.Sinks[0]
+		}
+		if r.Sink != lastName || last == nil {
+			if !slices.Contains(spec.Sinks, r.Sink) || c.cfg.Sinks[r.Sink] == nil {
+				return fmt.Errorf("%w: record %d: sink %q is not a sink of job %s (sinks: %v)", ErrUnknownSink, i+1, r.Sink, job, spec.Sinks)
+			}
+			lastName, last = r.Sink, c.cfg.Sinks[r.Sink]
+		}
+		if err := last.Validate(r); err != nil {
+			return fmt.Errorf("record %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+// Write validates records and appends them to the writer's open branches.
+// Invalid input changes nothing. A repeat of the last seq is acknowledged
+// without effect; a lower seq is a conflict.
+func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint64, seq *int64, recs []*Record) (WriteResult, error) {
+	s, err := c.sessionFor(job, writer, epoch)
+	if err != nil {
+		return WriteResult{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(); err != nil {
+		return WriteResult{}, err
+	}
+	if seq != nil && s.hasSeq {
+		if *seq == s.seq {
+			return WriteResult{Accepted: s.lastAcc, Seq: *seq, Duplicate: true}, nil
+		}
+		if *seq < s.seq {
+			return WriteResult{}, fmt.Errorf("%w: seq %d is lower than the last one, %d", ErrSeqConflict, *seq, s.seq)
+		}
+	}
+	if err := c.ValidateRecords(job, recs); err != nil {
+		return WriteResult{}, err
+	}
+	// Group by sink, keeping each sink's order. Most calls have one sink.
+	groups := map[string][]*Record{}
+	var order []string
+	for _, r := range recs {
+		if _, ok := groups[r.Sink]; !ok {
+			order = append(order, r.Sink)
+		}
+		groups[r.Sink] = append(groups[r.Sink], r)
+	}
+	// Open every needed branch before writing anything, so backpressure
+	// leaves the call without effect.
+	for _, name := range order {
+		if _, err := c.openBranch(ctx, s, name); err != nil {
+			return WriteResult{}, err
+		}
+	}
+	for _, name := range order {
+		ob := s.open[name]
+		if err := ob.br.Write(ctx, groups[name]); err != nil {
+			return WriteResult{}, c.fail(ctx, s, fmt.Errorf("write to sink %s: %w", name, err))
+		}
+		c.metrics.Records(job, name, len(groups[name]), recordBytes(groups[name]))
+	}
+	c.failpoint("after-write")
+	if seq != nil {
+		s.hasSeq, s.seq = true, *seq
+	}
+	s.lastAcc = len(recs)
+	res := WriteResult{Accepted: len(recs)}
+	if seq != nil {
+		res.Seq = *seq
+	}
+	return res, nil
+}
+
+func recordBytes(recs []*Record) int {
+	n := 0
+	for _, r := range recs {
+		n += len(r.Key) + len(r.Value) + len(r.KeyB64) + len(r.ValueB64)
+	}
+	return n
+}
+
+// openBranch returns the session's open branch in a sink, beginning one on
+// the lowest free slot. Needs s.mu.
+func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName string) (*openBranch, error) {
+	if ob := s.open[sinkName]; ob != nil {
+		return ob, nil
+	}
+	sink := c.cfg.Sinks[sinkName]
+	used := map[int]bool{}
+	for _, p := range c.m.Pending(s.job) {
+		if p.Writer == s.writer && p.Branch.ID.Sink == sinkName {
+			used[p.Branch.ID.Slot] = true
+		}
+	}
+	slot := -1
+	for i := 0; i < sink.MaxInflight(); i++ {
+		if !used[i] {
+			slot = i
+			break
+		}
+	}
+	if slot < 0 {
+		return nil, fmt.Errorf("%w: writer %s/%s has %d unfinished checkpoints in sink %s; commit or wait",
+			ErrBackpressure, s.job, s.writer, sink.MaxInflight(), sinkName)
+	}
+	wv, _ := c.m.Writer(s.job, s.writer)
+	s.nextSeq++
+	id := BranchID{Job: s.job, Writer: s.writer, Sink: sinkName, Epoch: s.epoch, Seq: s.nextSeq, Slot: slot, After: wv.MaxCheckpoint}
+	br, err := sink.Begin(ctx, id)
+	if err != nil {
+		return nil, c.fail(ctx, s, fmt.Errorf("begin %s: %w", id, err))
+	}
+	ob := &openBranch{id: id, br: br}
+	s.open[sinkName] = ob
+	return ob, nil
+}
+
+// ---- checkpoints ----
+
+// Checkpoint prepares every open branch of the writer, journals checkpoint n
+// with its state and handles (in auto mode with the commit decision in the
+// same entry), and in auto mode commits. A repeat of the session's last
+// checkpoint returns its current result.
+func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait Wait) (CheckpointResult, error) {
+	if n <= 0 {
+		return CheckpointResult{}, fmt.Errorf("%w: checkpoint must be a positive integer, got %d", ErrInvalid, n)
+	}
+	if len(state) > MaxStateBytes {
+		return CheckpointResult{}, fmt.Errorf("%w: state is %d bytes; the limit is %d", ErrInvalid, len(state), MaxStateBytes)
+	}
+	switch wait {
+	case "":
+		wait = WaitCommitted
+	case WaitCommitted, WaitPrepared:
+	default:
+		return CheckpointResult{}, fmt.Errorf("%w: wait %q: want %q or %q", ErrInvalid, wait, WaitCommitted, WaitPrepared)
+	}
+	s, err := c.sessionFor(job, writer, epoch)
+	if err != nil {
+		return CheckpointResult{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last != nil && n == s.lastN {
+		if r, ok := c.m.CheckpointStatus(job, writer, n); ok {
+			return r, nil
+		}
+		return *s.last, nil
+	}
+	if err := s.usable(); err != nil {
+		return CheckpointResult{}, err
+	}
+	spec, ok := c.m.JobSpec(job)
+	if !ok {
+		return CheckpointResult{}, fmt.Errorf("%w: %s", ErrJobNotFound, job)
+	}
+	if wv, _ := c.m.Writer(job, writer); n <= wv.MaxCheckpoint {
+		return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s must be greater than %d",
+			ErrCheckpointOrder, n, job, writer, wv.MaxCheckpoint)
+	}
+
+	// Phase 1: prepare every open branch (in parallel: sinks are independent).
+	t0 := c.now()
+	obs := make([]*openBranch, 0, len(s.open))
+	for _, name := range sortedKeys(s.open) {
+		obs = append(obs, s.open[name])
+	}
+	handles := make([]Handle, len(obs))
+	errs := make([]error, len(obs))
+	var pwg sync.WaitGroup
+	for i, ob := range obs {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			handles[i], errs[i] = ob.br.Prepare(ctx)
+		}()
+	}
+	pwg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return CheckpointResult{}, c.fail(ctx, s, fmt.Errorf("prepare checkpoint %d: %w", n, err))
+	}
+	c.metrics.CheckpointDone(job, "prepare", c.now().Sub(t0))
+	c.failpoint("after-prepare")
+
+	// The durable point: PREPARED (+ DECIDED in auto mode) in one entry.
+	jbs := make([]JournalBranch, len(obs))
+	keys := make([]branchKey, len(obs))
+	c.mu.Lock()
+	for i, ob := range obs {
+		jbs[i] = JournalBranch{ID: ob.id, Handle: handles[i]}
+		keys[i] = keyOf(ob.id)
+		c.live[keys[i]] = ob.br
+		c.busy[keys[i]] = true
+	}
+	c.mu.Unlock()
+	clear(s.open)
+	t1 := c.now()
+	auto := spec.Commit == ModeAuto
+	_, err = c.propose(ctx, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
+		State: state, Branches: jbs, Decide: auto})
+	if err != nil && errors.Is(err, ErrUnavailable) {
+		// Unknown outcome: the entry may still be applied. Only the
+		// journal can say; if it does not know the checkpoint now, it is
+		// aborted here and a late apply would be finished by recovery.
+		if _, ok := c.m.CheckpointStatus(job, writer, n); ok {
+			err = nil
+		}
+	}
+	if err != nil {
+		for i, ob := range obs {
+			if aerr := ob.br.Abort(ctx); aerr != nil {
+				c.log.Warn("abort after failed journal entry", "branch", ob.id.String(), "err", aerr)
+			}
+			c.release(keys[i])
+		}
+		s.failed = err
+		return CheckpointResult{}, err
+	}
+	c.metrics.CheckpointDone(job, "journal", c.now().Sub(t1))
+	c.failpoint("after-journal")
+	s.lastN = n
+
+	if !auto || len(obs) == 0 {
+		c.mu.Lock()
+		for _, k := range keys {
+			delete(c.busy, k) // held in c.live for the external commit
+		}
+		c.mu.Unlock()
+		r, _ := c.m.CheckpointStatus(job, writer, n)
+		s.last = &r
+		return r, nil
+	}
+	fin := make([]PendingBranch, len(obs))
+	for i := range obs {
+		fin[i] = PendingBranch{Job: job, Writer: writer, Checkpoint: n, Decision: decisionCommit, Branch: jbs[i]}
+	}
+	if wait == WaitPrepared {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.finish(context.WithoutCancel(ctx), fin)
+		}()
+		r := CheckpointResult{Checkpoint: n, Status: StatusCommitting, Branches: branchInfosOf(jbs, StatusCommitting)}
+		s.last = &r
+		return r, nil
+	}
+	c.finish(context.WithoutCancel(ctx), fin)
+	r, _ := c.m.CheckpointStatus(job, writer, n)
+	s.last = &r
+	return r, nil
+}
+
+func branchInfosOf(jbs []JournalBranch, status string) []BranchInfo {
+	out := make([]BranchInfo, len(jbs))
+	for i, b := range jbs {
+		out[i] = BranchInfo{Sink: b.ID.Sink, Slot: b.ID.Slot, Status: status, Handle: b.Handle}
+	}
+	return out
+}
+
+// release forgets a branch held in memory.
+func (c *Coordinator) release(k branchKey) {
+	c.mu.Lock()
+	delete(c.live, k)
+	delete(c.busy, k)
+	c.mu.Unlock()
+}
+
+// claim marks branches as being finished by the caller; it returns those
+// nobody else is finishing, with the in-memory branch if this process holds one.
+func (c *Coordinator) claim(ps []PendingBranch, already bool) []PendingBranch {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := ps[:0:0]
+	for _, p := range ps {
+		k := keyOf(p.Branch.ID)
+		if c.busy[k] && !already {
+			continue
+		}
+		c.busy[k] = true
+		out = append(out, p)
+	}
+	return out
+}
+
+// finish commits or aborts decided branches that the caller has marked busy
+// and journals their outcomes. Branches this process prepared are finished on
+// their own connection; others through the sink's Resolve with the handle.
+// A branch that fails stays unresolved for the recovery loop.
+func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
+	ctx, cancel := context.WithTimeout(ctx, finishTimeout)
+	defer cancel()
+	t0 := c.now()
+	byJob := map[string][]BranchOutcome{}
+	for i, p := range ps {
+		if i == 1 {
+			c.failpoint("after-commit-first-sink")
+		}
+		id := p.Branch.ID
+		k := keyOf(id)
+		commit := p.Decision == decisionCommit
+		c.mu.Lock()
+		br := c.live[k]
+		c.mu.Unlock()
+		var err error
+		switch {
+		case br != nil && commit:
+			err = br.Commit(ctx)
+		case br != nil:
+			err = br.Abort(ctx)
+		default:
+			err = c.cfg.Sinks[id.Sink].Resolve(ctx, id, p.Branch.Handle, commit)
+		}
+		outcome := OutcomeAborted
+		if commit {
+			outcome = OutcomeCommitted
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrDataLoss):
+			outcome = OutcomeDataLoss
+			c.metrics.DataLoss(p.Job, id.Sink)
+			c.log.Error("DATA LOSS: the sink had aborted a transaction the journal decided to commit",
+				"job", p.Job, "writer", p.Writer, "checkpoint", p.Checkpoint, "branch", id.String(), "err", err)
+		default:
+			c.metrics.CommitRetry(id.Sink)
+			c.log.Warn("finishing branch failed; will retry", "job", p.Job, "writer", p.Writer,
+				"checkpoint", p.Checkpoint, "branch", id.String(), "commit", commit, "err", err)
+			c.release(k) // the retry goes through Resolve with the handle
+			continue
+		}
+		byJob[p.Job] = append(byJob[p.Job], BranchOutcome{Writer: p.Writer, Checkpoint: p.Checkpoint, Sink: id.Sink,
+			Seq: id.Seq, Epoch: id.Epoch, Outcome: outcome})
+	}
+	for job, outs := range byJob {
+		if _, err := c.propose(ctx, Command{Op: OpResolved, Job: job, Outcomes: outs}); err != nil {
+			// The sinks are finished; the journal will learn it on a retry
+			// (finishing again is idempotent).
+			c.log.Warn("journaling finished branches failed; will retry", "job", job, "err", err)
+		}
+	}
+	for _, p := range ps {
+		c.release(keyOf(p.Branch.ID))
+	}
+	if len(ps) > 0 {
+		c.metrics.CheckpointDone(ps[0].Job, "commit", c.now().Sub(t0))
+	}
+}
+
+// finishDecided finishes every decided, unresolved branch that match
+// selects and that no other goroutine is finishing.
+func (c *Coordinator) finishDecided(ctx context.Context, match func(PendingBranch) bool) {
+	var ps []PendingBranch
+	for _, p := range c.m.Pending("") {
+		if p.Decision != decisionNone && match(p) {
+			ps = append(ps, p)
+		}
+	}
+	if ps = c.claim(ps, false); len(ps) > 0 {
+		c.finish(ctx, ps)
+	}
+}
+
+// Commit decides to commit, for every writer of an external-mode job, each
+// prepared checkpoint ≤ n, then commits their branches. Status "committing"
+// means the decision is durable and some sink has not confirmed yet; the
+// recovery loop retries until it does.
+func (c *Coordinator) Commit(ctx context.Context, job string, n int64) (CommitResult, error) {
+	return c.decide(ctx, job, n, true)
+}
+
+// Abort decides to abort checkpoint n of every writer of an external-mode job.
+func (c *Coordinator) Abort(ctx context.Context, job string, n int64) (CommitResult, error) {
+	return c.decide(ctx, job, n, false)
+}
+
+func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bool) (CommitResult, error) {
+	if n <= 0 {
+		return CommitResult{}, fmt.Errorf("%w: checkpoint must be a positive integer, got %d", ErrInvalid, n)
+	}
+	spec, ok := c.m.JobSpec(job)
+	if !ok {
+		return CommitResult{}, fmt.Errorf("%w: %s", ErrJobNotFound, job)
+	}
+	if spec.Commit != ModeExternal {
+		return CommitResult{}, fmt.Errorf("%w: job %s is in %s mode; its checkpoints commit by themselves", ErrModeConflict, job, spec.Commit)
+	}
+	res, err := c.propose(ctx, Command{Op: OpDecide, Job: job, Checkpoint: n, Commit: commit})
+	if err != nil {
+		return CommitResult{}, err
+	}
+	inScope := func(p PendingBranch) bool {
+		if p.Job != job {
+			return false
+		}
+		if commit {
+			return p.Checkpoint <= n && p.Decision == decisionCommit
+		}
+		return p.Checkpoint == n && p.Decision == decisionAbort
+	}
+	c.finishDecided(context.WithoutCancel(ctx), inScope)
+	out := CommitResult{Checkpoint: n, Status: StatusCommitted, Writers: res.Decided}
+	if !commit {
+		out.Status = StatusAborted
+	}
+	if out.Writers == nil {
+		out.Writers = map[string][]int64{}
+	}
+	for _, p := range c.m.Pending(job) {
+		if inScope(p) {
+			out.Status = StatusCommitting
+			if !commit {
+				out.Status = StatusAborting
+			}
+			break
+		}
+	}
+	return out, nil
+}
+
+// ---- recovery ----
+
+// Recover runs start-up recovery: it finishes every decided branch and
+// fences every known writer in every sink of its job, so nothing a dead
+// process left open survives. In-doubt (external, undecided) branches stay
+// prepared until the application decides them.
+func (c *Coordinator) Recover(ctx context.Context) error {
+	c.finishDecided(ctx, func(PendingBranch) bool { return true })
+	var errs []error
+	for _, jw := range c.m.Writers() {
+		spec, _ := c.m.JobSpec(jw[0])
+		if err := c.fenceWriter(ctx, jw[0], jw[1], spec.Sinks); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if left := c.countDecided(); left > 0 {
+		c.log.Warn("start-up recovery left decided branches unfinished; retrying in the background", "branches", left)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Coordinator) countDecided() int {
+	n := 0
+	for _, p := range c.m.Pending("") {
+		if p.Decision != decisionNone {
+			n++
+		}
+	}
+	return n
+}
+
+// Run retries unfinished decided branches until ctx ends, and warns when
+// a prepared branch grows old compared with the sinks' transaction timeouts.
+func (c *Coordinator) Run(ctx context.Context) {
+	t := time.NewTicker(c.cfg.RetryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if c.cfg.IsLeader != nil && !c.cfg.IsLeader() {
+			continue
+		}
+		c.finishDecided(ctx, func(PendingBranch) bool { return true })
+		c.warnOld()
+	}
+}
+
+type timeouter interface{ TransactionTimeout() time.Duration }
+
+func (c *Coordinator) warnOld() {
+	age := c.m.OldestPrepared(c.now())
+	if age <= 0 {
+		return
+	}
+	for name, s := range c.cfg.Sinks {
+		if t, ok := s.(timeouter); ok && t.TransactionTimeout() > 0 && age > t.TransactionTimeout()/2 {
+			c.log.Warn("a prepared branch is older than half the transaction timeout; decide it before the sink aborts it",
+				"sink", name, "age", age.Round(time.Second), "timeout", t.TransactionTimeout())
+		}
+	}
+}
+
+// OldestPrepared is the age of the oldest unresolved branch (a metric).
+func (c *Coordinator) OldestPrepared() time.Duration { return c.m.OldestPrepared(c.now()) }
+
+// Close stops taking calls, aborts every open branch and waits for
+// background commits. Prepared branches stay for recovery.
+func (c *Coordinator) Close() {
+	c.mu.Lock()
+	c.closed = true
+	ss := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		ss = append(ss, s)
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range ss {
+		s.mu.Lock()
+		s.fenced = true
+		c.abortOpen(ctx, s)
+		s.mu.Unlock()
+	}
+	c.wg.Wait()
+}

@@ -1,0 +1,645 @@
+package twopc
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Machine is the journal's deterministic state machine: jobs, writers and
+// every unresolved checkpoint with its branches' handles and the decision.
+//
+// Apply never touches a sink, a clock or randomness: everything it needs is
+// in the command (the proposer stamps the time). Domain errors (fenced,
+// out of order, …) are returned as values in ApplyResult; input that cannot
+// be decoded is a programming error and panics, as a corrupt log must stop
+// the node rather than diverge.
+type Machine struct {
+	mu sync.RWMutex
+	st machineState
+}
+
+// Op names a command.
+type Op string
+
+const (
+	OpPutJob      Op = "put_job"
+	OpOpenSession Op = "open_session"
+	OpPrepared    Op = "prepared"
+	OpDecide      Op = "decide"
+	OpResolved    Op = "resolved"
+)
+
+// Decision of a checkpoint.
+const (
+	decisionNone   = ""
+	decisionCommit = "commit"
+	decisionAbort  = "abort"
+)
+
+// Outcomes of a branch as journaled by OpResolved.
+const (
+	OutcomeCommitted = "committed"
+	OutcomeAborted   = "aborted"
+	OutcomeDataLoss  = "data_loss"
+)
+
+// recentPerWriter bounds the finished checkpoints kept per writer for
+// GET /v1/jobs/{job}/checkpoints; the last committed state is kept apart.
+const recentPerWriter = 8
+
+// dedupeKeys bounds the idempotency keys remembered.
+const dedupeKeys = 4096
+
+// Command is one journal entry. Key makes it idempotent: a command whose key
+// was applied already changes nothing and returns Duplicate.
+type Command struct {
+	Op   Op     `json:"op"`
+	Key  string `json:"key"`
+	Time int64  `json:"time"` // unix nanoseconds, stamped by the proposer
+
+	Job    string `json:"job,omitempty"`
+	Writer string `json:"writer,omitempty"`
+
+	Spec *JobSpec `json:"spec,omitempty"` // put_job
+
+	Node    string `json:"node,omitempty"`    // open_session
+	Restore *int64 `json:"restore,omitempty"` // open_session (external mode)
+
+	Epoch      uint64          `json:"epoch,omitempty"`      // prepared
+	Checkpoint int64           `json:"checkpoint,omitempty"` // prepared, decide
+	State      []byte          `json:"state,omitempty"`      // prepared
+	Branches   []JournalBranch `json:"branches,omitempty"`   // prepared
+	Decide     bool            `json:"decide,omitempty"`     // prepared: auto mode, decision commit in the same entry
+	Commit     bool            `json:"commit,omitempty"`     // decide
+	Outcomes   []BranchOutcome `json:"outcomes,omitempty"`   // resolved
+}
+
+// JournalBranch is a prepared branch as the journal keeps it.
+type JournalBranch struct {
+	ID      BranchID `json:"id"`
+	Handle  Handle   `json:"handle"`
+	Outcome string   `json:"outcome,omitempty"` // "" until resolved
+}
+
+// BranchOutcome reports that a sink finished a branch.
+type BranchOutcome struct {
+	Writer     string `json:"writer"`
+	Checkpoint int64  `json:"checkpoint"`
+	Sink       string `json:"sink"`
+	Seq        uint64 `json:"seq"`
+	Epoch      uint64 `json:"epoch"`
+	Outcome    string `json:"outcome"`
+}
+
+// ApplyResult is what Apply returns to the proposer.
+type ApplyResult struct {
+	Err       error
+	Duplicate bool
+	// Session: open_session's result.
+	Session SessionInfo
+	// Decided lists per writer the checkpoints this command decided
+	// (open_session with restore, decide).
+	Decided map[string][]int64
+}
+
+type machineState struct {
+	Jobs map[string]*jobState `json:"jobs"`
+	// Keys and KeyOrder remember recent idempotency keys (FIFO).
+	Keys     map[string]bool `json:"keys"`
+	KeyOrder []string        `json:"key_order"`
+}
+
+type jobState struct {
+	Spec    JobSpec                 `json:"spec"`
+	Writers map[string]*writerState `json:"writers"`
+}
+
+type writerState struct {
+	Epoch uint64 `json:"epoch"`
+	Owner string `json:"owner"`
+	// MaxCheckpoint is the highest checkpoint ever prepared: a new one must
+	// be greater, across sessions, so a number never names two checkpoints.
+	MaxCheckpoint int64  `json:"max_checkpoint"`
+	LastCommitted int64  `json:"last_committed"`
+	LastState     []byte `json:"last_state,omitempty"`
+	// Open: checkpoints with at least one unresolved branch, or undecided.
+	Open map[int64]*checkpointState `json:"open"`
+	// Recent: finished checkpoints, newest last, at most recentPerWriter.
+	Recent []*checkpointState `json:"recent,omitempty"`
+}
+
+type checkpointState struct {
+	N          int64           `json:"n"`
+	Epoch      uint64          `json:"epoch"`
+	State      []byte          `json:"state,omitempty"`
+	Decision   string          `json:"decision,omitempty"`
+	PreparedAt int64           `json:"prepared_at"`
+	DecidedAt  int64           `json:"decided_at,omitempty"`
+	Branches   []JournalBranch `json:"branches"`
+}
+
+// NewMachine returns an empty machine.
+func NewMachine() *Machine {
+	return &Machine{st: emptyState()}
+}
+
+func emptyState() machineState {
+	return machineState{Jobs: map[string]*jobState{}, Keys: map[string]bool{}}
+}
+
+// EncodeCommand encodes a command for Propose.
+func EncodeCommand(c Command) []byte {
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(fmt.Sprintf("twopc: encode command: %v", err)) // only plain data inside
+	}
+	return b
+}
+
+// Apply applies one encoded command and returns an ApplyResult.
+func (m *Machine) Apply(data []byte) any {
+	var c Command
+	if err := json.Unmarshal(data, &c); err != nil {
+		panic(fmt.Sprintf("twopc: undecodable journal command: %v", err))
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c.Key != "" && m.st.Keys[c.Key] {
+		return ApplyResult{Duplicate: true}
+	}
+	var r ApplyResult
+	switch c.Op {
+	case OpPutJob:
+		r = m.putJob(c)
+	case OpOpenSession:
+		r = m.openSession(c)
+	case OpPrepared:
+		r = m.prepared(c)
+	case OpDecide:
+		r = m.decide(c)
+	case OpResolved:
+		r = m.resolved(c)
+	default:
+		panic(fmt.Sprintf("twopc: unknown journal op %q", c.Op))
+	}
+	if c.Key != "" && r.Err == nil {
+		m.remember(c.Key)
+	}
+	return r
+}
+
+func (m *Machine) remember(key string) {
+	m.st.Keys[key] = true
+	m.st.KeyOrder = append(m.st.KeyOrder, key)
+	if len(m.st.KeyOrder) > dedupeKeys {
+		delete(m.st.Keys, m.st.KeyOrder[0])
+		m.st.KeyOrder = m.st.KeyOrder[1:]
+	}
+}
+
+func errResult(err error) ApplyResult { return ApplyResult{Err: err} }
+
+func (m *Machine) putJob(c Command) ApplyResult {
+	s := c.Spec
+	if s == nil || !ValidName(s.Name) || !s.Commit.Valid() || len(s.Sinks) == 0 {
+		return errResult(fmt.Errorf("%w: bad job spec", ErrInvalid))
+	}
+	j := m.st.Jobs[s.Name]
+	if j == nil {
+		j = &jobState{Writers: map[string]*writerState{}}
+		m.st.Jobs[s.Name] = j
+	} else if j.Spec.Commit != s.Commit {
+		for _, w := range j.Writers {
+			if len(w.Open) > 0 {
+				return errResult(fmt.Errorf("%w: job %s has unresolved checkpoints; cannot change commit mode from %s to %s",
+					ErrModeConflict, s.Name, j.Spec.Commit, s.Commit))
+			}
+		}
+	}
+	j.Spec = JobSpec{Name: s.Name, Commit: s.Commit, Sinks: slices.Clone(s.Sinks)}
+	return ApplyResult{}
+}
+
+func (m *Machine) openSession(c Command) ApplyResult {
+	j := m.st.Jobs[c.Job]
+	if j == nil {
+		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
+	}
+	w := j.Writers[c.Writer]
+	if w == nil {
+		w = &writerState{Open: map[int64]*checkpointState{}}
+		j.Writers[c.Writer] = w
+	}
+	w.Epoch++
+	w.Owner = c.Node
+	r := ApplyResult{}
+	if j.Spec.Commit == ModeExternal && c.Restore != nil {
+		restore := *c.Restore
+		for _, n := range sortedKeys(w.Open) {
+			cp := w.Open[n]
+			if cp.Decision != decisionNone {
+				continue
+			}
+			if n <= restore {
+				m.decideCheckpoint(w, cp, decisionCommit, c.Time)
+			} else {
+				m.decideCheckpoint(w, cp, decisionAbort, c.Time)
+			}
+			if r.Decided == nil {
+				r.Decided = map[string][]int64{}
+			}
+			r.Decided[c.Writer] = append(r.Decided[c.Writer], n)
+		}
+	}
+	r.Session = SessionInfo{Epoch: w.Epoch, Checkpoint: w.LastCommitted, State: slices.Clone(w.LastState)}
+	return r
+}
+
+// decideCheckpoint records a decision; a commit moves the writer's restore
+// point, because from now on the checkpoint will be committed whatever fails.
+func (m *Machine) decideCheckpoint(w *writerState, cp *checkpointState, d string, now int64) {
+	cp.Decision = d
+	cp.DecidedAt = now
+	if d == decisionCommit && cp.N > w.LastCommitted {
+		w.LastCommitted = cp.N
+		w.LastState = slices.Clone(cp.State)
+	}
+	m.finishIfDone(w, cp)
+}
+
+func (m *Machine) prepared(c Command) ApplyResult {
+	j := m.st.Jobs[c.Job]
+	if j == nil {
+		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
+	}
+	w := j.Writers[c.Writer]
+	if w == nil {
+		return errResult(fmt.Errorf("%w: writer %s/%s", ErrNoSession, c.Job, c.Writer))
+	}
+	if c.Epoch != w.Epoch {
+		return errResult(fmt.Errorf("%w: epoch %d, current %d", ErrSessionFenced, c.Epoch, w.Epoch))
+	}
+	if c.Checkpoint <= w.MaxCheckpoint {
+		return errResult(fmt.Errorf("%w: checkpoint %d must be greater than %d", ErrCheckpointOrder, c.Checkpoint, w.MaxCheckpoint))
+	}
+	if c.Decide != (j.Spec.Commit == ModeAuto) {
+		return errResult(fmt.Errorf("%w: job %s is in %s mode", ErrModeConflict, c.Job, j.Spec.Commit))
+	}
+	w.MaxCheckpoint = c.Checkpoint
+	cp := &checkpointState{
+		N: c.Checkpoint, Epoch: c.Epoch, State: slices.Clone(c.State), PreparedAt: c.Time,
+		Branches: slices.Clone(c.Branches),
+	}
+	w.Open[cp.N] = cp
+	if c.Decide {
+		m.decideCheckpoint(w, cp, decisionCommit, c.Time)
+	}
+	return ApplyResult{}
+}
+
+func (m *Machine) decide(c Command) ApplyResult {
+	j := m.st.Jobs[c.Job]
+	if j == nil {
+		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
+	}
+	if j.Spec.Commit != ModeExternal {
+		return errResult(fmt.Errorf("%w: job %s is in %s mode; checkpoints commit by themselves", ErrModeConflict, c.Job, j.Spec.Commit))
+	}
+	r := ApplyResult{Decided: map[string][]int64{}}
+	for _, name := range sortedKeys(j.Writers) {
+		w := j.Writers[name]
+		for _, n := range sortedKeys(w.Open) {
+			cp := w.Open[n]
+			if cp.Decision != decisionNone {
+				continue
+			}
+			switch {
+			case c.Commit && n <= c.Checkpoint:
+				m.decideCheckpoint(w, cp, decisionCommit, c.Time)
+			case !c.Commit && n == c.Checkpoint:
+				m.decideCheckpoint(w, cp, decisionAbort, c.Time)
+			default:
+				continue
+			}
+			r.Decided[name] = append(r.Decided[name], n)
+		}
+	}
+	return r
+}
+
+func (m *Machine) resolved(c Command) ApplyResult {
+	j := m.st.Jobs[c.Job]
+	if j == nil {
+		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
+	}
+	for _, o := range c.Outcomes {
+		w := j.Writers[o.Writer]
+		if w == nil {
+			continue
+		}
+		cp := w.Open[o.Checkpoint]
+		if cp == nil {
+			continue // finished already: resolving twice is harmless
+		}
+		for i := range cp.Branches {
+			b := &cp.Branches[i]
+			if b.ID.Sink == o.Sink && b.ID.Seq == o.Seq && b.ID.Epoch == o.Epoch && b.Outcome == "" {
+				b.Outcome = o.Outcome
+			}
+		}
+		m.finishIfDone(w, cp)
+	}
+	return ApplyResult{}
+}
+
+// finishIfDone moves a decided checkpoint whose branches are all resolved
+// from Open to Recent.
+func (m *Machine) finishIfDone(w *writerState, cp *checkpointState) {
+	if cp.Decision == decisionNone {
+		return
+	}
+	for _, b := range cp.Branches {
+		if b.Outcome == "" {
+			return
+		}
+	}
+	delete(w.Open, cp.N)
+	cp.State = nil // the last committed state is kept in the writer
+	w.Recent = append(w.Recent, cp)
+	if len(w.Recent) > recentPerWriter {
+		w.Recent = w.Recent[len(w.Recent)-recentPerWriter:]
+	}
+}
+
+func sortedKeys[K int64 | string, V any](m map[K]V) []K {
+	ks := make([]K, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// Snapshot returns the whole state, encoded.
+func (m *Machine) Snapshot() ([]byte, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return json.Marshal(m.st)
+}
+
+// Restore replaces the state with a snapshot's.
+func (m *Machine) Restore(data []byte) error {
+	st := emptyState()
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("twopc: restore snapshot: %w", err)
+	}
+	if st.Jobs == nil {
+		st.Jobs = map[string]*jobState{}
+	}
+	if st.Keys == nil {
+		st.Keys = map[string]bool{}
+	}
+	for _, j := range st.Jobs {
+		if j.Writers == nil {
+			j.Writers = map[string]*writerState{}
+		}
+		for _, w := range j.Writers {
+			if w.Open == nil {
+				w.Open = map[int64]*checkpointState{}
+			}
+		}
+	}
+	m.mu.Lock()
+	m.st = st
+	m.mu.Unlock()
+	return nil
+}
+
+// ---- reads (for the coordinator and the API) ----
+
+// JobSpec returns a job's spec.
+func (m *Machine) JobSpec(name string) (JobSpec, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	j := m.st.Jobs[name]
+	if j == nil {
+		return JobSpec{}, false
+	}
+	s := j.Spec
+	s.Sinks = slices.Clone(s.Sinks)
+	return s, true
+}
+
+// JobNames lists the jobs, sorted.
+func (m *Machine) JobNames() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return sortedKeys(m.st.Jobs)
+}
+
+// JobInfo describes a job.
+func (m *Machine) JobInfo(name string) (JobInfo, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	j := m.st.Jobs[name]
+	if j == nil {
+		return JobInfo{}, false
+	}
+	info := JobInfo{Name: name, Commit: j.Spec.Commit, Sinks: slices.Clone(j.Spec.Sinks), Writers: []WriterInfo{}}
+	for _, wn := range sortedKeys(j.Writers) {
+		w := j.Writers[wn]
+		wi := WriterInfo{Name: wn, Epoch: w.Epoch, Owner: w.Owner, LastCommitted: w.LastCommitted, InDoubt: []int64{}}
+		wi.InDoubt = append(wi.InDoubt, sortedKeys(w.Open)...)
+		info.Writers = append(info.Writers, wi)
+	}
+	return info, true
+}
+
+// WriterView is a copy of a writer's journaled state.
+type WriterView struct {
+	Epoch         uint64
+	Owner         string
+	MaxCheckpoint int64
+	LastCommitted int64
+}
+
+// Writer returns a writer's state; ok is false if job or writer is unknown.
+func (m *Machine) Writer(job, writer string) (WriterView, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	j := m.st.Jobs[job]
+	if j == nil {
+		return WriterView{}, false
+	}
+	w := j.Writers[writer]
+	if w == nil {
+		return WriterView{}, false
+	}
+	return WriterView{Epoch: w.Epoch, Owner: w.Owner, MaxCheckpoint: w.MaxCheckpoint, LastCommitted: w.LastCommitted}, true
+}
+
+// PendingBranch is an unresolved journaled branch.
+type PendingBranch struct {
+	Job        string
+	Writer     string
+	Checkpoint int64
+	// Decision: "" (in doubt), "commit" or "abort".
+	Decision  string
+	DecidedAt time.Time
+	Branch    JournalBranch
+}
+
+// Pending lists every unresolved branch (job "" = all jobs), in a stable order.
+func (m *Machine) Pending(job string) []PendingBranch {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []PendingBranch
+	for _, jn := range sortedKeys(m.st.Jobs) {
+		if job != "" && jn != job {
+			continue
+		}
+		j := m.st.Jobs[jn]
+		for _, wn := range sortedKeys(j.Writers) {
+			w := j.Writers[wn]
+			for _, n := range sortedKeys(w.Open) {
+				cp := w.Open[n]
+				for _, b := range cp.Branches {
+					if b.Outcome != "" {
+						continue
+					}
+					out = append(out, PendingBranch{Job: jn, Writer: wn, Checkpoint: n, Decision: cp.Decision,
+						DecidedAt: time.Unix(0, cp.DecidedAt), Branch: b})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Writers lists every (job, writer) pair.
+func (m *Machine) Writers() [][2]string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out [][2]string
+	for _, jn := range sortedKeys(m.st.Jobs) {
+		for _, wn := range sortedKeys(m.st.Jobs[jn].Writers) {
+			out = append(out, [2]string{jn, wn})
+		}
+	}
+	return out
+}
+
+// CheckpointStatus returns the status of a writer's checkpoint n and its
+// branches; ok is false when the journal no longer (or never) knew it.
+func (m *Machine) CheckpointStatus(job, writer string, n int64) (CheckpointResult, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	j := m.st.Jobs[job]
+	if j == nil || j.Writers[writer] == nil {
+		return CheckpointResult{}, false
+	}
+	w := j.Writers[writer]
+	if cp := w.Open[n]; cp != nil {
+		return CheckpointResult{Checkpoint: n, Status: cpStatus(cp), Branches: branchInfos(cp)}, true
+	}
+	for _, cp := range w.Recent {
+		if cp.N == n {
+			return CheckpointResult{Checkpoint: n, Status: cpStatus(cp), Branches: branchInfos(cp)}, true
+		}
+	}
+	return CheckpointResult{}, false
+}
+
+// Checkpoints lists unresolved and recent checkpoints of a job.
+func (m *Machine) Checkpoints(job string, now time.Time) ([]CheckpointInfo, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	j := m.st.Jobs[job]
+	if j == nil {
+		return nil, false
+	}
+	out := []CheckpointInfo{}
+	for _, wn := range sortedKeys(j.Writers) {
+		w := j.Writers[wn]
+		cps := slices.Clone(w.Recent)
+		for _, n := range sortedKeys(w.Open) {
+			cps = append(cps, w.Open[n])
+		}
+		sort.SliceStable(cps, func(a, b int) bool { return cps[a].N < cps[b].N })
+		for _, cp := range cps {
+			at := time.Unix(0, cp.PreparedAt).UTC()
+			out = append(out, CheckpointInfo{Writer: wn, Checkpoint: cp.N, Epoch: cp.Epoch, Status: cpStatus(cp),
+				PreparedAt: at, AgeSeconds: now.Sub(at).Seconds(), Branches: branchInfos(cp)})
+		}
+	}
+	return out, true
+}
+
+// OldestPrepared returns the age of the oldest unresolved branch.
+func (m *Machine) OldestPrepared(now time.Time) time.Duration {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var oldest int64
+	for _, j := range m.st.Jobs {
+		for _, w := range j.Writers {
+			for _, cp := range w.Open {
+				if len(cp.Branches) > 0 && (oldest == 0 || cp.PreparedAt < oldest) {
+					oldest = cp.PreparedAt
+				}
+			}
+		}
+	}
+	if oldest == 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, oldest))
+}
+
+func cpStatus(cp *checkpointState) string {
+	done, lost := true, false
+	for _, b := range cp.Branches {
+		if b.Outcome == "" {
+			done = false
+		}
+		if b.Outcome == OutcomeDataLoss {
+			lost = true
+		}
+	}
+	switch {
+	case lost:
+		return StatusDataLoss
+	case cp.Decision == decisionNone:
+		return StatusPrepared
+	case cp.Decision == decisionCommit && done:
+		return StatusCommitted
+	case cp.Decision == decisionCommit:
+		return StatusCommitting
+	case done:
+		return StatusAborted
+	default:
+		return StatusAborting
+	}
+}
+
+func branchInfos(cp *checkpointState) []BranchInfo {
+	out := make([]BranchInfo, 0, len(cp.Branches))
+	for _, b := range cp.Branches {
+		st := b.Outcome
+		if st == "" {
+			switch cp.Decision {
+			case decisionCommit:
+				st = StatusCommitting
+			case decisionAbort:
+				st = StatusAborting
+			default:
+				st = StatusPrepared
+			}
+		}
+		out = append(out, BranchInfo{Sink: b.ID.Sink, Slot: b.ID.Slot, Status: st, Handle: b.Handle})
+	}
+	return out
+}

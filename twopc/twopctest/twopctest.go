@@ -1,0 +1,272 @@
+// Package twopctest provides an in-memory journal and fake sinks for tests
+// of the coordinator and the API, like net/http/httptest.
+//
+// A fake Sink keeps its transactions' states the way a real sink's server
+// would: a test can drop a Coordinator (simulating a crash), build a new one
+// from the same Journal's entries and the same Sink, and check recovery.
+package twopctest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+// Journal is an in-memory twopc.Journal. It keeps every entry so a test can
+// replay them into a fresh Machine, as a restarted node would.
+type Journal struct {
+	mu      sync.Mutex
+	m       *twopc.Machine
+	entries [][]byte
+	// Fail, when set, makes Propose fail without applying.
+	Fail error
+}
+
+// NewJournal returns a journal applying to m.
+func NewJournal(m *twopc.Machine) *Journal { return &Journal{m: m} }
+
+// Propose applies cmd and keeps it.
+func (j *Journal) Propose(ctx context.Context, cmd []byte) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %v", twopc.ErrUnavailable, err)
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.Fail != nil {
+		return nil, fmt.Errorf("%w: %v", twopc.ErrUnavailable, j.Fail)
+	}
+	j.entries = append(j.entries, slices.Clone(cmd))
+	return j.m.Apply(cmd), nil
+}
+
+// Reopen returns a new journal over a new Machine that has replayed every
+// entry: the state a node finds after a restart.
+func (j *Journal) Reopen() *Journal {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	m := twopc.NewMachine()
+	for _, e := range j.entries {
+		m.Apply(e)
+	}
+	return &Journal{m: m, entries: slices.Clone(j.entries)}
+}
+
+// Machine returns the machine the journal applies to.
+func (j *Journal) Machine() *twopc.Machine { return j.m }
+
+// Branch states of the fake sink.
+const (
+	Open      = "open"
+	Prepared  = "prepared"
+	Committed = "committed"
+	Aborted   = "aborted"
+)
+
+// Sink is a fake twopc.Sink that keeps records in memory.
+type Sink struct {
+	name        string
+	maxInflight int
+
+	mu sync.Mutex
+	tx map[string]*tx // by BranchID.String()
+	// committed records' values in commit order
+	committed []string
+	// Fault injection: when set, the next calls fail with these errors.
+	FailWrite, FailPrepare, FailCommit, FailResolve error
+	// Topics, when set, is the allow-list checked by Validate.
+	Topics []string
+}
+
+type tx struct {
+	id    twopc.BranchID
+	state string
+	vals  []string
+}
+
+// NewSink returns a fake sink with max in-flight branches per writer.
+func NewSink(name string, maxInflight int) *Sink {
+	return &Sink{name: name, maxInflight: maxInflight, tx: map[string]*tx{}}
+}
+
+// Name implements twopc.Sink.
+func (s *Sink) Name() string { return s.name }
+
+// MaxInflight implements twopc.Sink.
+func (s *Sink) MaxInflight() int { return s.maxInflight }
+
+// Validate accepts Kafka-style records with a value; rejects MySQL fields and
+// topics outside Topics.
+func (s *Sink) Validate(r *twopc.Record) error {
+	if r.Stmt != "" || r.Args != nil {
+		return fmt.Errorf("%w: sink %s takes no stmt/args", twopc.ErrInvalid, s.name)
+	}
+	if len(r.Value) == 0 && len(r.ValueB64) == 0 {
+		return fmt.Errorf("%w: value is required", twopc.ErrInvalid)
+	}
+	if len(s.Topics) > 0 && r.Topic != "" && !slices.Contains(s.Topics, r.Topic) {
+		return fmt.Errorf("%w: topic %q is not allowed in sink %s", twopc.ErrInvalid, r.Topic, s.name)
+	}
+	return nil
+}
+
+// Begin implements twopc.Sink.
+func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := &tx{id: id, state: Open}
+	s.tx[id.String()] = t
+	return &branch{s: s, t: t}, nil
+}
+
+// Resolve implements twopc.Sink.
+func (s *Sink) Resolve(ctx context.Context, id twopc.BranchID, h twopc.Handle, commit bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.FailResolve != nil {
+		return s.FailResolve
+	}
+	if string(h) != handleOf(id) {
+		return fmt.Errorf("fake: handle %s does not match branch %s", h, id)
+	}
+	t := s.tx[id.String()]
+	return s.finishLocked(t, commit)
+}
+
+func (s *Sink) finishLocked(t *tx, commit bool) error {
+	switch {
+	case t == nil && commit:
+		return fmt.Errorf("%w: fake: unknown transaction", twopc.ErrDataLoss)
+	case t == nil:
+		return nil
+	case commit && t.state == Aborted:
+		return fmt.Errorf("%w: fake: %s was aborted", twopc.ErrDataLoss, t.id)
+	case !commit && t.state == Committed:
+		return fmt.Errorf("fake: cannot abort committed %s", t.id)
+	case commit && t.state == Open:
+		return fmt.Errorf("fake: commit of unprepared %s", t.id)
+	case commit && t.state == Prepared:
+		t.state = Committed
+		s.committed = append(s.committed, t.vals...)
+	case !commit && t.state != Aborted:
+		t.state = Aborted
+	}
+	return nil
+}
+
+// Fence aborts every open or prepared transaction of the writer not in keep.
+func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.BranchID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.tx {
+		if t.id.Job != job || t.id.Writer != writer || slices.Contains(keep, t.id) {
+			continue
+		}
+		if t.state == Open || t.state == Prepared {
+			t.state = Aborted
+		}
+	}
+	return nil
+}
+
+// Committed returns the values of committed records, in commit order.
+func (s *Sink) Committed() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.committed)
+}
+
+// States counts transactions by state.
+func (s *Sink) States() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for _, t := range s.tx {
+		out[t.state]++
+	}
+	return out
+}
+
+// Abort a branch from outside, as a broker timing a transaction out would.
+func (s *Sink) Expire(id twopc.BranchID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.tx[id.String()]; t != nil && t.state != Committed {
+		t.state = Aborted
+	}
+}
+
+// Branches lists the ids of transactions in a state.
+func (s *Sink) Branches(state string) []twopc.BranchID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []twopc.BranchID
+	for _, t := range s.tx {
+		if t.state == state {
+			out = append(out, t.id)
+		}
+	}
+	return out
+}
+
+func handleOf(id twopc.BranchID) string { return fmt.Sprintf("%q", id.String()) }
+
+type branch struct {
+	s *Sink
+	t *tx
+}
+
+func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	if b.s.FailWrite != nil {
+		return b.s.FailWrite
+	}
+	if b.t.state != Open {
+		return fmt.Errorf("fake: write to %s %s", b.t.state, b.t.id)
+	}
+	for _, r := range recs {
+		v := string(r.Value)
+		if len(r.ValueB64) > 0 {
+			v = string(r.ValueB64)
+		}
+		b.t.vals = append(b.t.vals, v)
+	}
+	return nil
+}
+
+func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	if b.s.FailPrepare != nil {
+		return nil, b.s.FailPrepare
+	}
+	if b.t.state != Open {
+		return nil, fmt.Errorf("fake: prepare of %s %s", b.t.state, b.t.id)
+	}
+	b.t.state = Prepared
+	return twopc.Handle(handleOf(b.t.id)), nil
+}
+
+func (b *branch) Commit(ctx context.Context) error {
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	if b.s.FailCommit != nil {
+		return b.s.FailCommit
+	}
+	return b.s.finishLocked(b.t, true)
+}
+
+func (b *branch) Abort(ctx context.Context) error {
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	return b.s.finishLocked(b.t, false)
+}
+
+var _ twopc.Sink = (*Sink)(nil)
+
+// ErrInjected is a convenient error for fault injection.
+var ErrInjected = errors.New("twopctest: injected failure")
