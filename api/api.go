@@ -1,0 +1,281 @@
+// Package api is txsink's HTTP API (DESIGN.md §3): one handler served on TCP
+// and on a Unix socket, JSON bodies, RFC 9457 problem details with a stable
+// code, and the record fast path (NDJSON or a JSON array).
+//
+// The handlers check names and decode bodies; every protocol decision is the
+// Service's (the twopc.Coordinator). openapi.yaml in this folder describes the
+// API and the tests check every response against it.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+// Service is what the API drives; *twopc.Coordinator implements it.
+type Service interface {
+	PutJob(ctx context.Context, spec twopc.JobSpec) (twopc.JobInfo, error)
+	Jobs() []twopc.JobInfo
+	Job(name string) (twopc.JobInfo, error)
+	OpenSession(ctx context.Context, job, writer string, restore *int64) (twopc.SessionInfo, error)
+	// Write must not keep a reference into memory the API reuses: the
+	// records it gets are freshly allocated and owned by the service.
+	Write(ctx context.Context, job, writer string, epoch uint64, seq *int64, recs []*twopc.Record) (twopc.WriteResult, error)
+	Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait) (twopc.CheckpointResult, error)
+	Commit(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
+	Abort(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
+	Checkpoints(job string) ([]twopc.CheckpointInfo, error)
+	ValidateRecords(job string, recs []*twopc.Record) error
+}
+
+// ClusterStatus is the body of GET /v1/cluster.
+type ClusterStatus struct {
+	// Node is this node's id.
+	Node string `json:"node"`
+	// Role is this node's Raft role: leader, follower, candidate or shutdown.
+	Role string `json:"role"`
+	// Leader is the leader's node id ("" while there is none).
+	Leader string `json:"leader"`
+	// LeaderAddr is the leader's Raft address ("" while there is none).
+	LeaderAddr string `json:"leader_addr"`
+	// Members is the current Raft configuration.
+	Members []Member `json:"members"`
+	// LastIndex is the last index in this node's log.
+	LastIndex uint64 `json:"last_index"`
+}
+
+// Member is one server of the Raft configuration.
+type Member struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Voter   bool   `json:"voter"`
+}
+
+// Defaults of Config.
+const (
+	DefaultMaxBodyBytes      = 32 << 20
+	DefaultMaxRecordsPerCall = 100_000
+)
+
+// Config configures a Server. The zero value serves with the defaults, no
+// token, no cluster status, no metrics and always ready.
+type Config struct {
+	// MaxBodyBytes bounds a request body (0: DefaultMaxBodyBytes); a larger
+	// one is 413 body_too_large.
+	MaxBodyBytes int64
+	// MaxRecordsPerCall bounds the records of one write call
+	// (0: DefaultMaxRecordsPerCall); more is 413 body_too_large.
+	MaxRecordsPerCall int
+	// Token, when set, is the bearer token every /v1 call must carry
+	// (Authorization: Bearer <token>); a missing or wrong one is 401.
+	// /healthz, /readyz and /metrics never need it.
+	Token string
+	// Logger receives request errors (nil: discard).
+	Logger *slog.Logger
+	// Cluster answers GET /v1/cluster (nil: 404 not_found).
+	Cluster func(ctx context.Context) (ClusterStatus, error)
+	// Ready answers GET /readyz: nil error means ready (nil func: always).
+	Ready func(ctx context.Context) error
+	// Metrics serves GET /metrics (nil: 404 not_found).
+	Metrics http.Handler
+}
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config {
+	return Config{MaxBodyBytes: DefaultMaxBodyBytes, MaxRecordsPerCall: DefaultMaxRecordsPerCall}
+}
+
+// Validate reports a Config that cannot be served.
+func (c Config) Validate() error {
+	if c.MaxBodyBytes < 0 {
+		return fmt.Errorf("api: MaxBodyBytes %d is negative", c.MaxBodyBytes)
+	}
+	if c.MaxRecordsPerCall < 0 {
+		return fmt.Errorf("api: MaxRecordsPerCall %d is negative", c.MaxRecordsPerCall)
+	}
+	if strings.ContainsAny(c.Token, " \t\r\n") {
+		return errors.New("api: Token contains white space")
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxRecordsPerCall == 0 {
+		c.MaxRecordsPerCall = DefaultMaxRecordsPerCall
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Server serves the API on any number of listeners.
+type Server struct {
+	svc  Service
+	cfg  Config
+	log  *slog.Logger
+	mux  *http.ServeMux
+	http *http.Server
+}
+
+// New returns a Server for svc. It serves nothing until Serve.
+func New(svc Service, cfg Config) (*Server, error) {
+	if svc == nil {
+		return nil, errors.New("api: nil Service")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Server{svc: svc, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	s.routes()
+	s.http = &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		// No WriteTimeout: a checkpoint waits for every sink's commit.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// Handler returns the API's handler, for tests and for embedding.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+// Serve accepts connections on ln until Shutdown; it may be called for
+// several listeners (TCP and Unix socket) at once. It returns nil after
+// Shutdown and the accept error otherwise.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.http.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, closes every listener (removing the Unix socket
+// file) and waits for the calls in progress until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+// ListenUnix listens on the Unix socket path with mode 0660. A stale socket
+// file (one nobody listens on) is removed first; a live one or a file that
+// is not a socket is an error. The socket file is removed when the listener
+// closes. Keep path in a directory only the sidecar's group can enter: the
+// mode is set right after the socket is created.
+func ListenUnix(path string) (net.Listener, error) {
+	fi, err := os.Lstat(path)
+	switch {
+	case err == nil:
+		if fi.Mode()&fs.ModeSocket == 0 {
+			return nil, fmt.Errorf("api: %s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("api: %s: another process is listening on it", path)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("api: remove stale socket: %w", err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	return ln, nil
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
+				panic(v)
+			}
+			s.log.Error("api: panic", "method", r.Method, "path", r.URL.Path, "panic", v)
+			s.problem(w, r, &apiErr{Status: http.StatusInternalServerError, Code: CodeInternal, Detail: "internal error"})
+		}
+	}()
+	if s.cfg.Token != "" && (r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/")) && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="txsink"`)
+		s.problem(w, r, &apiErr{Status: http.StatusUnauthorized, Code: CodeUnauthorized,
+			Detail: "this call needs the header Authorization: Bearer <token>"})
+		return
+	}
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		// The mux answers 404 or 405 (with Allow) in plain text; keep its
+		// decision and headers, answer with a problem.
+		s.mux.ServeHTTP(&fallbackWriter{s: s, w: w, r: r}, r)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), []byte(s.cfg.Token)) == 1
+}
+
+// fallbackWriter turns the mux's own 404 and 405 answers into problems.
+type fallbackWriter struct {
+	s    *Server
+	w    http.ResponseWriter
+	r    *http.Request
+	done bool // header written
+	pass bool // not a 404/405: pass the body through
+}
+
+func (f *fallbackWriter) Header() http.Header { return f.w.Header() }
+
+func (f *fallbackWriter) WriteHeader(code int) {
+	if f.done {
+		return
+	}
+	f.done = true
+	switch code {
+	case http.StatusNotFound:
+		f.s.problem(f.w, f.r, &apiErr{Status: code, Code: CodeNotFound,
+			Detail: fmt.Sprintf("no such resource: %s", f.r.URL.Path)})
+	case http.StatusMethodNotAllowed:
+		f.s.problem(f.w, f.r, &apiErr{Status: code, Code: CodeMethodNotAllowed,
+			Detail: fmt.Sprintf("%s is not allowed on %s (allowed: %s)", f.r.Method, f.r.URL.Path, f.w.Header().Get("Allow"))})
+	default:
+		f.pass = true
+		f.w.WriteHeader(code)
+	}
+}
+
+func (f *fallbackWriter) Write(b []byte) (int, error) {
+	if !f.done {
+		f.WriteHeader(http.StatusOK)
+	}
+	if f.pass {
+		return f.w.Write(b)
+	}
+	return len(b), nil
+}
+
+var _ io.Writer = (*fallbackWriter)(nil)

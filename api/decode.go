@@ -1,0 +1,265 @@
+package api
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+	"sync"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+// Request bodies are read whole into a pooled buffer before decoding: the
+// limit is checked once, line numbers come from offsets, and the decoded
+// records never alias the buffer (encoding/json copies strings, RawMessage
+// and base64 bytes), so it can be reused as soon as the call returns.
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBuf keeps an occasional huge body from pinning its buffer.
+const maxPooledBuf = 4 << 20
+
+func putBuf(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledBuf {
+		b.Reset()
+		bufPool.Put(b)
+	}
+}
+
+// readBody reads r's body, at most limit bytes, into a pooled buffer that
+// the caller returns with putBuf.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) (*bytes.Buffer, error) {
+	if r.ContentLength > limit {
+		return nil, tooLarge(limit)
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	if r.ContentLength > 0 {
+		// ReadFrom wants MinRead spare bytes before it sees EOF.
+		buf.Grow(int(r.ContentLength) + bytes.MinRead)
+	}
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit)); err != nil {
+		putBuf(buf)
+		if e, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, tooLarge(e.Limit)
+		}
+		return nil, badRequest(CodeMalformedBody, "reading the body: "+err.Error())
+	}
+	return buf, nil
+}
+
+// mediaType is the Content-Type without parameters, lower case.
+func mediaType(r *http.Request) string {
+	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
+	return strings.ToLower(strings.TrimSpace(ct))
+}
+
+func isJSONType(mt string) bool {
+	return mt == "" || mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+}
+
+func isRecordsType(mt string) bool {
+	switch mt {
+	case "", "application/json", "application/x-ndjson", "application/ndjson",
+		"application/jsonl", "application/x-jsonlines", "application/jsonlines":
+		return true
+	}
+	return false
+}
+
+func unsupported(mt, want string) *apiErr {
+	return &apiErr{Status: http.StatusUnsupportedMediaType, Code: CodeUnsupportedMediaType,
+		Detail: fmt.Sprintf("Content-Type %q: send %s", mt, want)}
+}
+
+// decodeJSONBody decodes an optional small JSON body into v, rejecting
+// unknown fields and trailing data. It reports whether there was a body.
+func decodeJSONBody(w http.ResponseWriter, r *http.Request, limit int64, v any) (bool, error) {
+	buf, err := readBody(w, r, limit)
+	if err != nil {
+		return false, err
+	}
+	defer putBuf(buf)
+	body := buf.Bytes()
+	start := skipSpace(body, 0)
+	if start == len(body) {
+		return false, nil
+	}
+	if mt := mediaType(r); !isJSONType(mt) {
+		return true, unsupported(mt, "application/json")
+	}
+	if body[start] != '{' {
+		return true, badRequest(CodeMalformedBody, "the body must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return true, badRequest(CodeMalformedBody, describe(err))
+	}
+	if end := skipSpace(body, int(dec.InputOffset())); end != len(body) {
+		return true, badRequest(CodeMalformedBody, fmt.Sprintf("unexpected data after the JSON object at offset %d", end))
+	}
+	return true, nil
+}
+
+// errTooManyRecords is wrapped by decodeRecords when max is exceeded.
+var errTooManyRecords = errors.New("too many records")
+
+// decodeRecords decodes a records body: a JSON array of objects, or NDJSON
+// (one object a line, blank lines ignored). At most max records are
+// accepted. Errors name the line (1-based) and what is wrong with it.
+func decodeRecords(body []byte, max int) ([]*twopc.Record, error) {
+	start := skipSpace(body, 0)
+	if start < len(body) && body[start] == '[' {
+		return decodeArray(body, max)
+	}
+	return decodeLines(body, max)
+}
+
+func decodeLines(body []byte, max int) ([]*twopc.Record, error) {
+	// One Record slab instead of one allocation per record; the line count
+	// bounds the records because each must be on its own line.
+	n := bytes.Count(body, []byte{'\n'}) + 1
+	slab := make([]twopc.Record, 0, min(n, max+1))
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	line, counted := 1, 0 // line number at offset counted
+	prevLine, end := 0, 0
+	for {
+		start := skipSpace(body, end)
+		if start == len(body) {
+			break
+		}
+		line += bytes.Count(body[counted:start], []byte{'\n'})
+		counted = start
+		if line == prevLine {
+			return nil, fmt.Errorf("line %d: unexpected data after the record", line)
+		}
+		if body[start] != '{' {
+			return nil, fmt.Errorf("line %d: a record must be a JSON object", line)
+		}
+		if len(slab) == max {
+			return nil, fmt.Errorf("%w: more than %d records in one call", errTooManyRecords, max)
+		}
+		slab = append(slab, twopc.Record{})
+		if err := dec.Decode(&slab[len(slab)-1]); err != nil {
+			return nil, fmt.Errorf("line %d: %s", line, describe(err))
+		}
+		end = int(dec.InputOffset())
+		if bytes.IndexByte(body[start:end], '\n') >= 0 {
+			return nil, fmt.Errorf("line %d: a record must be on one line", line)
+		}
+		prevLine = line
+	}
+	return pointers(slab), nil
+}
+
+func decodeArray(body []byte, max int) ([]*twopc.Record, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if _, err := dec.Token(); err != nil { // '['
+		return nil, fmt.Errorf("line 1: %s", describe(err))
+	}
+	var slab []twopc.Record
+	line, counted := 1, 0
+	for i := 0; ; i++ {
+		start := skipSpace(body, int(dec.InputOffset()))
+		if start < len(body) && body[start] == ',' {
+			start = skipSpace(body, start+1)
+		}
+		line += bytes.Count(body[counted:min(start, len(body))], []byte{'\n'})
+		counted = min(start, len(body))
+		if !dec.More() {
+			break
+		}
+		if body[start] != '{' {
+			return nil, fmt.Errorf("record %d (line %d): a record must be a JSON object", i+1, line)
+		}
+		if len(slab) == max {
+			return nil, fmt.Errorf("%w: more than %d records in one call", errTooManyRecords, max)
+		}
+		slab = append(slab, twopc.Record{})
+		if err := dec.Decode(&slab[len(slab)-1]); err != nil {
+			return nil, fmt.Errorf("record %d (line %d): %s", i+1, line, describe(err))
+		}
+	}
+	if _, err := dec.Token(); err != nil { // ']'
+		return nil, fmt.Errorf("line %d: %s", line, describe(err))
+	}
+	if end := skipSpace(body, int(dec.InputOffset())); end != len(body) {
+		line += bytes.Count(body[counted:end], []byte{'\n'})
+		return nil, fmt.Errorf("line %d: unexpected data after the array", line)
+	}
+	return pointers(slab), nil
+}
+
+func pointers(slab []twopc.Record) []*twopc.Record {
+	recs := make([]*twopc.Record, len(slab))
+	for i := range slab {
+		recs[i] = &slab[i]
+	}
+	return recs
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case ' ', '\t', '\r', '\n':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// describe says what is wrong in a decoding error, in JSON's terms rather
+// than Go's.
+func describe(err error) string {
+	if e, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		if e.Field == "" {
+			return fmt.Sprintf("got a JSON %s, want %s", e.Value, jsonKind(e.Type))
+		}
+		return fmt.Sprintf("field %q: got a JSON %s, want %s", e.Field, e.Value, jsonKind(e.Type))
+	}
+	if e, ok := errors.AsType[base64.CorruptInputError](err); ok {
+		return "invalid base64: " + e.Error()
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return "unexpected end of JSON input"
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+func jsonKind(t reflect.Type) string {
+	if t == nil {
+		return "another type"
+	}
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer (" + t.Kind().String() + ")"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return "a base64 string"
+		}
+		return "an array"
+	}
+	return t.String()
+}

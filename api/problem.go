@@ -1,0 +1,154 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+// Problem codes: the stable "code" of every error answer. openapi.yaml lists
+// the same set; a client switches on these, never on detail or title.
+const (
+	CodeInvalidRequest       = "invalid_request"        // 400: a parameter or field has a wrong value
+	CodeInvalidName          = "invalid_name"           // 400: a job, writer or sink name breaks the name rule
+	CodeMalformedBody        = "malformed_body"         // 400: the body is not the JSON (or NDJSON) expected
+	CodeUnknownSink          = "unknown_sink"           // 400: a sink the job does not have
+	CodeUnauthorized         = "unauthorized"           // 401: missing or wrong bearer token
+	CodeJobNotFound          = "job_not_found"          // 404
+	CodeNotFound             = "not_found"              // 404: no such route, or an optional endpoint not configured
+	CodeMethodNotAllowed     = "method_not_allowed"     // 405
+	CodeSessionFenced        = "session_fenced"         // 409: a newer session of the writer exists
+	CodeSessionLost          = "session_lost"           // 409: the session's open branches are gone (restart)
+	CodeNoSession            = "no_session"             // 409
+	CodeSeqConflict          = "seq_conflict"           // 409: seq lower than the last one
+	CodeCheckpointOrder      = "checkpoint_order"       // 409: checkpoint not above the last one
+	CodeModeConflict         = "mode_conflict"          // 409: call not allowed in the job's commit mode
+	CodeBodyTooLarge         = "body_too_large"         // 413: body, records per call or state over the limit
+	CodeUnsupportedMediaType = "unsupported_media_type" // 415
+	CodeBackpressure         = "backpressure"           // 429: too many checkpoints in flight
+	CodeInternal             = "internal"               // 500
+	CodeSinkFailure          = "sink_failure"           // 502: a sink failed; the checkpoint was aborted
+	CodeDataLoss             = "data_loss"              // 502: a sink aborted a transaction decided to commit
+	CodeUnavailable          = "unavailable"            // 503: no journal leader, not ready, timed out
+)
+
+// ProblemTypeBase prefixes a problem's code to form its "type" URI.
+const ProblemTypeBase = "urn:txsink:problem:"
+
+// Problem is an RFC 9457 problem details body (application/problem+json).
+type Problem struct {
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail,omitempty"`
+	Code     string `json:"code"`
+	Instance string `json:"instance,omitempty"`
+}
+
+// apiErr is an error answer decided by the API itself.
+type apiErr struct {
+	Status int
+	Code   string
+	Detail string
+}
+
+func (e *apiErr) Error() string { return e.Code + ": " + e.Detail }
+
+func badRequest(code, detail string) *apiErr {
+	return &apiErr{Status: http.StatusBadRequest, Code: code, Detail: detail}
+}
+
+// twopcErrors maps the coordinator's sentinel errors, most specific first
+// (an unknown sink error may also wrap ErrInvalid).
+var twopcErrors = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{twopc.ErrDataLoss, http.StatusBadGateway, CodeDataLoss},
+	{twopc.ErrSessionFenced, http.StatusConflict, CodeSessionFenced},
+	{twopc.ErrSessionLost, http.StatusConflict, CodeSessionLost},
+	{twopc.ErrNoSession, http.StatusConflict, CodeNoSession},
+	{twopc.ErrSeqConflict, http.StatusConflict, CodeSeqConflict},
+	{twopc.ErrCheckpointOrder, http.StatusConflict, CodeCheckpointOrder},
+	{twopc.ErrModeConflict, http.StatusConflict, CodeModeConflict},
+	{twopc.ErrBackpressure, http.StatusTooManyRequests, CodeBackpressure},
+	{twopc.ErrJobNotFound, http.StatusNotFound, CodeJobNotFound},
+	{twopc.ErrUnknownSink, http.StatusBadRequest, CodeUnknownSink},
+	{twopc.ErrInvalid, http.StatusBadRequest, CodeInvalidRequest},
+	{twopc.ErrSinkFailure, http.StatusBadGateway, CodeSinkFailure},
+	{twopc.ErrUnavailable, http.StatusServiceUnavailable, CodeUnavailable},
+	{context.DeadlineExceeded, http.StatusServiceUnavailable, CodeUnavailable},
+}
+
+// toAPIErr classifies err; anything unknown is 500 internal.
+func toAPIErr(err error) *apiErr {
+	if e, ok := errors.AsType[*apiErr](err); ok {
+		return e
+	}
+	if e, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return tooLarge(e.Limit)
+	}
+	for _, m := range twopcErrors {
+		if errors.Is(err, m.err) {
+			return &apiErr{Status: m.status, Code: m.code, Detail: err.Error()}
+		}
+	}
+	return &apiErr{Status: http.StatusInternalServerError, Code: CodeInternal, Detail: err.Error()}
+}
+
+func tooLarge(limit int64) *apiErr {
+	return &apiErr{Status: http.StatusRequestEntityTooLarge, Code: CodeBodyTooLarge,
+		Detail: "the request body is larger than " + strconv.FormatInt(limit, 10) + " bytes"}
+}
+
+// fail answers err as a problem.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	e := toAPIErr(err)
+	if e.Status >= 500 {
+		s.log.Error("api: call failed", "method", r.Method, "path", r.URL.Path, "status", e.Status, "code", e.Code, "err", err)
+	} else if s.log.Enabled(r.Context(), slog.LevelDebug) {
+		s.log.Debug("api: call refused", "method", r.Method, "path", r.URL.Path, "status", e.Status, "code", e.Code, "err", err)
+	}
+	s.problem(w, r, e)
+}
+
+func (s *Server) problem(w http.ResponseWriter, r *http.Request, e *apiErr) {
+	p := Problem{
+		Type:     ProblemTypeBase + e.Code,
+		Title:    http.StatusText(e.Status),
+		Status:   e.Status,
+		Detail:   e.Detail,
+		Code:     e.Code,
+		Instance: r.URL.Path,
+	}
+	b, _ := json.Marshal(p) // cannot fail: strings and an int
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("Content-Length", strconv.Itoa(len(b)+1))
+	switch e.Status {
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		h.Set("Retry-After", "1")
+	}
+	w.WriteHeader(e.Status)
+	w.Write(append(b, '\n'))
+}
+
+// reply answers v as JSON with status.
+func (s *Server) reply(w http.ResponseWriter, r *http.Request, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
