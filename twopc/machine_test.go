@@ -1,0 +1,201 @@
+package twopc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"testing"
+)
+
+// apply applies cmd (with a fresh key unless one is given) and checks that a
+// snapshot → restore round trip reproduces the state exactly.
+func apply(t *testing.T, m *Machine, c Command) ApplyResult {
+	t.Helper()
+	if c.Key == "" {
+		c.Key = fmt.Sprintf("%s-%d", t.Name(), len(m.st.KeyOrder))
+	}
+	c.Time++
+	r := m.Apply(EncodeCommand(c)).(ApplyResult)
+	snap, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2 := NewMachine()
+	if err := m2.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	snap2, _ := m2.Snapshot()
+	if !bytes.Equal(snap, snap2) {
+		t.Fatalf("snapshot round trip differs:\n got %s\nwant %s", snap2, snap)
+	}
+	return r
+}
+
+func jb(job, writer, sink string, epoch, seq uint64, slot int) JournalBranch {
+	return JournalBranch{ID: BranchID{Job: job, Writer: writer, Sink: sink, Epoch: epoch, Seq: seq, Slot: slot}, Handle: Handle(`{"h":1}`)}
+}
+
+func TestMachineCommands(t *testing.T) {
+	t.Run("put job validates and is idempotent", func(t *testing.T) {
+		m := NewMachine()
+		for _, spec := range []*JobSpec{nil, {Name: "bad name", Commit: ModeAuto, Sinks: []string{"k"}},
+			{Name: "j", Commit: "sometimes", Sinks: []string{"k"}}, {Name: "j", Commit: ModeAuto}} {
+			if r := apply(t, m, Command{Op: OpPutJob, Spec: spec}); !errors.Is(r.Err, ErrInvalid) {
+				t.Errorf("spec %+v: got %v, want ErrInvalid", spec, r.Err)
+			}
+		}
+		if got := m.JobNames(); len(got) != 0 {
+			t.Fatalf("bad specs created jobs %v", got)
+		}
+		for range 2 {
+			if r := apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeAuto, Sinks: []string{"k"}}}); r.Err != nil {
+				t.Fatal(r.Err)
+			}
+		}
+		if got := m.JobNames(); len(got) != 1 {
+			t.Fatalf("got jobs %v, want [j]", got)
+		}
+	})
+
+	t.Run("sessions fence and checkpoints order", func(t *testing.T) {
+		m := NewMachine()
+		if r := apply(t, m, Command{Op: OpOpenSession, Job: "nope", Writer: "0"}); !errors.Is(r.Err, ErrJobNotFound) {
+			t.Fatalf("got %v, want ErrJobNotFound", r.Err)
+		}
+		apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeAuto, Sinks: []string{"k"}}})
+		r1 := apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Node: "n1"})
+		r2 := apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Node: "n1"})
+		if r1.Session.Epoch != 1 || r2.Session.Epoch != 2 {
+			t.Fatalf("got epochs %d, %d, want 1, 2", r1.Session.Epoch, r2.Session.Epoch)
+		}
+		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 1, Checkpoint: 1, Decide: true}); !errors.Is(r.Err, ErrSessionFenced) {
+			t.Fatalf("stale epoch: got %v, want ErrSessionFenced", r.Err)
+		}
+		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 2, Checkpoint: 1}); !errors.Is(r.Err, ErrModeConflict) {
+			t.Fatalf("undecided prepare in auto mode: got %v, want ErrModeConflict", r.Err)
+		}
+		r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 2, Checkpoint: 5, State: []byte("s5"), Decide: true,
+			Branches: []JournalBranch{jb("j", "0", "k", 2, 1, 0)}})
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		for _, n := range []int64{5, 4} {
+			if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 2, Checkpoint: n, Decide: true}); !errors.Is(r.Err, ErrCheckpointOrder) {
+				t.Fatalf("checkpoint %d after 5: got %v, want ErrCheckpointOrder", n, r.Err)
+			}
+		}
+		st, _ := m.CheckpointStatus("j", "0", 5)
+		if st.Status != StatusCommitting {
+			t.Fatalf("got status %s, want committing", st.Status)
+		}
+		if p := m.Pending("j"); len(p) != 1 || p[0].Decision != decisionCommit {
+			t.Fatalf("got pending %+v, want one decided branch", p)
+		}
+		// A restarted writer restores the decided checkpoint even before
+		// the sink confirmed: the decision is durable.
+		r3 := apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Node: "n1"})
+		if r3.Session.Checkpoint != 5 || string(r3.Session.State) != "s5" {
+			t.Fatalf("got restore %d %q, want 5 s5", r3.Session.Checkpoint, r3.Session.State)
+		}
+		apply(t, m, Command{Op: OpResolved, Job: "j", Outcomes: []BranchOutcome{{Writer: "0", Checkpoint: 5, Sink: "k", Epoch: 2, Seq: 1, Outcome: OutcomeCommitted}}})
+		apply(t, m, Command{Op: OpResolved, Job: "j", Outcomes: []BranchOutcome{{Writer: "0", Checkpoint: 5, Sink: "k", Epoch: 2, Seq: 1, Outcome: OutcomeCommitted}}})
+		if p := m.Pending("j"); len(p) != 0 {
+			t.Fatalf("got pending %+v after resolve, want none", p)
+		}
+		st, _ = m.CheckpointStatus("j", "0", 5)
+		if st.Status != StatusCommitted {
+			t.Fatalf("got status %s, want committed", st.Status)
+		}
+		// The order holds across sessions.
+		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 3, Checkpoint: 5, Decide: true}); !errors.Is(r.Err, ErrCheckpointOrder) {
+			t.Fatalf("got %v, want ErrCheckpointOrder", r.Err)
+		}
+	})
+
+	t.Run("external decide and restore", func(t *testing.T) {
+		m := NewMachine()
+		apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "x", Commit: ModeExternal, Sinks: []string{"k"}}})
+		for _, w := range []string{"0", "1"} {
+			apply(t, m, Command{Op: OpOpenSession, Job: "x", Writer: w})
+			for n := int64(1); n <= 3; n++ {
+				r := apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: w, Epoch: 1, Checkpoint: n, State: []byte{byte(n)},
+					Branches: []JournalBranch{jb("x", w, "k", 1, uint64(n), int(n))}})
+				if r.Err != nil {
+					t.Fatal(r.Err)
+				}
+			}
+		}
+		if r := apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: "0", Epoch: 1, Checkpoint: 9, Decide: true}); !errors.Is(r.Err, ErrModeConflict) {
+			t.Fatalf("decided prepare in external mode: got %v, want ErrModeConflict", r.Err)
+		}
+		if r := apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "x", Commit: ModeAuto, Sinks: []string{"k"}}}); !errors.Is(r.Err, ErrModeConflict) {
+			t.Fatalf("mode change with open checkpoints: got %v, want ErrModeConflict", r.Err)
+		}
+		r := apply(t, m, Command{Op: OpDecide, Job: "x", Checkpoint: 2, Commit: true})
+		if got := r.Decided["0"]; len(got) != 2 || got[1] != 2 || len(r.Decided["1"]) != 2 {
+			t.Fatalf("got decided %v, want 1,2 for both writers", r.Decided)
+		}
+		if w, _ := m.Writer("x", "1"); w.LastCommitted != 2 {
+			t.Fatalf("got last committed %d, want 2", w.LastCommitted)
+		}
+		r = apply(t, m, Command{Op: OpDecide, Job: "x", Checkpoint: 3, Commit: false})
+		if len(r.Decided["0"]) != 1 {
+			t.Fatalf("abort 3: got %v", r.Decided)
+		}
+		st, _ := m.CheckpointStatus("x", "0", 3)
+		if st.Status != StatusAborting {
+			t.Fatalf("got %s, want aborting", st.Status)
+		}
+		// restore on open: writer 1 had 1..3; 1,2 decided; 3 aborted above.
+		apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: "1", Epoch: 1, Checkpoint: 4, Branches: []JournalBranch{jb("x", "1", "k", 1, 4, 0)}})
+		apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: "1", Epoch: 1, Checkpoint: 5, Branches: []JournalBranch{jb("x", "1", "k", 1, 5, 3)}})
+		four := int64(4)
+		r = apply(t, m, Command{Op: OpOpenSession, Job: "x", Writer: "1", Restore: &four})
+		if r.Session.Checkpoint != 4 || r.Session.Epoch != 2 {
+			t.Fatalf("got %+v, want checkpoint 4 epoch 2", r.Session)
+		}
+		st4, _ := m.CheckpointStatus("x", "1", 4)
+		st5, _ := m.CheckpointStatus("x", "1", 5)
+		if st4.Status != StatusCommitting || st5.Status != StatusAborting {
+			t.Fatalf("got 4=%s 5=%s, want committing, aborting", st4.Status, st5.Status)
+		}
+	})
+
+	t.Run("duplicate key changes nothing", func(t *testing.T) {
+		m := NewMachine()
+		apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeAuto, Sinks: []string{"k"}}})
+		apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Key: "same"})
+		r := apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Key: "same"})
+		if !r.Duplicate {
+			t.Fatal("got no Duplicate for a repeated key")
+		}
+		if w, _ := m.Writer("j", "0"); w.Epoch != 1 {
+			t.Fatalf("got epoch %d, want 1", w.Epoch)
+		}
+	})
+
+	t.Run("data loss shows in status", func(t *testing.T) {
+		m := NewMachine()
+		apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeAuto, Sinks: []string{"k"}}})
+		apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0"})
+		apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 1, Checkpoint: 1, Decide: true, Branches: []JournalBranch{jb("j", "0", "k", 1, 1, 0)}})
+		apply(t, m, Command{Op: OpResolved, Job: "j", Outcomes: []BranchOutcome{{Writer: "0", Checkpoint: 1, Sink: "k", Epoch: 1, Seq: 1, Outcome: OutcomeDataLoss}}})
+		st, _ := m.CheckpointStatus("j", "0", 1)
+		if st.Status != StatusDataLoss {
+			t.Fatalf("got %s, want data_loss", st.Status)
+		}
+	})
+}
+
+func TestMachinePanicsOnGarbage(t *testing.T) {
+	for _, in := range []string{"{", `{"op":"explode"}`} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Apply(%q) did not panic", in)
+				}
+			}()
+			NewMachine().Apply([]byte(in))
+		}()
+	}
+}
