@@ -1,0 +1,267 @@
+package mysql
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"sync"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+type branchState int
+
+const (
+	stateNew      branchState = iota // no connection, no XA transaction yet
+	stateActive                      // XA START done, writes go here
+	stateFailed                      // a write or prepare failed: only Abort is allowed
+	statePrepared                    // XA PREPARE answered OK
+	stateEmpty                       // prepared with no writes: nothing in the database
+	stateDone                        // committed or rolled back; connection released
+	stateClosed                      // Sink.Close detached it
+)
+
+// branch is one XA transaction on one pinned connection.
+type branch struct {
+	s  *Sink
+	id twopc.BranchID
+
+	// mu serialises the coordinator's calls with Resolve and Fence.
+	mu    sync.Mutex
+	state branchState
+	conn  *sql.Conn
+	x     xid
+	// maybePrepared: XA PREPARE was sent; without an answer the branch may
+	// be prepared, so cleanup must go through XA RECOVER.
+	maybePrepared bool
+	committed     bool
+}
+
+func (b *branch) fail(op string, err error) error {
+	b.state = stateFailed
+	return b.s.wrapID(b.id, op, err)
+}
+
+func (b *branch) start(ctx context.Context) error {
+	conn, err := b.s.db.Conn(ctx)
+	if err != nil {
+		return b.s.wrapID(b.id, "connect", err)
+	}
+	b.conn = conn
+	connID, boot, err := b.s.connInfo(ctx, conn)
+	if err != nil {
+		return b.fail("connection id", err)
+	}
+	b.x = newXID(b.id, connID, boot)
+	if _, err := conn.ExecContext(ctx, "XA START "+b.x.literal()); err != nil {
+		return b.fail("XA START", err)
+	}
+	b.state = stateActive
+	return nil
+}
+
+// Write runs the named statements inside the XA transaction.
+func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == stateNew {
+		if err := b.start(ctx); err != nil {
+			return err
+		}
+	}
+	if b.state != stateActive {
+		return fmt.Errorf("%w: mysql sink %q: write to branch %v in state %s", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.state)
+	}
+	args := make([]any, 0, 8)
+	for _, r := range recs {
+		q, ok := b.s.cfg.Statements[r.Stmt]
+		if !ok {
+			b.state = stateFailed
+			return fmt.Errorf("%w: mysql sink %q: unknown statement %q", twopc.ErrInvalid, b.s.cfg.Name, r.Stmt)
+		}
+		args = args[:0]
+		for _, a := range r.Args {
+			v, err := argValue(a)
+			if err != nil {
+				b.state = stateFailed
+				return fmt.Errorf("%w: mysql sink %q: statement %q: %v", twopc.ErrInvalid, b.s.cfg.Name, r.Stmt, err)
+			}
+			args = append(args, v)
+		}
+		if _, err := b.conn.ExecContext(ctx, q, args...); err != nil {
+			return b.fail(fmt.Sprintf("statement %q", r.Stmt), err)
+		}
+	}
+	return nil
+}
+
+// Prepare inserts the marker row, then XA END and XA PREPARE.
+func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case stateNew, stateEmpty:
+		b.state = stateEmpty
+		return emptyHandle, nil
+	case statePrepared:
+		return b.x.handle(), nil
+	case stateActive:
+	default:
+		return nil, fmt.Errorf("%w: mysql sink %q: prepare branch %v in state %s", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.state)
+	}
+	x := b.x
+	_, err := b.conn.ExecContext(ctx, "INSERT INTO "+b.s.marker+
+		" (format_id, gtrid, bqual, job, writer, sink, epoch, seq, after_checkpoint, slot, conn_id)"+
+		" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		FormatID, x.gtrid, x.bqual, b.id.Job, b.id.Writer, b.id.Sink, b.id.Epoch, b.id.Seq, b.id.After, b.id.Slot, x.connID)
+	if err != nil {
+		return nil, b.fail("insert marker row", err)
+	}
+	if _, err := b.conn.ExecContext(ctx, "XA END "+x.literal()); err != nil {
+		return nil, b.fail("XA END", err)
+	}
+	b.maybePrepared = true
+	if _, err := b.conn.ExecContext(ctx, "XA PREPARE "+x.literal()); err != nil {
+		return nil, b.fail("XA PREPARE", err)
+	}
+	b.state = statePrepared
+	return x.handle(), nil
+}
+
+// Commit commits the prepared branch on its own connection; if that
+// connection fails it finishes the branch from a new one.
+func (b *branch) Commit(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case stateEmpty:
+		b.release()
+		return nil
+	case stateDone:
+		if b.committed {
+			return nil
+		}
+		return fmt.Errorf("%w: mysql sink %q: commit of rolled back branch %v", twopc.ErrSinkFailure, b.s.cfg.Name, b.id)
+	case statePrepared, stateClosed:
+	default:
+		return fmt.Errorf("%w: mysql sink %q: commit of branch %v in state %s", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.state)
+	}
+	if done, err := b.finishLocal(ctx, true); done {
+		return err
+	}
+	if err := b.s.resolveXID(ctx, b.id, b.x, true); err != nil {
+		return err
+	}
+	b.state, b.committed = stateDone, true
+	b.release()
+	return nil
+}
+
+// Abort rolls the branch back, whatever its state, and never leaves it
+// prepared: when its own connection cannot do it, it is rolled back from a
+// new one through XA RECOVER.
+func (b *branch) Abort(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case stateNew, stateEmpty:
+		b.state = stateDone
+		b.release()
+		return nil
+	case stateDone:
+		if !b.committed {
+			return nil
+		}
+		return fmt.Errorf("%w: mysql sink %q: abort of committed branch %v", twopc.ErrSinkFailure, b.s.cfg.Name, b.id)
+	}
+	if b.conn != nil && b.state != statePrepared {
+		// Active, idle or rollback-only (deadlock): XA END fails in some of
+		// these states; XA ROLLBACK decides.
+		_, _ = b.conn.ExecContext(ctx, "XA END "+b.x.literal())
+	}
+	if done, err := b.finishLocal(ctx, false); done {
+		return err
+	}
+	if b.x.gtrid != nil && (b.state == statePrepared || b.state == stateClosed || b.maybePrepared) {
+		if err := b.s.resolveXID(ctx, b.id, b.x, false); err != nil {
+			return err
+		}
+	}
+	// Otherwise the branch never reached PREPARE: dropping its connection
+	// made the server roll it back.
+	b.state = stateDone
+	b.release()
+	return nil
+}
+
+// finishLocal runs XA COMMIT or XA ROLLBACK on the branch's own connection.
+// done reports whether that settled it (err is then the result); if not, the
+// connection was dropped and the caller must finish from a new session.
+// b.mu is held.
+func (b *branch) finishLocal(ctx context.Context, commit bool) (done bool, err error) {
+	if b.state == stateDone {
+		if b.committed != commit {
+			return true, fmt.Errorf("%w: mysql sink %q: branch %v already finished the other way", twopc.ErrSinkFailure, b.s.cfg.Name, b.id)
+		}
+		return true, nil
+	}
+	if b.conn == nil || b.x.gtrid == nil {
+		return false, nil
+	}
+	verb := "ROLLBACK"
+	if commit {
+		verb = "COMMIT"
+	}
+	_, err = b.conn.ExecContext(ctx, "XA "+verb+" "+b.x.literal())
+	if err == nil {
+		b.state, b.committed = stateDone, commit
+		b.release()
+		return true, nil
+	}
+	b.s.log.Warn("XA "+verb+" on the branch's own connection failed; finishing from a new one",
+		"branch", b.id.String(), "xid", b.x.String(), "err", err)
+	b.dropConn()
+	return false, nil
+}
+
+// dropConn closes the physical connection: the server rolls back an open
+// branch and detaches a prepared one (which stays prepared).
+func (b *branch) dropConn() {
+	if b.conn == nil {
+		return
+	}
+	_ = b.conn.Raw(func(any) error { return driver.ErrBadConn })
+	_ = b.conn.Close()
+	b.conn = nil
+}
+
+// release returns a clean connection to the pool and forgets the branch.
+func (b *branch) release() {
+	if b.conn != nil {
+		_ = b.conn.Close()
+		b.conn = nil
+	}
+	b.s.forget(b)
+}
+
+func (st branchState) String() string {
+	switch st {
+	case stateNew:
+		return "new"
+	case stateActive:
+		return "active"
+	case stateFailed:
+		return "failed"
+	case statePrepared:
+		return "prepared"
+	case stateEmpty:
+		return "empty"
+	case stateDone:
+		return "done"
+	case stateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("state(%d)", int(st))
+}
+

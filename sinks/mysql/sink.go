@@ -1,0 +1,610 @@
+// Package mysql is txsink's MySQL/MariaDB sink: every branch is an XA
+// transaction on its own pinned connection, prepared with XA PREPARE and
+// finished with XA COMMIT or XA ROLLBACK, from its own session normally and
+// from any session in recovery, verified through a marker row.
+//
+// See DESIGN.md in this folder.
+package mysql
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+// MariaDB/MySQL error numbers we act on.
+const (
+	errLockWaitTimeout = 1205
+	errDeadlock        = 1213
+	errXANota          = 1397 // XAER_NOTA: unknown XID (also: already finished, or attached to a live session)
+	errXARMFail        = 1399 // XAER_RMFAIL: wrong state
+)
+
+// Sink is a twopc.Sink writing into one MySQL/MariaDB database.
+type Sink struct {
+	cfg    Config
+	db     *sql.DB
+	log    *slog.Logger
+	stmts  map[string]int // statement name → placeholder count
+	marker string         // quoted marker table
+	boot   string         // quoted boot table
+
+	// mu guards live: branches of this process that hold a connection.
+	mu   sync.Mutex
+	live map[liveKey]*branch
+}
+
+// es is a branch's (epoch, seq): unique per writer.
+type es struct{ epoch, seq uint64 }
+
+type liveKey struct {
+	job, writer string
+	epoch, seq  uint64
+}
+
+var _ twopc.Sink = (*Sink)(nil)
+
+// New connects, creates the marker tables if missing and prepares every
+// statement once: a statement the server rejects fails New with its name.
+func New(ctx context.Context, cfg Config) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	dsn, err := cfg.dsn()
+	if err != nil {
+		return nil, err
+	}
+	mc, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("mysql sink %q: dsn: %w", cfg.Name, err)
+	}
+	if mc.DBName == "" {
+		return nil, fmt.Errorf("mysql sink %q: dsn names no database", cfg.Name)
+	}
+	mc.InterpolateParams = true
+	connector, err := mysql.NewConnector(mc)
+	if err != nil {
+		return nil, fmt.Errorf("mysql sink %q: %w", cfg.Name, err)
+	}
+	db := sql.OpenDB(connector)
+	db.SetMaxIdleConns(max(cfg.MaxInflight, 4))
+	if cfg.MaxConns > 0 {
+		db.SetMaxOpenConns(cfg.MaxConns)
+	}
+	s := &Sink{
+		cfg: cfg, db: db, log: cfg.Logger.With("sink", cfg.Name),
+		stmts:  make(map[string]int, len(cfg.Statements)),
+		marker: "`" + cfg.MarkerTable + "`",
+		boot:   "`" + cfg.MarkerTable + "_boot`",
+		live:   make(map[liveKey]*branch),
+	}
+	if err := s.setup(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Sink) setup(ctx context.Context) error {
+	for _, q := range []string{
+		`CREATE TABLE IF NOT EXISTS ` + s.marker + ` (
+			format_id INT NOT NULL,
+			gtrid VARBINARY(64) NOT NULL,
+			bqual VARBINARY(64) NOT NULL,
+			job VARCHAR(64) NOT NULL,
+			writer VARCHAR(64) NOT NULL,
+			sink VARCHAR(64) NOT NULL,
+			epoch BIGINT UNSIGNED NOT NULL,
+			seq BIGINT UNSIGNED NOT NULL,
+			after_checkpoint BIGINT NOT NULL,
+			slot INT NOT NULL,
+			conn_id BIGINT UNSIGNED NOT NULL,
+			prepared_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+			PRIMARY KEY (format_id, gtrid, bqual),
+			KEY by_writer (job, writer, sink)
+		) ENGINE=InnoDB`,
+		// Emptied by every server restart: its row names the incarnation.
+		`CREATE TABLE IF NOT EXISTS ` + s.boot + ` (k INT PRIMARY KEY, id CHAR(16) NOT NULL) ENGINE=MEMORY`,
+	} {
+		if _, err := s.db.ExecContext(ctx, q); err != nil {
+			return s.wrap("create marker table", err)
+		}
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return s.wrap("connect", err)
+	}
+	defer conn.Close()
+	var bad []error
+	names := make([]string, 0, len(s.cfg.Statements))
+	for n := range s.cfg.Statements {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		q := s.cfg.Statements[name]
+		err := conn.Raw(func(dc any) error {
+			p, ok := dc.(driver.ConnPrepareContext)
+			if !ok {
+				return errors.New("driver cannot prepare")
+			}
+			st, err := p.PrepareContext(ctx, q)
+			if err != nil {
+				return err
+			}
+			s.stmts[name] = st.NumInput()
+			return st.Close()
+		})
+		if err != nil {
+			bad = append(bad, fmt.Errorf("statement %q: %w", name, err))
+		}
+	}
+	if err := errors.Join(bad...); err != nil {
+		return fmt.Errorf("mysql sink %q: %w", s.cfg.Name, err)
+	}
+	return nil
+}
+
+// Name is the sink's configured name.
+func (s *Sink) Name() string { return s.cfg.Name }
+
+// MaxInflight bounds the unresolved branches of one writer.
+func (s *Sink) MaxInflight() int { return s.cfg.MaxInflight }
+
+// Placeholders returns the number of ? placeholders of statement name, and
+// whether it exists.
+func (s *Sink) Placeholders(name string) (int, bool) {
+	n, ok := s.stmts[name]
+	return n, ok
+}
+
+// Close detaches every branch of this process (open ones are rolled back by
+// the server, prepared ones stay prepared for recovery) and closes the pool.
+func (s *Sink) Close() error {
+	s.mu.Lock()
+	bs := make([]*branch, 0, len(s.live))
+	for _, b := range s.live {
+		bs = append(bs, b)
+	}
+	s.mu.Unlock()
+	for _, b := range bs {
+		b.mu.Lock()
+		b.dropConn()
+		b.state = stateClosed
+		b.mu.Unlock()
+	}
+	return s.db.Close()
+}
+
+// Validate checks a record: a known statement, as many args as it has
+// placeholders, every arg a JSON scalar, no Kafka fields.
+func (s *Sink) Validate(r *twopc.Record) error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: mysql sink %q: %s", twopc.ErrInvalid, s.cfg.Name, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case r.Topic != "":
+		return bad("field topic is for Kafka sinks")
+	case r.Key != nil || r.KeyB64 != nil:
+		return bad("field key is for Kafka sinks")
+	case r.Value != nil || r.ValueB64 != nil:
+		return bad("field value is for Kafka sinks")
+	case r.Headers != nil:
+		return bad("field headers is for Kafka sinks")
+	case r.Partition != nil:
+		return bad("field partition is for Kafka sinks")
+	case r.Stmt == "":
+		return bad("stmt is required")
+	}
+	n, ok := s.stmts[r.Stmt]
+	if !ok {
+		return bad("unknown statement %q", r.Stmt)
+	}
+	if len(r.Args) != n {
+		return bad("statement %q takes %d args, got %d", r.Stmt, n, len(r.Args))
+	}
+	for i, a := range r.Args {
+		if _, err := argValue(a); err != nil {
+			return bad("statement %q arg %d: %v", r.Stmt, i, err)
+		}
+	}
+	return nil
+}
+
+// argValue converts a JSON scalar to what the driver sends: strings, int64 or
+// uint64 for integers, the literal text for other numbers (exact for DECIMAL
+// columns), bool, nil.
+func argValue(a json.RawMessage) (any, error) {
+	t := strings.TrimSpace(string(a))
+	if t == "" {
+		return nil, errors.New("empty value")
+	}
+	switch c := t[0]; {
+	case c == '"':
+		var s string
+		if err := json.Unmarshal([]byte(t), &s); err != nil {
+			return nil, err
+		}
+		return s, nil
+	case t == "null":
+		return nil, nil
+	case t == "true":
+		return true, nil
+	case t == "false":
+		return false, nil
+	case c == '-' || (c >= '0' && c <= '9'):
+		var num json.Number
+		if err := json.Unmarshal([]byte(t), &num); err != nil {
+			return nil, err
+		}
+		if i, err := strconv.ParseInt(t, 10, 64); err == nil {
+			return i, nil
+		}
+		if u, err := strconv.ParseUint(t, 10, 64); err == nil {
+			return u, nil
+		}
+		return t, nil
+	case c == '[' || c == '{':
+		return nil, errors.New("arrays and objects are not allowed, only JSON scalars")
+	default:
+		return nil, fmt.Errorf("invalid JSON %q", t)
+	}
+}
+
+// Begin opens a branch; it takes a connection and starts the XA transaction
+// at the first Write. A branch with no writes prepares to an empty handle and
+// touches nothing.
+func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, error) {
+	if id.Sink != s.cfg.Name {
+		return nil, fmt.Errorf("%w: branch %v is not of mysql sink %q", twopc.ErrInvalid, id, s.cfg.Name)
+	}
+	if err := errors.Join(twopc.CheckName("job", id.Job), twopc.CheckName("writer", id.Writer)); err != nil {
+		return nil, err
+	}
+	if id.Slot < 0 || id.Slot >= s.cfg.MaxInflight || id.After < 0 {
+		return nil, fmt.Errorf("%w: branch %v: slot must be in 0..%d and after ≥ 0", twopc.ErrInvalid, id, s.cfg.MaxInflight-1)
+	}
+	k := liveKey{id.Job, id.Writer, id.Epoch, id.Seq}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.live[k]; dup {
+		return nil, fmt.Errorf("%w: branch %v is already open", twopc.ErrInvalid, id)
+	}
+	b := &branch{s: s, id: id}
+	s.live[k] = b
+	return b, nil
+}
+
+func (s *Sink) forget(b *branch) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := liveKey{b.id.Job, b.id.Writer, b.id.Epoch, b.id.Seq}
+	if s.live[k] == b {
+		delete(s.live, k)
+	}
+}
+
+func (s *Sink) liveBranch(id twopc.BranchID) *branch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.live[liveKey{id.Job, id.Writer, id.Epoch, id.Seq}]
+}
+
+// Resolve commits or rolls back a prepared branch from its handle. If this
+// process still holds the branch's connection it finishes it there;
+// otherwise from a new session, once the preparer's session is gone, and it
+// verifies the outcome through the marker row and XA RECOVER.
+func (s *Sink) Resolve(ctx context.Context, id twopc.BranchID, h twopc.Handle, commit bool) error {
+	x, empty, err := xidOf(id, h)
+	if err != nil || empty {
+		return err
+	}
+	if b := s.liveBranch(id); b != nil {
+		b.mu.Lock()
+		done, err := b.finishLocal(ctx, commit)
+		b.mu.Unlock()
+		if done {
+			return err
+		}
+	}
+	return s.resolveXID(ctx, id, x, commit)
+}
+
+// resolveXID finishes branch x from a new session. Idempotent.
+func (s *Sink) resolveXID(ctx context.Context, id twopc.BranchID, x xid, commit bool) error {
+	verb := map[bool]string{true: "COMMIT", false: "ROLLBACK"}[commit]
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return s.wrapID(id, "resolve: connect", err)
+	}
+	defer conn.Close()
+	if err := s.waitPreparerGone(ctx, conn, x); err != nil {
+		return s.wrapID(id, "resolve", err)
+	}
+	wait := 5 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		_, xerr := conn.ExecContext(ctx, "XA "+verb+" "+x.literal())
+		if xerr != nil && errNumber(xerr) != errXANota && errNumber(xerr) != errXARMFail {
+			return s.wrapID(id, "resolve: XA "+verb, xerr)
+		}
+		prepared, marker, err := s.check(ctx, conn, x)
+		if err != nil {
+			return s.wrapID(id, "resolve: verify", err)
+		}
+		switch {
+		case commit && marker && !prepared:
+			return nil
+		case !commit && !marker && !prepared:
+			return nil
+		case !commit && marker:
+			return fmt.Errorf("%w: mysql sink %q: branch %v (xid %s) was committed; it cannot be aborted",
+				twopc.ErrSinkFailure, s.cfg.Name, id, x)
+		case commit && !marker && !prepared:
+			s.log.Error("prepared branch lost: decided to commit, but it is neither prepared nor committed",
+				"branch", id.String(), "xid", x.String(), "xa_commit_err", xerr)
+			return fmt.Errorf("%w: mysql sink %q: branch %v (xid %s) is neither prepared nor committed",
+				twopc.ErrDataLoss, s.cfg.Name, id, x)
+		}
+		// Still prepared: the XA statement came too early (preparer still
+		// detaching) or answered OK without effect. Try again.
+		if attempt == 10 {
+			s.log.Warn("branch still prepared after XA "+verb+"; retrying", "branch", id.String(), "xid", x.String(), "err", xerr)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: mysql sink %q: branch %v (xid %s) still prepared after XA %s: %v",
+				twopc.ErrSinkFailure, s.cfg.Name, id, x, verb, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// check reports whether x is still prepared (in XA RECOVER) and whether its
+// marker row is committed (visible to a plain read).
+func (s *Sink) check(ctx context.Context, conn *sql.Conn, x xid) (prepared, marker bool, err error) {
+	xs, err := recoverXIDs(ctx, conn)
+	if err != nil {
+		return false, false, err
+	}
+	for _, r := range xs {
+		if string(r.gtrid) == string(x.gtrid) && string(r.bqual) == string(x.bqual) {
+			prepared = true
+		}
+	}
+	var one int
+	err = conn.QueryRowContext(ctx, "SELECT 1 FROM "+s.marker+" WHERE format_id = ? AND gtrid = ? AND bqual = ?",
+		FormatID, x.gtrid, x.bqual).Scan(&one)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return prepared, false, nil
+	case err != nil:
+		return false, false, err
+	}
+	return prepared, true, nil
+}
+
+type rawXID struct{ gtrid, bqual []byte }
+
+// recoverXIDs lists the prepared XA branches with our formatID.
+func recoverXIDs(ctx context.Context, conn *sql.Conn) ([]rawXID, error) {
+	rows, err := conn.QueryContext(ctx, "XA RECOVER")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []rawXID
+	for rows.Next() {
+		var fid, gl, bl int64
+		var data []byte
+		if err := rows.Scan(&fid, &gl, &bl, &data); err != nil {
+			return nil, err
+		}
+		if fid != FormatID || gl < 0 || bl < 0 || int(gl+bl) != len(data) {
+			continue
+		}
+		out = append(out, rawXID{gtrid: data[:gl:gl], bqual: data[gl:]})
+	}
+	return out, rows.Err()
+}
+
+// connInfo returns the session's CONNECTION_ID() and the server incarnation.
+func (s *Sink) connInfo(ctx context.Context, conn *sql.Conn) (uint64, string, error) {
+	var id uint64
+	var boot sql.NullString
+	q := "SELECT CONNECTION_ID(), (SELECT id FROM " + s.boot + " WHERE k = 1)"
+	if err := conn.QueryRowContext(ctx, q).Scan(&id, &boot); err != nil {
+		return 0, "", err
+	}
+	if boot.Valid {
+		return id, strings.ToLower(boot.String), nil
+	}
+	// First session since the server started: name this incarnation. Racing
+	// sessions agree through the primary key.
+	if _, err := conn.ExecContext(ctx, "INSERT IGNORE INTO "+s.boot+" (k, id) VALUES (1, LOWER(HEX(RANDOM_BYTES(8))))"); err != nil {
+		return 0, "", err
+	}
+	if err := conn.QueryRowContext(ctx, q).Scan(&id, &boot); err != nil {
+		return 0, "", err
+	}
+	return id, strings.ToLower(boot.String), nil
+}
+
+// waitPreparerGone waits until the session that prepared x has left the
+// server: committing a branch from another session while its preparer is
+// still detaching can answer OK and leave it prepared (SPIKES.md). A server
+// restart since (another boot id) means it is gone.
+func (s *Sink) waitPreparerGone(ctx context.Context, conn *sql.Conn, x xid) error {
+	self, boot, err := s.connInfo(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if !strings.EqualFold(boot, x.boot) || self == x.connID {
+		return nil
+	}
+	start := time.Now()
+	warned := false
+	for {
+		var n int
+		err := conn.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?", x.connID).Scan(&n)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		if !warned && time.Since(start) > 5*time.Second {
+			warned = true
+			s.log.Warn("waiting for the preparer's session to end before finishing its branch",
+				"xid", x.String(), "conn_id", x.connID)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("preparer session %d still connected: %w", x.connID, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Fence rolls back every prepared branch of this writer in this sink that is
+// not kept, and every open branch of it held by this process; then it drops
+// the marker rows of finished branches that are not kept.
+func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.BranchID) error {
+	kept := make(map[es]bool, len(keep))
+	for _, k := range keep {
+		kept[es{k.Epoch, k.Seq}] = true
+	}
+	// Open branches of an older session in this process.
+	s.mu.Lock()
+	var mine []*branch
+	for k, b := range s.live {
+		if k.job == job && k.writer == writer && !kept[es{k.epoch, k.seq}] {
+			mine = append(mine, b)
+		}
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, b := range mine {
+		if err := b.Abort(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return s.wrap("fence: connect", err)
+	}
+	defer conn.Close()
+	xs, err := recoverXIDs(ctx, conn)
+	if err != nil {
+		return s.wrap("fence: XA RECOVER", err)
+	}
+	want := tag(job, writer, s.cfg.Name)
+	for _, r := range xs {
+		x, t, err := parseXID(r.gtrid, r.bqual)
+		if err != nil || t != want || kept[es{x.epoch, x.seq}] {
+			continue
+		}
+		id := twopc.BranchID{Job: job, Writer: writer, Sink: s.cfg.Name, Epoch: x.epoch, Seq: x.seq, Slot: x.slot, After: x.after}
+		s.log.Info("fence: rolling back unjournaled prepared branch", "branch", id.String(), "xid", x.String())
+		if err := s.resolveXID(ctx, id, x, false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := s.gcMarkers(ctx, conn, job, writer, kept); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// gcMarkers deletes the marker rows of this writer's finished branches: once
+// a branch is not kept by the coordinator, nobody resolves it again. It reads
+// without locking and deletes by primary key, so the locked marker rows of
+// prepared branches are never waited for.
+func (s *Sink) gcMarkers(ctx context.Context, conn *sql.Conn, job, writer string, kept map[es]bool) error {
+	rows, err := conn.QueryContext(ctx, "SELECT gtrid, bqual, epoch, seq FROM "+s.marker+
+		" WHERE job = ? AND writer = ? AND sink = ?", job, writer, s.cfg.Name)
+	if err != nil {
+		return s.wrap("fence: read markers", err)
+	}
+	var del []rawXID
+	for rows.Next() {
+		var r rawXID
+		var e, q uint64
+		if err := rows.Scan(&r.gtrid, &r.bqual, &e, &q); err != nil {
+			rows.Close()
+			return s.wrap("fence: read markers", err)
+		}
+		if !kept[es{e, q}] {
+			del = append(del, r)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return s.wrap("fence: read markers", err)
+	}
+	for _, r := range del {
+		if _, err := conn.ExecContext(ctx, "DELETE FROM "+s.marker+" WHERE format_id = ? AND gtrid = ? AND bqual = ?",
+			FormatID, r.gtrid, r.bqual); err != nil {
+			return s.wrap("fence: delete marker", err)
+		}
+	}
+	return nil
+}
+
+// errNumber returns the server error number of err, or 0.
+func errNumber(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+// connLost reports whether err means the connection is gone.
+func connLost(err error) bool {
+	var ne net.Error
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// describe says what a driver error means for a branch.
+func describe(err error) string {
+	switch n := errNumber(err); {
+	case n == errDeadlock:
+		return "deadlock: the server rolled the branch back"
+	case n == errLockWaitTimeout:
+		return "lock wait timeout"
+	case n != 0:
+		return "server error"
+	case connLost(err):
+		return "lost connection"
+	}
+	return "error"
+}
+
+func (s *Sink) wrap(op string, err error) error {
+	return fmt.Errorf("%w: mysql sink %q: %s: %s: %w", twopc.ErrSinkFailure, s.cfg.Name, op, describe(err), err)
+}
+
+func (s *Sink) wrapID(id twopc.BranchID, op string, err error) error {
+	if errors.Is(err, twopc.ErrSinkFailure) || errors.Is(err, twopc.ErrDataLoss) {
+		return err
+	}
+	return fmt.Errorf("%w: mysql sink %q: branch %v: %s: %s: %w", twopc.ErrSinkFailure, s.cfg.Name, id, op, describe(err), err)
+}
