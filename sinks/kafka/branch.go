@@ -1,0 +1,262 @@
+package kafka
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+type branchState uint8
+
+const (
+	stateOpen branchState = iota
+	statePrepared
+	stateCommitted
+	stateAborted
+)
+
+// branch is one Kafka transaction on its slot's client.
+type branch struct {
+	s       *Sink
+	id      twopc.BranchID
+	sl      *slot
+	promise func(*kgo.Record, error)
+	pending atomic.Int64 // records produced whose promise has not run yet
+
+	// mu guards what the produce promises record. kgo calls promises
+	// serially, so mu is only contended by Prepare.
+	mu         sync.Mutex
+	err        error // first produce error
+	parts      map[TopicPartition]struct{}
+	last       TopicPartition
+	pid        int64 // producer id and epoch of the produced records
+	epoch      int16
+	mixedEpoch bool
+	zero       chan struct{} // closed when pending reaches 0 (set by Prepare)
+
+	// Used only by the coordinator's serialised calls.
+	state branchState
+	th    TxnHandle
+}
+
+// onProduced is the promise of every record of the branch. It must stay
+// cheap: no allocation unless the record opens a new partition.
+func (b *branch) onProduced(r *kgo.Record, err error) {
+	b.mu.Lock()
+	if err != nil {
+		if b.err == nil {
+			b.err = err
+		}
+	} else {
+		if b.parts == nil || r.Topic != b.last.Topic || r.Partition != b.last.Partition {
+			b.last = TopicPartition{Topic: r.Topic, Partition: r.Partition}
+			if b.parts == nil {
+				b.parts = make(map[TopicPartition]struct{}, 4)
+			}
+			b.parts[b.last] = struct{}{}
+		}
+		if b.pid == -1 {
+			b.pid, b.epoch = r.ProducerID, r.ProducerEpoch
+		} else if b.pid != r.ProducerID || b.epoch != r.ProducerEpoch {
+			b.mixedEpoch = true
+		}
+	}
+	if b.pending.Add(-1) == 0 && b.zero != nil {
+		close(b.zero)
+		b.zero = nil
+	}
+	b.mu.Unlock()
+}
+
+func (b *branch) firstErr() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+func (b *branch) failf(format string, args ...any) error {
+	return fmt.Errorf("%w: kafka sink %q: branch %v: %s", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, fmt.Sprintf(format, args...))
+}
+
+// Write produces recs asynchronously into the open transaction; produce
+// errors surface here on a later call, and at the latest in Prepare.
+func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
+	if b.state != stateOpen {
+		return b.failf("write to a branch that is not open")
+	}
+	if err := b.firstErr(); err != nil {
+		return fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+	}
+	cl := b.s.client(b)
+	if cl == nil {
+		return b.failf("slot %s was fenced or closed", b.sl.txnID)
+	}
+	for _, r := range recs {
+		kr := toKgo(r)
+		kr.Context = b.s.ctx
+		b.pending.Add(1)
+		cl.Produce(ctx, kr, b.promise)
+	}
+	return nil
+}
+
+// Prepare flushes, checks every produce result and returns the handle.
+func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
+	if b.state != stateOpen {
+		return nil, b.failf("prepare of a branch that is not open")
+	}
+	cl := b.s.client(b)
+	if cl == nil {
+		return nil, b.failf("slot %s was fenced or closed", b.sl.txnID)
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: flush: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+	}
+	// Flush waits for buffered records; promises of records failed before
+	// buffering may still be on their way.
+	b.mu.Lock()
+	if b.pending.Load() > 0 {
+		zero := make(chan struct{})
+		b.zero = zero
+		b.mu.Unlock()
+		select {
+		case <-zero:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: kafka sink %q: branch %v: waiting for produce results: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, ctx.Err())
+		}
+		b.mu.Lock()
+	}
+	err, mixed := b.err, b.mixedEpoch
+	th := TxnHandle{
+		TransactionalID: b.sl.txnID,
+		ProducerID:      -1,
+		Epoch:           -1,
+		Partitions:      make([]TopicPartition, 0, len(b.parts)),
+		EndTxnVersion:   endTxnVersion,
+	}
+	for tp := range b.parts {
+		th.Partitions = append(th.Partitions, tp)
+	}
+	recPID, recEpoch := b.pid, b.epoch
+	b.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+	}
+	if mixed {
+		return nil, b.failf("records were produced with different producer epochs")
+	}
+	slices.SortFunc(th.Partitions, func(x, y TopicPartition) int {
+		return cmp.Or(cmp.Compare(x.Topic, y.Topic), cmp.Compare(x.Partition, y.Partition))
+	})
+	if len(th.Partitions) > 0 {
+		pid, epoch, err := cl.ProducerID(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%w: kafka sink %q: branch %v: producer id: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+		}
+		if pid != recPID || epoch != recEpoch {
+			return nil, b.failf("producer id/epoch %d/%d differs from the records' %d/%d", pid, epoch, recPID, recEpoch)
+		}
+		th.ProducerID, th.Epoch = pid, epoch
+	}
+	h, err := json.Marshal(th)
+	if err != nil {
+		return nil, b.failf("handle: %v", err)
+	}
+	b.th = th
+	b.state = statePrepared
+	return h, nil
+}
+
+// Commit commits the prepared branch on the slot's client. If that client
+// is gone (Resolve, Fence, Close) or its EndTxn failed without a definite
+// answer, it ends the transaction through the handle like Resolve does.
+func (b *branch) Commit(ctx context.Context) error {
+	switch b.state {
+	case statePrepared:
+	case stateCommitted:
+		return nil
+	default:
+		return b.failf("commit of a branch that is not prepared")
+	}
+	if cl := b.s.client(b); cl != nil {
+		err := cl.EndTransaction(ctx, kgo.TryCommit)
+		if err == nil {
+			b.state = stateCommitted
+			b.s.release(b)
+			return nil
+		}
+		// kgo has failed its producer id; reusing the client would run
+		// InitProducerID, which aborts the transaction if it is still
+		// open. Drop it and let the handle decide.
+		b.s.drop(b.sl)
+		b.s.log.Warn("commit on the slot client failed; ending through the handle", "branch", b.id.String(), "err", err)
+	}
+	if err := b.s.end(ctx, b.id, b.th, true); err != nil {
+		return err
+	}
+	b.state = stateCommitted
+	return nil
+}
+
+// Abort aborts the open or prepared branch. An open branch whose client
+// cannot abort it is left to the next Fence or the transaction timeout.
+func (b *branch) Abort(ctx context.Context) error {
+	switch b.state {
+	case stateOpen, statePrepared:
+	case stateAborted:
+		return nil
+	default:
+		return b.failf("abort of a committed branch")
+	}
+	var err error
+	if cl := b.s.client(b); cl != nil {
+		err = cl.AbortBufferedRecords(ctx)
+		if err == nil {
+			err = cl.EndTransaction(ctx, kgo.TryAbort)
+		}
+		if err == nil {
+			b.state = stateAborted
+			b.s.release(b)
+			return nil
+		}
+		b.s.drop(b.sl)
+		b.s.log.Warn("abort on the slot client failed", "branch", b.id.String(), "err", err)
+	}
+	if b.state == statePrepared {
+		if err := b.s.end(ctx, b.id, b.th, false); err != nil {
+			return err
+		}
+		b.state = stateAborted
+		return nil
+	}
+	// Open: the records' producer id/epoch let us abort by EndTxn.
+	b.mu.Lock()
+	th := TxnHandle{TransactionalID: b.sl.txnID, ProducerID: b.pid, Epoch: b.epoch, EndTxnVersion: endTxnVersion}
+	for tp := range b.parts {
+		th.Partitions = append(th.Partitions, tp)
+	}
+	b.mu.Unlock()
+	if len(th.Partitions) == 0 {
+		// Nothing acknowledged; a registration without data is cleared
+		// by the next Fence or the transaction timeout.
+		b.state = stateAborted
+		if err != nil {
+			return fmt.Errorf("%w: kafka sink %q: abort branch %v: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, errors.Join(err, errors.New("left to fence/timeout")))
+		}
+		return nil
+	}
+	if err := b.s.end(ctx, b.id, th, false); err != nil {
+		return err
+	}
+	b.state = stateAborted
+	return nil
+}

@@ -1,0 +1,168 @@
+package kafka
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+// Validate checks one record and normalises it in place so that Write has
+// nothing left to decide: Topic is filled with the default topic, Key and
+// Value are converted to bytes in KeyB64 and ValueB64 (and cleared).
+// Validating a normalised record again is a no-op.
+func (s *Sink) Validate(r *twopc.Record) error {
+	if r.Stmt != "" || len(r.Args) > 0 {
+		return fmt.Errorf("%w: kafka sink %q: stmt/args are MySQL fields", twopc.ErrInvalid, s.cfg.Name)
+	}
+	if r.Topic == "" {
+		if s.cfg.DefaultTopic == "" {
+			return fmt.Errorf("%w: kafka sink %q: record has no topic and the sink no default topic", twopc.ErrInvalid, s.cfg.Name)
+		}
+		r.Topic = s.cfg.DefaultTopic
+	} else if !s.topicAllowed(r.Topic) {
+		return fmt.Errorf("%w: kafka sink %q: topic %q is not allowed", twopc.ErrInvalid, s.cfg.Name, r.Topic)
+	}
+	if r.Partition != nil && *r.Partition < 0 {
+		return fmt.Errorf("%w: kafka sink %q: partition %d must be >= 0", twopc.ErrInvalid, s.cfg.Name, *r.Partition)
+	}
+	if r.Key != nil {
+		if r.KeyB64 != nil {
+			return fmt.Errorf("%w: kafka sink %q: key and key_b64 are both set", twopc.ErrInvalid, s.cfg.Name)
+		}
+		b, err := jsonBytes(r.Key)
+		if err != nil {
+			return fmt.Errorf("%w: kafka sink %q: key: %w", twopc.ErrInvalid, s.cfg.Name, err)
+		}
+		r.Key, r.KeyB64 = nil, b
+	}
+	if r.Value != nil {
+		if r.ValueB64 != nil {
+			return fmt.Errorf("%w: kafka sink %q: value and value_b64 are both set", twopc.ErrInvalid, s.cfg.Name)
+		}
+		b, err := jsonBytes(r.Value)
+		if err != nil {
+			return fmt.Errorf("%w: kafka sink %q: value: %w", twopc.ErrInvalid, s.cfg.Name, err)
+		}
+		r.Value, r.ValueB64 = nil, b
+	}
+	return nil
+}
+
+func (s *Sink) topicAllowed(t string) bool {
+	if t == s.cfg.DefaultTopic {
+		return true
+	}
+	if s.allowAll {
+		// Still reject names Kafka would refuse, so the client gets a 400
+		// instead of a failed prepare.
+		return checkTopic(t) == nil
+	}
+	_, ok := s.allowed[t]
+	return ok
+}
+
+// jsonBytes turns a key or value given as JSON into record bytes: a JSON
+// string becomes its UTF-8 bytes, null becomes nil (no key / a tombstone),
+// any other value its JSON text.
+func jsonBytes(raw json.RawMessage) ([]byte, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return nil, fmt.Errorf("empty JSON")
+	}
+	switch raw[0] {
+	case '"':
+		// Fast path: no escapes, so the bytes between the quotes are the
+		// string (aliasing raw, which the record owns anyway).
+		if n := len(raw); n >= 2 && raw[n-1] == '"' && bytes.IndexByte(raw[1:n-1], '\\') < 0 && bytes.IndexByte(raw[1:n-1], '"') < 0 {
+			inner := raw[1 : n-1]
+			if utf8.Valid(inner) && !hasControl(inner) {
+				return inner, nil
+			}
+		}
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, fmt.Errorf("invalid JSON string: %w", err)
+		}
+		return []byte(s), nil
+	case 'n':
+		if string(raw) == "null" {
+			return nil, nil
+		}
+	}
+	if !json.Valid(raw) {
+		return nil, fmt.Errorf("invalid JSON %.40q", raw)
+	}
+	return raw, nil
+}
+
+func hasControl(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 {
+			return true
+		}
+	}
+	return false
+}
+
+// toKgo builds the kgo.Record for a validated record. Partition -1 means
+// "let the partitioner hash the key" (see partitioner).
+func toKgo(r *twopc.Record) *kgo.Record {
+	kr := &kgo.Record{Topic: r.Topic, Key: r.KeyB64, Value: r.ValueB64, Partition: -1}
+	if r.Key != nil { // not normalised by Validate; be forgiving
+		kr.Key, _ = jsonBytes(r.Key)
+	}
+	if r.Value != nil {
+		kr.Value, _ = jsonBytes(r.Value)
+	}
+	if r.Partition != nil {
+		kr.Partition = *r.Partition
+	}
+	if len(r.Headers) > 0 {
+		kr.Headers = make([]kgo.RecordHeader, 0, len(r.Headers))
+		for k, v := range r.Headers {
+			kr.Headers = append(kr.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
+		}
+	}
+	return kr
+}
+
+// partitioner honours an explicit partition (Record.Partition >= 0, set by
+// toKgo) and otherwise behaves like Kafka's default partitioner: murmur2 of
+// the key modulo the partition count, sticky batches for records without a
+// key. An explicit partition beyond the topic's count fails the record (and
+// so the prepare) with kgo's "invalid record partitioning choice" error.
+type partitioner struct{ inner kgo.Partitioner }
+
+func newPartitioner() kgo.Partitioner {
+	return partitioner{kgo.StickyKeyPartitioner(nil)}
+}
+
+func (p partitioner) ForTopic(t string) kgo.TopicPartitioner {
+	return &topicPartitioner{p.inner.ForTopic(t)}
+}
+
+type topicPartitioner struct{ inner kgo.TopicPartitioner }
+
+func (p *topicPartitioner) RequiresConsistency(r *kgo.Record) bool {
+	return r.Partition >= 0 || p.inner.RequiresConsistency(r)
+}
+
+func (p *topicPartitioner) Partition(r *kgo.Record, n int) int {
+	if r.Partition >= 0 {
+		return int(r.Partition)
+	}
+	return p.inner.Partition(r, n)
+}
+
+// OnNewBatch keeps the sticky behaviour of the wrapped partitioner for
+// records without a key.
+func (p *topicPartitioner) OnNewBatch() {
+	if nb, ok := p.inner.(kgo.TopicPartitionerOnNewBatch); ok {
+		nb.OnNewBatch()
+	}
+}
