@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+// Config is the sidecar's configuration file (YAML, strict: an unknown key
+// is an error). Flags and TXSINK_* environment variables of the same names
+// override the file: flag > environment > file > default.
+type Config struct {
+	NodeID   string `yaml:"node_id"`
+	DataDir  string `yaml:"data_dir"`
+	HTTPAddr string `yaml:"http_addr"`
+	// Socket is the Unix socket path; default <data_dir>/sidecar.sock; "off" disables it.
+	Socket   string `yaml:"socket"`
+	RaftAddr string `yaml:"raft_addr"`
+	Join     string `yaml:"join"`
+	// TokenFile holds the bearer token every /v1 call must carry (optional).
+	TokenFile string `yaml:"token_file"`
+	Log       struct {
+		Format string `yaml:"format"` // text | json
+		Level  string `yaml:"level"`  // debug | info | warn | error
+	} `yaml:"log"`
+	Limits struct {
+		MaxBodyBytes      int64 `yaml:"max_body_bytes"`
+		MaxRecordsPerCall int   `yaml:"max_records_per_call"`
+	} `yaml:"limits"`
+	// ShutdownTimeout bounds a graceful stop.
+	ShutdownTimeout time.Duration         `yaml:"shutdown_timeout"`
+	Sinks           map[string]SinkConfig `yaml:"sinks"`
+	// Jobs are created (PUT) at start-up, for deployments that declare them.
+	Jobs map[string]JobConfig `yaml:"jobs"`
+}
+
+// SinkConfig configures one sink; Kind selects which fields apply.
+type SinkConfig struct {
+	Kind string `yaml:"kind"` // kafka | mysql
+	// Kafka
+	Brokers               []string      `yaml:"brokers"`
+	DefaultTopic          string        `yaml:"default_topic"`
+	Topics                []string      `yaml:"topics"`
+	TransactionalIDPrefix string        `yaml:"transactional_id_prefix"`
+	TransactionTimeout    time.Duration `yaml:"transaction_timeout"`
+	// MySQL
+	DSN         string            `yaml:"dsn"`
+	DSNFile     string            `yaml:"dsn_file"`
+	Statements  map[string]string `yaml:"statements"`
+	MarkerTable string            `yaml:"marker_table"`
+	MaxConns    int               `yaml:"max_conns"`
+	// Both
+	MaxInflight int `yaml:"max_inflight"`
+}
+
+// JobConfig declares a job.
+type JobConfig struct {
+	Commit twopc.Mode `yaml:"commit"`
+	Sinks  []string   `yaml:"sinks"`
+}
+
+// DefaultConfig returns the defaults of DESIGN.md §6.
+func DefaultConfig() Config {
+	c := Config{NodeID: "node1", DataDir: "./data", HTTPAddr: "127.0.0.1:8470", RaftAddr: "127.0.0.1:8471",
+		ShutdownTimeout: 30 * time.Second}
+	c.Log.Format, c.Log.Level = "text", "info"
+	return c
+}
+
+// LoadConfig reads a YAML file strictly over the defaults.
+func LoadConfig(path string) (Config, error) {
+	c := DefaultConfig()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// commonFlags are the flags shared by run and dev, bound to a Config.
+type commonFlags struct {
+	fs  *flag.FlagSet
+	cfg *Config
+}
+
+func bindCommon(fs *flag.FlagSet, c *Config) {
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the journal, the socket and (dev) the embedded broker [TXSINK_DATA_DIR]")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "TCP address of the HTTP API [TXSINK_HTTP_ADDR]")
+	fs.StringVar(&c.Socket, "socket", c.Socket, `Unix socket of the HTTP API (default <data-dir>/sidecar.sock; "off" disables) [TXSINK_SOCKET]`)
+	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "this node's id in the journal [TXSINK_NODE_ID]")
+	fs.StringVar(&c.RaftAddr, "raft-addr", c.RaftAddr, "TCP address of the Raft transport [TXSINK_RAFT_ADDR]")
+	fs.StringVar(&c.Join, "join", c.Join, "address of a cluster member to join (multi-node: not yet supported) [TXSINK_JOIN]")
+}
+
+// applyEnv overrides c from TXSINK_* variables for flags not set explicitly.
+func applyEnv(fs *flag.FlagSet) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		env := "TXSINK_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Finish fills derived defaults and checks c.
+func (c *Config) Finish() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is required"))
+	}
+	if c.Socket == "" {
+		c.Socket = filepath.Join(c.DataDir, "sidecar.sock")
+	}
+	if err := twopc.CheckName("node", c.NodeID); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Join != "" {
+		errs = append(errs, fmt.Errorf("join %q: multi-node clusters are not supported yet; run one node", c.Join))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log.format %q: want text or json", c.Log.Format))
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.Sinks) == 0 {
+		errs = append(errs, errors.New("no sinks configured"))
+	}
+	names := make([]string, 0, len(c.Sinks))
+	for n := range c.Sinks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		s := c.Sinks[n]
+		if err := twopc.CheckName("sink", n); err != nil {
+			errs = append(errs, err)
+		}
+		switch s.Kind {
+		case "kafka":
+			if len(s.Brokers) == 0 {
+				errs = append(errs, fmt.Errorf("sink %s: kafka needs brokers", n))
+			}
+			if len(s.Statements) > 0 || s.DSN != "" || s.DSNFile != "" {
+				errs = append(errs, fmt.Errorf("sink %s: kafka sinks take no dsn or statements", n))
+			}
+		case "mysql":
+			if s.DSN == "" && s.DSNFile == "" {
+				errs = append(errs, fmt.Errorf("sink %s: mysql needs dsn or dsn_file", n))
+			}
+			if len(s.Brokers) > 0 || len(s.Topics) > 0 || s.DefaultTopic != "" {
+				errs = append(errs, fmt.Errorf("sink %s: mysql sinks take no brokers or topics", n))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("sink %s: kind %q: want kafka or mysql", n, s.Kind))
+		}
+	}
+	for n, j := range c.Jobs {
+		if err := twopc.CheckName("job", n); err != nil {
+			errs = append(errs, err)
+		}
+		for _, s := range j.Sinks {
+			if _, ok := c.Sinks[s]; !ok {
+				errs = append(errs, fmt.Errorf("job %s: unknown sink %q", n, s))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,105 @@
+// Command sidecar is txsink: exactly-once output into Kafka and MySQL for
+// applications in any language, over HTTP.
+//
+//	sidecar run --config txsink.yaml   # real use
+//	sidecar dev                        # self-contained single node with an embedded broker
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: sidecar <command> [flags]
+
+commands:
+  run --config FILE   run with a YAML config (see examples/txsink.yaml)
+  dev                 self-contained dev node: embedded Kafka broker, sample sinks
+  version             print the version
+
+Run "sidecar <command> -h" for the flags of a command.
+`
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "sidecar:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command")
+	}
+	switch args[0] {
+	case "run":
+		return runConfig(ctx, args[1:], stdout, stderr)
+	case "dev":
+		return runDev(ctx, args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "txsink", version)
+		return nil
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
+
+// runConfig is "sidecar run --config FILE".
+func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sidecar run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", os.Getenv("TXSINK_CONFIG"), "YAML config file [TXSINK_CONFIG]")
+	// Parse once to find the file, then bind the common flags over it.
+	pre := flag.NewFlagSet("", flag.ContinueOnError)
+	pre.SetOutput(io.Discard)
+	prePath := pre.String("config", *path, "")
+	var scratch Config
+	bindCommon(pre, &scratch)
+	_ = pre.Parse(args)
+	if *prePath == "" {
+		fs.Usage()
+		return errors.New("run needs --config FILE (or TXSINK_CONFIG)")
+	}
+	cfg, err := LoadConfig(*prePath)
+	if err != nil {
+		return err
+	}
+	bindCommon(fs, &cfg)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := applyEnv(fs); err != nil {
+		return err
+	}
+	if err := cfg.Finish(); err != nil {
+		return fmt.Errorf("config %s: %w", *path, err)
+	}
+	log := newLogger(stderr, cfg.Log.Format, cfg.Log.Level)
+	sc, err := startSidecar(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer sc.close()
+	fmt.Fprintf(stdout, "txsink listening on http://%s and %s\n", sc.httpAddr, cfg.Socket)
+	<-ctx.Done()
+	log.Info("stopping")
+	return nil
+}

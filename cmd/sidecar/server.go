@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/txsink/txsink/api"
+	"github.com/txsink/txsink/raftlog"
+	"github.com/txsink/txsink/sinks/kafka"
+	"github.com/txsink/txsink/sinks/mysql"
+	"github.com/txsink/txsink/twopc"
+)
+
+// sidecar is one running node: journal, sinks, coordinator and API.
+type sidecar struct {
+	cfg      Config
+	log      *slog.Logger
+	node     *raftlog.Node
+	coord    *twopc.Coordinator
+	srv      *api.Server
+	sinks    map[string]twopc.Sink
+	closers  []func()
+	lns      []net.Listener
+	cancel   context.CancelFunc
+	runDone  chan struct{}
+	httpAddr string
+}
+
+// openSinks connects every configured sink; a bad sink (unreachable broker,
+// a statement that does not prepare) stops start-up with its name.
+func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]twopc.Sink, []func(), error) {
+	sinks := map[string]twopc.Sink{}
+	var closers []func()
+	fail := func(err error) (map[string]twopc.Sink, []func(), error) {
+		for _, c := range closers {
+			c()
+		}
+		return nil, nil, err
+	}
+	for name, sc := range cfg.Sinks {
+		l := log.With("sink", name)
+		switch sc.Kind {
+		case "kafka":
+			s, err := kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
+				TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
+				TransactionTimeout: sc.TransactionTimeout, Logger: l})
+			if err != nil {
+				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))
+			}
+			sinks[name] = s
+			closers = append(closers, s.Close)
+		case "mysql":
+			s, err := mysql.New(ctx, mysql.Config{Name: name, DSN: sc.DSN, DSNFile: sc.DSNFile, Statements: sc.Statements,
+				MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l})
+			if err != nil {
+				return fail(fmt.Errorf("sink %s (mysql): %w", name, err))
+			}
+			sinks[name] = s
+			closers = append(closers, func() { s.Close() })
+		}
+	}
+	return sinks, closers, nil
+}
+
+// startSidecar opens the journal, the sinks, runs recovery and serves the API.
+func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar, err error) {
+	sc := &sidecar{cfg: cfg, log: log, runDone: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			sc.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, err
+	}
+	var tokenFromFile string
+	if cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("token_file: %w", err)
+		}
+		tokenFromFile = strings.TrimSpace(string(b))
+	}
+	failpoint, err := failpointFromEnv()
+	if err != nil {
+		return nil, err
+	}
+
+	sc.sinks, sc.closers, err = openSinks(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	machine := twopc.NewMachine()
+	rcfg := raftlog.DefaultConfig()
+	rcfg.NodeID, rcfg.Dir, rcfg.BindAddr, rcfg.Bootstrap = cfg.NodeID, filepath.Join(cfg.DataDir, "raft"), cfg.RaftAddr, true
+	rcfg.Logger = log.With("component", "raft")
+	sc.node, err = raftlog.Open(rcfg, machine)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = sc.node.WaitLeader(wctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("journal: no leader: %w", err)
+	}
+	met := newMetrics(machine, sc.node)
+	sc.coord, err = twopc.NewCoordinator(twopc.Config{
+		Node: cfg.NodeID, Journal: sc.node, Machine: machine, Sinks: sc.sinks,
+		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
+		Logger: log.With("component", "coordinator"), Metrics: met, Failpoint: failpoint,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Recovery before serving: nothing a dead process left may linger.
+	if err := sc.coord.Recover(ctx); err != nil {
+		// Decisions are durable; the loop retries. Fencing failures mean a
+		// sink is down: sessions will fail to open until it is back.
+		log.Warn("start-up recovery incomplete; retrying in the background", "err", err)
+	}
+	for name, j := range cfg.Jobs {
+		if _, err := sc.coord.PutJob(ctx, twopc.JobSpec{Name: name, Commit: j.Commit, Sinks: j.Sinks}); err != nil {
+			return nil, fmt.Errorf("job %s: %w", name, err)
+		}
+	}
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	sc.cancel = cancelRun
+	go func() {
+		defer close(sc.runDone)
+		sc.coord.Run(runCtx)
+	}()
+
+	sc.srv, err = api.New(sc.coord, api.Config{
+		MaxBodyBytes: cfg.Limits.MaxBodyBytes, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
+		Token: tokenFromFile, Logger: log.With("component", "api"),
+		Cluster: sc.clusterStatus, Ready: sc.ready,
+		Metrics: promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
+	})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("http: %w", err)
+	}
+	sc.lns = append(sc.lns, ln)
+	sc.httpAddr = ln.Addr().String()
+	if cfg.Socket != "off" {
+		uln, err := api.ListenUnix(cfg.Socket)
+		if err != nil {
+			return nil, fmt.Errorf("socket: %w", err)
+		}
+		sc.lns = append(sc.lns, uln)
+	}
+	for _, l := range sc.lns {
+		go func() {
+			if err := sc.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("serve", "addr", l.Addr().String(), "err", err)
+			}
+		}()
+	}
+	log.Info("txsink ready", "http", sc.httpAddr, "socket", cfg.Socket, "node", cfg.NodeID, "data_dir", cfg.DataDir)
+	return sc, nil
+}
+
+func (sc *sidecar) clusterStatus(context.Context) (api.ClusterStatus, error) {
+	st := sc.node.Status()
+	out := api.ClusterStatus{Node: st.ID, Role: st.Role, Leader: st.LeaderID, LeaderAddr: st.LeaderAddr, LastIndex: st.LastIndex,
+		Members: []api.Member{}}
+	for _, m := range st.Members {
+		out.Members = append(out.Members, api.Member{ID: m.ID, Address: m.Addr, Voter: m.Voter})
+	}
+	return out, nil
+}
+
+// ready: the journal has a leader and every sink answers.
+func (sc *sidecar) ready(ctx context.Context) error {
+	if st := sc.node.Status(); st.LeaderID == "" {
+		return errors.New("journal has no leader")
+	}
+	for name, s := range sc.sinks {
+		if p, ok := s.(interface{ Ping(context.Context) error }); ok {
+			if err := p.Ping(ctx); err != nil {
+				return fmt.Errorf("sink %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// close stops gracefully: stop taking calls, abort open branches, finish
+// background commits, close the journal (handing over leadership when there
+// are other voters) and the sinks.
+func (sc *sidecar) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), sc.cfg.ShutdownTimeout)
+	defer cancel()
+	if sc.srv != nil {
+		_ = sc.srv.Shutdown(ctx)
+	}
+	for _, l := range sc.lns {
+		_ = l.Close()
+	}
+	if sc.coord != nil {
+		sc.coord.Close()
+	}
+	if sc.cancel != nil {
+		sc.cancel()
+		<-sc.runDone
+	}
+	if sc.node != nil {
+		if err := sc.node.Close(); err != nil {
+			sc.log.Warn("journal close", "err", err)
+		}
+	}
+	for _, c := range sc.closers {
+		c()
+	}
+}
