@@ -273,8 +273,8 @@ func (e *env) snapshot() string {
 		cps = append(cps, cp{j.Name, c})
 	}
 	b, err := json.Marshal(map[string]any{
-		"events": e.events.States(), "events_committed": e.events.Committed(),
-		"other": e.other.States(), "other_committed": e.other.Committed(),
+		"events": e.events.States(), "events_committed": committed(e.events),
+		"other": e.other.States(), "other_committed": committed(e.other),
 		"jobs": e.coord.Jobs(), "checkpoints": cps,
 	})
 	if err != nil {
@@ -311,6 +311,18 @@ func values(recs ...string) string {
 		fmt.Fprintf(&b, `{"sink":"events","value":%q}`+"\n", v)
 	}
 	return b.String()
+}
+
+// committed returns a fake sink's committed values, JSON strings unquoted.
+func committed(s *twopctest.Sink) []string {
+	out := s.Committed()
+	for i, v := range out {
+		var str string
+		if json.Unmarshal([]byte(v), &str) == nil {
+			out[i] = str
+		}
+	}
+	return out
 }
 
 func contains(s []string, vs ...string) bool {
