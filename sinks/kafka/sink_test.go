@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -531,8 +532,9 @@ func TestPartitionOutOfRangeFailsPrepare(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = b.Write(ctx, []*twopc.Record{r})
-	if _, err := b.Prepare(ctx); !errors.Is(err, twopc.ErrSinkFailure) {
-		t.Fatalf("Prepare: got %v, want ErrSinkFailure", err)
+	_, err = b.Prepare(ctx)
+	if !errors.Is(err, twopc.ErrSinkFailure) || !strings.Contains(err.Error(), "partitioning") {
+		t.Fatalf("Prepare: got %v, want ErrSinkFailure about the partition", err)
 	}
 	if err := b.Abort(ctx); err != nil {
 		t.Fatalf("Abort: %v", err)
