@@ -264,4 +264,3 @@ func (st branchState) String() string {
 	}
 	return fmt.Sprintf("state(%d)", int(st))
 }
-
