@@ -122,41 +122,61 @@ func decodeRecords(body []byte, max int) ([]*twopc.Record, error) {
 }
 
 func decodeLines(body []byte, max int) ([]*twopc.Record, error) {
-	// One Record slab instead of one allocation per record; the line count
-	// bounds the records because each must be on its own line.
+	// One Record slab and one byte arena instead of allocations per record
+	// and field; the line count bounds the records.
 	n := bytes.Count(body, []byte{'\n'}) + 1
 	slab := make([]twopc.Record, 0, min(n, max+1))
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	line, counted := 1, 0 // line number at offset counted
-	prevLine, end := 0, 0
-	for {
-		start := skipSpace(body, end)
-		if start == len(body) {
-			break
+	d := fastDecoder{arena: make([]byte, 0, len(body))}
+	for line, rest, ln := []byte(nil), body, 0; len(rest) > 0; {
+		ln++
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line, rest = rest[:i], rest[i+1:]
+		} else {
+			line, rest = rest, nil
 		}
-		line += bytes.Count(body[counted:start], []byte{'\n'})
-		counted = start
-		if line == prevLine {
-			return nil, fmt.Errorf("line %d: unexpected data after the record", line)
+		start := skipSpace(line, 0)
+		if start == len(line) {
+			continue
 		}
-		if body[start] != '{' {
-			return nil, fmt.Errorf("line %d: a record must be a JSON object", line)
+		if line[start] != '{' {
+			return nil, fmt.Errorf("line %d: a record must be a JSON object", ln)
 		}
 		if len(slab) == max {
 			return nil, fmt.Errorf("%w: more than %d records in one call", errTooManyRecords, max)
 		}
 		slab = append(slab, twopc.Record{})
-		if err := dec.Decode(&slab[len(slab)-1]); err != nil {
-			return nil, fmt.Errorf("line %d: %s", line, describe(err))
+		r := &slab[len(slab)-1]
+		if d.record(line[start:], r) {
+			continue
 		}
-		end = int(dec.InputOffset())
-		if bytes.IndexByte(body[start:end], '\n') >= 0 {
-			return nil, fmt.Errorf("line %d: a record must be on one line", line)
+		// Anything the fast path does not take (escapes, unusual keys,
+		// errors) goes through encoding/json, which also words the error.
+		*r = twopc.Record{}
+		if err := decodeLine(line[start:], r); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) && len(rest) > 0 {
+				return nil, fmt.Errorf("line %d: %s (a record must be on one line)", ln, describe(err))
+			}
+			return nil, fmt.Errorf("line %d: %s", ln, describe(err))
 		}
-		prevLine = line
 	}
 	return pointers(slab), nil
+}
+
+// errTrailing reports data after a line's record.
+var errTrailing = errors.New("unexpected data after the record")
+
+// decodeLine decodes one record with encoding/json: the reference for what
+// fastDecoder accepts.
+func decodeLine(line []byte, r *twopc.Record) error {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(r); err != nil {
+		return err
+	}
+	if skipSpace(line, int(dec.InputOffset())) != len(line) {
+		return errTrailing
+	}
+	return nil
 }
 
 func decodeArray(body []byte, max int) ([]*twopc.Record, error) {
@@ -165,12 +185,16 @@ func decodeArray(body []byte, max int) ([]*twopc.Record, error) {
 	if _, err := dec.Token(); err != nil { // '['
 		return nil, fmt.Errorf("line 1: %s", describe(err))
 	}
-	var slab []twopc.Record
+	// '{' counts bound the records (nested objects only over-count).
+	slab := make([]twopc.Record, 0, min(bytes.Count(body, []byte{'{'}), max+1))
 	line, counted := 1, 0
 	for i := 0; ; i++ {
 		start := skipSpace(body, int(dec.InputOffset()))
 		if start < len(body) && body[start] == ',' {
 			start = skipSpace(body, start+1)
+		}
+		if start == len(body) {
+			return nil, fmt.Errorf("line %d: unexpected end of JSON input", line+bytes.Count(body[counted:], []byte{'\n'}))
 		}
 		line += bytes.Count(body[counted:min(start, len(body))], []byte{'\n'})
 		counted = min(start, len(body))

@@ -64,7 +64,7 @@ const finishTimeout = 30 * time.Second
 
 // Coordinator runs sessions and checkpoints against sinks and the journal.
 //
-// Lock order: session.mu, then Coordinator.mu. Neither is held while the
+// Lock order: session.mu, then Coordinator.mu, then Machine.mu (a leaf). Neither is held while the
 // journal is proposed to, except session.mu, which serialises one writer's
 // calls and so is held across its sink and journal calls on purpose.
 type Coordinator struct {
@@ -676,15 +676,23 @@ func (c *Coordinator) release(k branchKey) {
 	c.mu.Unlock()
 }
 
-// claim marks branches as being finished by the caller; it returns those
-// nobody else is finishing, with the in-memory branch if this process holds one.
-func (c *Coordinator) claim(ps []PendingBranch, already bool) []PendingBranch {
+// claim marks branches as being finished by the caller and returns those
+// nobody else is finishing and that are still unresolved in the journal.
+//
+// The journal check matters: the list was read before the claim, and the
+// owner may meanwhile have finished a branch, journaled RESOLVED, released it
+// and begun a new branch on the same slot. With Kafka's EndTxn v4 the new
+// transaction has the same producer id and epoch, so a late Resolve of the
+// old branch would commit the new one early. The owner journals RESOLVED
+// before it releases, both under the rules of busy, so checking the journal
+// while holding c.mu closes that window.
+func (c *Coordinator) claim(ps []PendingBranch) []PendingBranch {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := ps[:0:0]
 	for _, p := range ps {
 		k := keyOf(p.Branch.ID)
-		if c.busy[k] && !already {
+		if c.busy[k] || !c.m.unresolved(p.Job, p.Writer, p.Checkpoint, p.Branch.ID) {
 			continue
 		}
 		c.busy[k] = true
@@ -766,7 +774,7 @@ func (c *Coordinator) finishDecided(ctx context.Context, match func(PendingBranc
 			ps = append(ps, p)
 		}
 	}
-	if ps = c.claim(ps, false); len(ps) > 0 {
+	if ps = c.claim(ps); len(ps) > 0 {
 		c.finish(ctx, ps)
 	}
 }

@@ -520,6 +520,27 @@ func (m *Machine) Pending(job string) []PendingBranch {
 	return out
 }
 
+// unresolved reports whether branch id of a writer's checkpoint n is
+// journaled and not yet resolved.
+func (m *Machine) unresolved(job, writer string, n int64, id BranchID) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	j := m.st.Jobs[job]
+	if j == nil || j.Writers[writer] == nil {
+		return false
+	}
+	cp := j.Writers[writer].Open[n]
+	if cp == nil {
+		return false
+	}
+	for _, b := range cp.Branches {
+		if b.ID == id {
+			return b.Outcome == ""
+		}
+	}
+	return false
+}
+
 // Writers lists every (job, writer) pair.
 func (m *Machine) Writers() [][2]string {
 	m.mu.RLock()

@@ -100,11 +100,14 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	if cl == nil {
 		return b.failf("slot %s was fenced or closed", b.sl.txnID)
 	}
+	// Records outlive this call: they are buffered until Prepare flushes
+	// them, so they produce under the sink's lifetime context, not ctx
+	// (an HTTP request's context ends when the write call answers).
 	for _, r := range recs {
 		kr := toKgo(r)
 		kr.Context = b.s.ctx
 		b.pending.Add(1)
-		cl.Produce(ctx, kr, b.promise)
+		cl.Produce(b.s.ctx, kr, b.promise)
 	}
 	return nil
 }

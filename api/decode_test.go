@@ -1,0 +1,144 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/txsink/txsink/twopc"
+)
+
+func TestDecodeRecords(t *testing.T) {
+	tests := []struct {
+		name, body string
+		want       []string // values, as raw JSON
+		err        string   // substring of the error
+	}{
+		{"empty", "", nil, ""},
+		{"blank lines only", "\n \r\n\t\n", nil, ""},
+		{"ndjson", `{"value":"a"}` + "\n" + `{"value":1}`, []string{`"a"`, `1`}, ""},
+		{"crlf and blank lines", "\r\n" + `{"value":"a"}` + "\r\n\r\n" + `  {"value":"b"}  ` + "\r\n", []string{`"a"`, `"b"`}, ""},
+		{"array", ` [ {"value":"a"} ,` + "\n" + `{"value":{"x":[1,2]}} ] `, []string{`"a"`, `{"x":[1,2]}`}, ""},
+		{"empty array", `[]`, nil, ""},
+		{"every field", `{"sink":"s","topic":"t","key":"k","value":"v","key_b64":"aw==","value_b64":"dg==","headers":{"a":"b"},"partition":2,"stmt":"x","args":[1,"a",null]}`, []string{`"v"`}, ""},
+		{"syntax error line 2", `{"value":"a"}` + "\n" + `{"value":x}`, nil, "line 2: invalid character 'x'"},
+		{"truncated", `{"value":"a"}` + "\n\n" + `{"value":"b"`, nil, "line 3: unexpected end of JSON input"},
+		{"wrong type", `{"partition":"1"}`, nil, `line 1: field "partition": got a JSON string, want an integer (int32)`},
+		{"wrong args type", `{"args":{}}`, nil, `field "args": got a JSON object, want an array`},
+		{"unknown field", "\n" + `{"valeu":"a"}`, nil, `line 2: unknown field "valeu"`},
+		{"null line", `null`, nil, "line 1: a record must be a JSON object"},
+		{"number line", `{"value":1}` + "\n" + `42`, nil, "line 2: a record must be a JSON object"},
+		{"two on a line", `{"value":1}{"value":2}`, nil, "line 1: unexpected data after the record"},
+		{"split over lines", "{\n\"value\":1}", nil, "line 1: a record must be on one line"},
+		{"array trailing data", `[{"value":1}] {}`, nil, "line 1: unexpected data after the array"},
+		{"array bad element", "[\n" + `{"value":1},` + "\n" + `{"value":2,"q":1}]`, nil, `record 2 (line 3): unknown field "q"`},
+		{"array of arrays", `[[1]]`, nil, "record 1 (line 1): a record must be a JSON object"},
+		{"array unclosed", `[{"value":1},`, nil, "unexpected end of JSON input"},
+		{"too many", strings.Repeat(`{"value":1}`+"\n", 4), nil, "more than 3 records"},
+		{"too many in array", `[{},{},{},{}]`, nil, "more than 3 records"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			recs, err := decodeRecords([]byte(tc.body), 3)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("got error %v", err)
+			}
+			var got []string
+			for _, r := range recs {
+				got = append(got, string(r.Value))
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("got values %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// The records must not alias the body: the buffer goes back to the pool.
+func TestDecodeRecordsCopies(t *testing.T) {
+	body := []byte(`{"key":"k","value":{"a":1},"value_b64":"dg==","args":["x"]}`)
+	recs, err := decodeRecords(body, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := *recs[0]
+	wantKey, wantVal, wantArg := string(want.Key), string(want.Value), string(want.Args[0])
+	for i := range body {
+		body[i] = 'X'
+	}
+	r := recs[0]
+	if string(r.Key) != wantKey || string(r.Value) != wantVal || string(r.Args[0]) != wantArg || string(r.ValueB64) != "v" {
+		t.Fatalf("records changed with the body: got key %s value %s arg %s", r.Key, r.Value, r.Args[0])
+	}
+}
+
+// benchBody is 1,000 records of about 100 bytes: the sidecar's typical call.
+func benchBody(array bool) []byte {
+	var b bytes.Buffer
+	if array {
+		b.WriteByte('[')
+	}
+	for i := range 1000 {
+		if array && i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"sink":"events","topic":"pv","key":"user-%06d","value":"page=/articles/%06d&ref=search&t=1700000000"}`, i, i)
+		if !array {
+			b.WriteByte('\n')
+		}
+	}
+	if array {
+		b.WriteByte(']')
+	}
+	return b.Bytes()
+}
+
+func BenchmarkDecodeNDJSON(b *testing.B) {
+	body := benchBody(false)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeRecords(body, DefaultMaxRecordsPerCall); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeArray(b *testing.B) {
+	body := benchBody(true)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeRecords(body, DefaultMaxRecordsPerCall); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecodeNaive is the baseline: one decoder per line, one
+// allocation per record.
+func BenchmarkDecodeNaive(b *testing.B) {
+	body := benchBody(false)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		var recs []*twopc.Record
+		for line := range bytes.Lines(body) {
+			dec := json.NewDecoder(bytes.NewReader(line))
+			dec.DisallowUnknownFields()
+			r := new(twopc.Record)
+			if err := dec.Decode(r); err != nil {
+				b.Fatal(err)
+			}
+			recs = append(recs, r)
+		}
+	}
+}

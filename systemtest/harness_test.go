@@ -1,0 +1,175 @@
+// Package systemtest runs the built sidecar binary as a process against a
+// Kafka-protocol broker process (kfake) and a real MariaDB, and kills it
+// with SIGKILL at every step of the protocol. Everything runs on loopback.
+package systemtest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/txsink/txsink/api/client"
+)
+
+var sidecarBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "txsink-systemtest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sidecarBin = filepath.Join(dir, "sidecar")
+	_, self, _, _ := runtime.Caller(0)
+	build := exec.Command("go", "build", "-o", sidecarBin, "./cmd/sidecar")
+	build.Dir = filepath.Join(filepath.Dir(self), "..")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build sidecar: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr reserves a loopback port. The port is released before use; the
+// kernel does not hand it out again soon, which is enough for a test.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// syncBuf is a bytes.Buffer safe for the process's writer goroutine.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// node is one sidecar installation: a config, a data dir and fixed ports,
+// so that it can be killed and started again as the same node.
+type node struct {
+	t        *testing.T
+	dir      string
+	cfgPath  string
+	httpAddr string
+	raftAddr string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	logs     *syncBuf
+}
+
+// newNode writes a config with the given sinks YAML (indented under sinks:).
+func newNode(t *testing.T, sinksYAML string) *node {
+	t.Helper()
+	n := &node{t: t, dir: t.TempDir(), httpAddr: freeAddr(t), raftAddr: freeAddr(t)}
+	n.cfgPath = filepath.Join(n.dir, "txsink.yaml")
+	cfg := fmt.Sprintf("data_dir: %s\nhttp_addr: %s\nraft_addr: %s\nlog: {level: debug}\nsinks:\n%s",
+		filepath.Join(n.dir, "data"), n.httpAddr, n.raftAddr, sinksYAML)
+	if err := os.WriteFile(n.cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		n.kill()
+		if t.Failed() {
+			t.Logf("sidecar logs (tail):\n%s", tail(n.logs, 60))
+		}
+	})
+	return n
+}
+
+func tail(b *syncBuf, lines int) string {
+	if b == nil {
+		return ""
+	}
+	ls := strings.Split(b.String(), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// start runs the sidecar with extra environment (e.g. TXSINK_FAILPOINT) and
+// waits until it is ready.
+func (n *node) start(env ...string) *client.Client {
+	n.t.Helper()
+	n.logs = &syncBuf{}
+	n.cmd = exec.Command(sidecarBin, "run", "--config", n.cfgPath)
+	n.cmd.Env = append(os.Environ(), env...)
+	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	n.done = make(chan struct{})
+	go func() { n.cmd.Wait(); close(n.done) }()
+	c := client.New("http://" + n.httpAddr)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ready(ctx)
+		cancel()
+		if err == nil {
+			return c
+		}
+		select {
+		case <-n.done:
+			n.t.Fatalf("sidecar exited during start: %v\n%s", n.cmd.ProcessState, tail(n.logs, 40))
+		default:
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("sidecar not ready after 30s: %v\n%s", err, tail(n.logs, 40))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (n *node) kill() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGKILL)
+	n.waitExit()
+}
+
+// waitExit waits (bounded) for the process to exit, e.g. after a failpoint.
+func (n *node) waitExit() {
+	select {
+	case <-n.done:
+	case <-time.After(30 * time.Second):
+		n.t.Fatal("sidecar did not exit within 30s")
+	}
+	n.cmd = nil
+}
+
+// killedBySignal reports whether the last process died of SIGKILL.
+func (n *node) exitedBySIGKILL(cmd *exec.Cmd) bool {
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
