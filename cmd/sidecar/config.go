@@ -92,12 +92,7 @@ func LoadConfig(path string) (Config, error) {
 	return c, nil
 }
 
-// commonFlags are the flags shared by run and dev, bound to a Config.
-type commonFlags struct {
-	fs  *flag.FlagSet
-	cfg *Config
-}
-
+// bindCommon binds the flags shared by run and dev to c.
 func bindCommon(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the journal, the socket and (dev) the embedded broker [TXSINK_DATA_DIR]")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "TCP address of the HTTP API [TXSINK_HTTP_ADDR]")

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -149,5 +148,3 @@ Try it (use the epoch the session call returns):
 	}
 	fmt.Fprintln(w)
 }
-
-var _ = slog.Default
