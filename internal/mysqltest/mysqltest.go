@@ -30,6 +30,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -332,4 +333,29 @@ func tail(b []byte, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// ClientArgs returns the arguments that point the mariadb command-line client
+// at the server of dsn (user, password, socket or host and port).
+func ClientArgs(t testing.TB, dsn string) []string {
+	t.Helper()
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		t.Fatalf("mysqltest: parse DSN: %v", err)
+	}
+	args := []string{"-u" + cfg.User}
+	if cfg.Passwd != "" {
+		args = append(args, "-p"+cfg.Passwd)
+	}
+	switch cfg.Net {
+	case "unix":
+		args = append(args, "--socket="+cfg.Addr)
+	default:
+		host, port, err := net.SplitHostPort(cfg.Addr)
+		if err != nil {
+			t.Fatalf("mysqltest: address %q: %v", cfg.Addr, err)
+		}
+		args = append(args, "--protocol=tcp", "-h"+host, "-P"+port)
+	}
+	return args
 }
