@@ -214,7 +214,7 @@ func TestBadInput(t *testing.T) {
 		{"unknown field", "POST", rec, `{"value":"b","colour":"red"}`, nd, 400, api.CodeMalformedBody, `line 1: unknown field "colour"`},
 		{"two records on a line", "POST", rec, `{"value":"a"} {"value":"b"}`, nd, 400, api.CodeMalformedBody, "line 1: unexpected data"},
 		{"record not an object", "POST", rec, values("a") + `"b"`, nd, 400, api.CodeMalformedBody, "line 2: a record must be a JSON object"},
-		{"record over two lines", "POST", rec, "{\"value\":\n\"a\"}", nd, 400, api.CodeMalformedBody, "line 1: a record must be on one line"},
+		{"record over two lines", "POST", rec, "{\"value\":\n\"a\"}", nd, 400, api.CodeMalformedBody, "a record must be on one line"},
 		{"array element 2", "POST", rec, `[{"value":"a"},{"value":"b","x":1}]`, js, 400, api.CodeMalformedBody, `record 2 (line 1): unknown field "x"`},
 		{"array not closed", "POST", rec, `[{"value":"a"}`, js, 400, api.CodeMalformedBody, "end of JSON input"},
 		{"array of numbers", "POST", rec, `[1]`, js, 400, api.CodeMalformedBody, "record 1"},

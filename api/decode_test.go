@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -31,7 +32,7 @@ func TestDecodeRecords(t *testing.T) {
 		{"null line", `null`, nil, "line 1: a record must be a JSON object"},
 		{"number line", `{"value":1}` + "\n" + `42`, nil, "line 2: a record must be a JSON object"},
 		{"two on a line", `{"value":1}{"value":2}`, nil, "line 1: unexpected data after the record"},
-		{"split over lines", "{\n\"value\":1}", nil, "line 1: a record must be on one line"},
+		{"split over lines", "{\n\"value\":1}", nil, "a record must be on one line"},
 		{"array trailing data", `[{"value":1}] {}`, nil, "line 1: unexpected data after the array"},
 		{"array bad element", "[\n" + `{"value":1},` + "\n" + `{"value":2,"q":1}]`, nil, `record 2 (line 3): unknown field "q"`},
 		{"array of arrays", `[[1]]`, nil, "record 1 (line 1): a record must be a JSON object"},
@@ -141,4 +142,37 @@ func BenchmarkDecodeNaive(b *testing.B) {
 			recs = append(recs, r)
 		}
 	}
+}
+
+// FuzzFastDecoder checks that whatever the fast path accepts, encoding/json
+// accepts too and decodes to the same record.
+func FuzzFastDecoder(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `{"sink":"events","topic":"pv","key":"k","value":"v"}`,
+		`{"value":{"a":[1,2.5e3,-0,true,false,null,"x\u00e9\n"]},"key":null}`,
+		`{"key_b64":"aGVsbG8=","value_b64":"","headers":{"a":"b","ü":"ß"},"partition":-2147483648}`,
+		`{"partition":2147483648}`, `{"partition":1.0}`, `{"stmt":"s","args":[1,"a",null,{"x":1}]}`,
+		`{"sink":null,"args":null,"headers":null,"key_b64":null}`, `{"Sink":"a"}`, `{"sink":"a","sink":"b"}`,
+		`{"value":"a\"b"}`, `{"value":01}`, `{"value":"\x01"}`, `{"sink":"\xff"}`, `{"value":"\xff"}`,
+		`{"args":[]}`, `{"headers":{}}`, `{"key_b64":"!!"}`, `{"value":[[[[]]]]}`, `{"value":1}  `, `{"value":1} x`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		if len(line) == 0 || line[0] != '{' || bytes.IndexByte(line, '\n') >= 0 {
+			return
+		}
+		d := fastDecoder{arena: make([]byte, 0, len(line))}
+		var fast twopc.Record
+		if !d.record(line, &fast) {
+			return
+		}
+		var ref twopc.Record
+		if err := decodeLine(line, &ref); err != nil {
+			t.Fatalf("fast path accepted %q, encoding/json: %v", line, err)
+		}
+		if !reflect.DeepEqual(fast, ref) {
+			t.Fatalf("%q: fast path got %+v, encoding/json %+v", line, fast, ref)
+		}
+	})
 }

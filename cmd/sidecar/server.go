@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/txsink/txsink/api"
@@ -96,6 +97,8 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		return nil, err
 	}
 
+	// The MySQL driver logs through a package-level logger; route it into ours.
+	_ = gomysql.SetLogger(driverLogger{log.With("component", "mysql-driver")})
 	sc.sinks, sc.closers, err = openSinks(ctx, cfg, log)
 	if err != nil {
 		return nil, err
@@ -227,3 +230,8 @@ func (sc *sidecar) close() {
 		c()
 	}
 }
+
+// driverLogger adapts slog to go-sql-driver/mysql's Logger.
+type driverLogger struct{ l *slog.Logger }
+
+func (d driverLogger) Print(v ...any) { d.l.Warn(strings.TrimSpace(fmt.Sprint(v...))) }
