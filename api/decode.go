@@ -179,7 +179,54 @@ func decodeLine(line []byte, r *twopc.Record) error {
 	return nil
 }
 
+// decodeArray takes the fast path for well-formed arrays and leaves every
+// problem (and its wording) to decodeArrayJSON.
 func decodeArray(body []byte, max int) ([]*twopc.Record, error) {
+	slab := make([]twopc.Record, 0, min(bytes.Count(body, []byte{'{'}), max+1))
+	d := fastDecoder{arena: make([]byte, 0, len(body))}
+	i := skipSpace(body, skipSpace(body, 0)+1) // after '['
+	if i < len(body) && body[i] == ']' {
+		if skipSpace(body, i+1) != len(body) {
+			return decodeArrayJSON(body, max)
+		}
+		return []*twopc.Record{}, nil
+	}
+	for {
+		if i >= len(body) || body[i] != '{' || len(slab) == max {
+			return decodeArrayJSON(body, max)
+		}
+		end, ok := skipValue(body, i, 0)
+		if !ok {
+			return decodeArrayJSON(body, max)
+		}
+		slab = append(slab, twopc.Record{})
+		r := &slab[len(slab)-1]
+		if !d.record(body[i:end], r) {
+			*r = twopc.Record{}
+			if decodeLine(body[i:end], r) != nil {
+				return decodeArrayJSON(body, max)
+			}
+		}
+		i = skipSpace(body, end)
+		if i >= len(body) {
+			return decodeArrayJSON(body, max)
+		}
+		if body[i] == ']' {
+			if skipSpace(body, i+1) != len(body) {
+				return decodeArrayJSON(body, max)
+			}
+			return pointers(slab), nil
+		}
+		if body[i] != ',' {
+			return decodeArrayJSON(body, max)
+		}
+		i = skipSpace(body, i+1)
+	}
+}
+
+// decodeArrayJSON decodes an array with encoding/json, naming the record
+// and line of a problem.
+func decodeArrayJSON(body []byte, max int) ([]*twopc.Record, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if _, err := dec.Token(); err != nil { // '['

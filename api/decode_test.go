@@ -159,6 +159,13 @@ func FuzzFastDecoder(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
+		// Arrays: the fast path and encoding/json agree on the outcome.
+		arr := append(append([]byte("[ "), line...), ",{}]"...)
+		got, err := decodeArray(arr, 10)
+		want, werr := decodeArrayJSON(arr, 10)
+		if (err == nil) != (werr == nil) || (err == nil && !reflect.DeepEqual(got, want)) {
+			t.Fatalf("array %q: fast path got %v, %v; encoding/json %v, %v", arr, got, err, want, werr)
+		}
 		if len(line) == 0 || line[0] != '{' || bytes.IndexByte(line, '\n') >= 0 {
 			return
 		}
