@@ -316,11 +316,19 @@ func (s *Sink) Resolve(ctx context.Context, id twopc.BranchID, h twopc.Handle, c
 	}
 	if b := s.liveBranch(id); b != nil {
 		b.mu.Lock()
-		done, err := b.finishLocal(ctx, commit)
-		b.mu.Unlock()
-		if done {
+		defer b.mu.Unlock()
+		if done, err := b.finishLocal(ctx, commit); done {
 			return err
 		}
+		// Its connection is gone (e.g. an earlier Commit lost it): finish
+		// from a new session, then forget the branch like Commit does, or
+		// a later Fence would try to abort what this just committed.
+		if err := s.resolveXID(ctx, id, x, commit); err != nil {
+			return err
+		}
+		b.state, b.committed = stateDone, commit
+		b.release()
+		return nil
 	}
 	return s.resolveXID(ctx, id, x, commit)
 }
