@@ -72,8 +72,9 @@ const (
 // Config configures a Server. The zero value serves with the defaults, no
 // token, no cluster status, no metrics and always ready.
 type Config struct {
-	// MaxBodyBytes bounds a request body (0: DefaultMaxBodyBytes); a larger
-	// one is 413 body_too_large.
+	// MaxBodyBytes bounds a records body (0: DefaultMaxBodyBytes); a larger
+	// one is 413 body_too_large. Other bodies are bounded by what they can
+	// hold: a checkpoint's base64 state of at most twopc.MaxStateBytes.
 	MaxBodyBytes int64
 	// MaxRecordsPerCall bounds the records of one write call
 	// (0: DefaultMaxRecordsPerCall); more is 413 body_too_large.
