@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/twopc"
+)
+
+// kafkaCase: records of batchSize go out in a loop; a transaction is
+// committed (direct) or a checkpoint completed (sidecar) after the first
+// batch that ends interval or more after the last commit. Each case has a
+// topic of its own with one partition.
+func kafkaCase(path string, interval time.Duration, writers int) *benchCase {
+	c := &benchCase{name: caseName("kafka", path, interval, writers), kind: "kafka", path: path,
+		interval: interval, writers: writers}
+	topic := "bench-" + c.name
+	c.run = func(ctx context.Context, e *env, d time.Duration) (int64, time.Duration, error) {
+		if err := e.createTopic(ctx, topic); err != nil {
+			return 0, 0, err
+		}
+		switch path {
+		case "direct":
+			return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
+				return kafkaDirectWriter(ctx, e, topic, interval, w, end, n)
+			})
+		default:
+			cl := e.tcp
+			if path == "unix" {
+				cl = e.unix
+			}
+			job := "bench-" + c.name
+			if _, err := cl.PutJob(ctx, job, twopc.ModeAuto, []string{"events"}); err != nil {
+				return 0, 0, fmt.Errorf("put job: %w", err)
+			}
+			return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
+				return kafkaSidecarWriter(ctx, e, cl, job, topic, interval, w, end, n)
+			})
+		}
+	}
+	c.verify = func(ctx context.Context, e *env, records int64) error {
+		return verifyTopic(ctx, e, topic, records)
+	}
+	return c
+}
+
+func kafkaDirectWriter(ctx context.Context, e *env, topic string, interval time.Duration, w int, end time.Time, progress *atomic.Int64) (int64, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokerAddr), kgo.DefaultProduceTopic(topic),
+		kgo.TransactionalID(fmt.Sprintf("bench-direct.%s.%d", topic, w)))
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	var mu sync.Mutex
+	var produceErr error
+	promise := func(_ *kgo.Record, err error) {
+		if err != nil {
+			mu.Lock()
+			produceErr = errors.Join(produceErr, err)
+			mu.Unlock()
+		}
+	}
+	commit := func(again bool) error {
+		if err := cl.Flush(ctx); err != nil {
+			return err
+		}
+		mu.Lock()
+		perr := produceErr
+		mu.Unlock()
+		if perr != nil {
+			return fmt.Errorf("produce: %w", perr)
+		}
+		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		if again {
+			return cl.BeginTransaction()
+		}
+		return nil
+	}
+	if err := cl.BeginTransaction(); err != nil {
+		return 0, err
+	}
+	val := value()
+	prefix := []byte(strconv.Itoa(w) + ":")
+	var produced, committed int64
+	last := time.Now()
+	for {
+		for i := range batchSize {
+			k := strconv.AppendInt(append(make([]byte, 0, 24), prefix...), produced+int64(i), 10)
+			cl.Produce(ctx, &kgo.Record{Key: k, Value: val}, promise)
+		}
+		produced += batchSize
+		progress.Add(batchSize)
+		now := time.Now()
+		done := !now.Before(end)
+		if done || now.Sub(last) >= interval {
+			if err := commit(!done); err != nil {
+				return committed, err
+			}
+			committed, last = produced, time.Now()
+		}
+		if done {
+			return committed, nil
+		}
+	}
+}
+
+func kafkaSidecarWriter(ctx context.Context, e *env, cl *client.Client, job, topic string, interval time.Duration, w int, end time.Time, progress *atomic.Int64) (int64, error) {
+	writer := strconv.Itoa(w)
+	sess, err := cl.OpenSession(ctx, job, writer, nil)
+	if err != nil {
+		return 0, fmt.Errorf("open session: %w", err)
+	}
+	val := value()
+	var body bytes.Buffer
+	var produced, committed, seq, n int64
+	last := time.Now()
+	for {
+		body.Reset()
+		for i := range batchSize {
+			body.WriteString(`{"sink":"events","topic":"`)
+			body.WriteString(topic)
+			body.WriteString(`","key":"`)
+			body.WriteString(writer)
+			body.WriteByte(':')
+			body.WriteString(strconv.FormatInt(produced+int64(i), 10))
+			body.WriteString(`","value":"`)
+			body.Write(val)
+			body.WriteString("\"}\n")
+		}
+		seq++
+		if _, err := cl.WriteNDJSON(ctx, job, writer, sess.Epoch, client.Seq(seq), body.Bytes()); err != nil {
+			return committed, errors.Join(fmt.Errorf("write: %w", err), e.sidecarAlive())
+		}
+		produced += batchSize
+		progress.Add(batchSize)
+		now := time.Now()
+		done := !now.Before(end)
+		if done || now.Sub(last) >= interval {
+			n++
+			res, err := cl.Checkpoint(ctx, job, writer, sess.Epoch, n, nil, twopc.WaitCommitted)
+			if err != nil {
+				return committed, errors.Join(fmt.Errorf("checkpoint %d: %w", n, err), e.sidecarAlive())
+			}
+			if res.Status != twopc.StatusCommitted {
+				return committed, fmt.Errorf("checkpoint %d: status %q, want committed", n, res.Status)
+			}
+			committed, last = produced, time.Now()
+		}
+		if done {
+			return committed, nil
+		}
+	}
+}
+
+// verifyTopic reads topic with read_committed and checks that it holds
+// exactly records records, keys "<writer>:<n>" with each writer's n running
+// 0, 1, … without gap or duplicate.
+func verifyTopic(ctx context.Context, e *env, topic string, records int64) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokerAddr), kgo.ConsumeTopics(topic),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxBytes(64<<20), kgo.FetchMaxPartitionBytes(64<<20))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	seen := map[int][]uint64{} // writer → bitset of n
+	counts := map[int]int64{}
+	var total, dups, bad int64
+	lastProgress := time.Now()
+	for {
+		timeout := 2 * time.Second
+		if total >= records {
+			timeout = 300 * time.Millisecond // anything beyond records is an error; look briefly
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		fs := cl.PollFetches(pctx)
+		cancel()
+		got := int64(0)
+		var ferr error
+		fs.EachError(func(_ string, _ int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				ferr = err
+			}
+		})
+		if ferr != nil {
+			return fmt.Errorf("read %s: %w", topic, ferr)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			got++
+			w, n, ok := parseKey(r.Key)
+			if !ok {
+				bad++
+				return
+			}
+			bs := seen[w]
+			for int64(len(bs))*64 <= n {
+				bs = append(bs, make([]uint64, len(bs)+1024)...)
+			}
+			seen[w] = bs
+			if bs[n/64]&(1<<(n%64)) != 0 {
+				dups++
+				return
+			}
+			bs[n/64] |= 1 << (n % 64)
+			counts[w]++
+		})
+		total += got
+		if got > 0 {
+			lastProgress = time.Now()
+			continue
+		}
+		if total >= records || time.Since(lastProgress) > 10*time.Second || ctx.Err() != nil {
+			break
+		}
+	}
+	var problems []string
+	if total != records {
+		problems = append(problems, fmt.Sprintf("read %d records with read_committed, want %d committed", total, records))
+	}
+	if dups > 0 {
+		problems = append(problems, fmt.Sprintf("%d duplicates", dups))
+	}
+	if bad > 0 {
+		problems = append(problems, fmt.Sprintf("%d records with a foreign key", bad))
+	}
+	for w, bs := range seen {
+		// Each writer's keys must be 0..count-1: no gap.
+		c := counts[w]
+		for n := range c {
+			if bs[n/64]&(1<<(n%64)) == 0 {
+				problems = append(problems, fmt.Sprintf("writer %d: gap at %d (has %d keys)", w, n, c))
+				break
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: topic %s: %v", errMismatch, topic, problems)
+	}
+	return nil
+}
+
+func parseKey(k []byte) (w int, n int64, ok bool) {
+	i := bytes.IndexByte(k, ':')
+	if i < 0 {
+		return 0, 0, false
+	}
+	w, err := strconv.Atoi(string(k[:i]))
+	if err != nil {
+		return 0, 0, false
+	}
+	n, err = strconv.ParseInt(string(k[i+1:]), 10, 64)
+	if err != nil || n < 0 {
+		return 0, 0, false
+	}
+	return w, n, true
+}

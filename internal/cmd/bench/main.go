@@ -1,0 +1,222 @@
+// Command bench measures, in one run, the sidecar path against the direct
+// client on the same broker and the same database, and prints one Markdown
+// table of throughputs and ratios (sidecar ÷ direct) on stdout. Progress goes
+// to stderr. It is a program, never a timed test: `make bench`.
+//
+// Setup: the Kafka-protocol broker (internal/cmd/kafkabroker, kfake with a
+// data dir) and the sidecar (cmd/sidecar) are built into a temp dir and run
+// as processes of their own, so the sidecar and the direct client compete
+// equally with the broker. MariaDB: TXSINK_BENCH_MYSQL_DSN if set, else the
+// shared private server of internal/mysqltest if its socket answers, else a
+// private mariadbd started here (binary log on, sync_binlog=1); without any,
+// the MySQL rows say "skipped" and the Kafka rows still run.
+//
+// Every case checks what it wrote: Kafka by reading the topic with
+// read_committed (every key exactly once), MySQL with SELECT COUNT(*) and
+// COUNT(DISTINCT k). A mismatch is printed loudly and the exit status is 1.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	valueSize = 100   // bytes per record value
+	batchSize = 1_000 // records per write call / per produce batch / per INSERT
+	target    = 0.7   // sidecar ÷ direct we aim for
+)
+
+type options struct {
+	duration  time.Duration
+	cases     *regexp.Regexp
+	writers   []int
+	intervals []time.Duration
+}
+
+func main() {
+	code, err := run()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	os.Exit(code)
+}
+
+func run() (int, error) {
+	var o options
+	var casesRe, writers, intervals string
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time per case")
+	flag.StringVar(&casesRe, "cases", "", "regexp over case names (e.g. 'kafka', 'unix|direct', 'mysql'); empty: all")
+	flag.StringVar(&writers, "writers", "1", "comma-separated writer counts (parallel producers / sidecar writers / DB connections)")
+	flag.StringVar(&intervals, "intervals", "100ms,1s", "comma-separated Kafka commit/checkpoint intervals")
+	flag.Usage = func() {
+		fmt.Fprintf(os.Stderr, "usage: go run ./internal/cmd/bench [flags]\n\ncases: %s\n\n",
+			strings.Join(allCaseNames(), " "))
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	var err error
+	if o.cases, err = regexp.Compile(casesRe); err != nil {
+		return 0, fmt.Errorf("-cases: %w", err)
+	}
+	for _, s := range strings.Split(writers, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return 0, fmt.Errorf("-writers: bad count %q", s)
+		}
+		o.writers = append(o.writers, n)
+	}
+	for _, s := range strings.Split(intervals, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || d <= 0 {
+			return 0, fmt.Errorf("-intervals: bad interval %q", s)
+		}
+		o.intervals = append(o.intervals, d)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	env, err := setup(ctx, o)
+	defer env.close()
+	if err != nil {
+		return 0, err
+	}
+
+	var results []*result
+	for _, c := range plan(o) {
+		if !o.cases.MatchString(c.name) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		r := &result{c: c}
+		results = append(results, r)
+		if c.kind == "mysql" && env.mysqlDSN == "" {
+			r.note = "skipped: no MariaDB (" + env.mysqlWhy + "; set TXSINK_BENCH_MYSQL_DSN)"
+			logf("%s: %s", c.name, r.note)
+			continue
+		}
+		logf("%s: running for %v", c.name, o.duration)
+		r.records, r.elapsed, r.err = c.run(ctx, env, o.duration)
+		if r.err == nil {
+			logf("%s: %d records in %.2fs = %s/s; verifying", c.name, r.records, r.elapsed.Seconds(), human(r.rate()))
+			r.err = c.verify(ctx, env, r.records)
+		}
+		if r.err != nil {
+			logf("%s: FAILED: %v", c.name, r.err)
+		} else {
+			logf("%s: verified", c.name)
+		}
+	}
+	if len(results) == 0 {
+		return 0, fmt.Errorf("-cases %q matches none of: %s", casesRe, strings.Join(allCaseNames(), " "))
+	}
+	peak := env.sidecarPeakRSS()
+	broker := env.brokerPeakRSS()
+	printTable(os.Stdout, o, results, peak, broker)
+
+	code := 0
+	for _, r := range results {
+		if r.err != nil {
+			code = 1
+			fmt.Fprintf(os.Stderr, "\n!!! %s FAILED: %v\n", r.c.name, r.err)
+		}
+	}
+	return code, nil
+}
+
+// benchCase is one row of the table.
+type benchCase struct {
+	name     string
+	kind     string // kafka | mysql
+	path     string // direct | tcp | unix | sidecar
+	interval time.Duration
+	writers  int
+	run      func(ctx context.Context, env *env, d time.Duration) (int64, time.Duration, error)
+	verify   func(ctx context.Context, env *env, records int64) error
+}
+
+type result struct {
+	c       *benchCase
+	records int64
+	elapsed time.Duration
+	err     error
+	note    string
+}
+
+func (r *result) rate() float64 {
+	if r.elapsed <= 0 {
+		return 0
+	}
+	return float64(r.records) / r.elapsed.Seconds()
+}
+
+func (r *result) ok() bool { return r.err == nil && r.note == "" && r.records > 0 }
+
+// plan lists the cases in run order: each sidecar row right after its
+// direct baseline, so drift of the machine hits both alike.
+func plan(o options) []*benchCase {
+	var cs []*benchCase
+	for _, w := range o.writers {
+		for _, iv := range o.intervals {
+			for _, p := range []string{"direct", "tcp", "unix"} {
+				cs = append(cs, kafkaCase(p, iv, w))
+			}
+		}
+	}
+	for _, w := range o.writers {
+		for _, p := range []string{"direct", "sidecar"} {
+			cs = append(cs, mysqlCase(p, w))
+		}
+	}
+	return cs
+}
+
+func allCaseNames() []string {
+	var ns []string
+	for _, c := range plan(options{writers: []int{1}, intervals: []time.Duration{100 * time.Millisecond, time.Second}}) {
+		ns = append(ns, c.name)
+	}
+	return ns
+}
+
+func caseName(kind, path string, iv time.Duration, w int) string {
+	n := kind + "-" + path
+	if iv > 0 {
+		n += "-" + iv.String()
+	}
+	if w > 1 {
+		n += fmt.Sprintf("-w%d", w)
+	}
+	return n
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+// human formats a rate: 1234567 → "1.23 M".
+func human(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2f M", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1f k", v/1e3)
+	default:
+		return fmt.Sprintf("%.0f", v)
+	}
+}
+
+var errMismatch = errors.New("MISMATCH")

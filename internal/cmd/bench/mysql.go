@@ -1,0 +1,374 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/twopc"
+)
+
+// mysqlEnv is the database side of env.
+type mysqlEnv struct {
+	mysqlDSN string // with the bench database selected; "" when there is none
+	mysqlWhy string // why there is none
+	db       *sql.DB
+}
+
+const envBenchDSN = "TXSINK_BENCH_MYSQL_DSN"
+
+// setupMySQL finds a server (TXSINK_BENCH_MYSQL_DSN, the shared private
+// server of internal/mysqltest, or a private mariadbd started here), creates
+// a database for this run and its tables. On failure mysqlDSN stays "" and
+// mysqlWhy says why.
+func (e *env) setupMySQL(ctx context.Context) {
+	serverDSN, where, err := e.findMySQL(ctx)
+	if err != nil {
+		e.mysqlWhy = err.Error()
+		logf("mysql: %v; the MySQL rows are skipped", err)
+		return
+	}
+	cfg, _ := mysql.ParseDSN(serverDSN)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "txsink_bench_" + hex.EncodeToString(b[:])
+	root, err := sql.Open("mysql", cfg.FormatDSN())
+	if err == nil {
+		_, err = root.ExecContext(ctx, "CREATE DATABASE "+name)
+	}
+	if err != nil {
+		e.mysqlWhy = "create database: " + err.Error()
+		logf("mysql: %s; the MySQL rows are skipped", e.mysqlWhy)
+		return
+	}
+	e.closers = append(e.closers, func() {
+		defer root.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if c, err := root.Conn(ctx); err == nil {
+			_, _ = c.ExecContext(ctx, "SET SESSION lock_wait_timeout = 10")
+			if _, err := c.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name); err != nil {
+				logf("mysql: drop database %s: %v", name, err)
+			}
+			c.Close()
+		}
+	})
+	cfg.DBName = name
+	e.mysqlDSN = cfg.FormatDSN()
+	e.db, err = sql.Open("mysql", e.mysqlDSN)
+	if err != nil {
+		e.mysqlDSN, e.mysqlWhy = "", err.Error()
+		return
+	}
+	e.closers = append(e.closers, func() { e.db.Close() })
+	for _, t := range []string{"bench", "bench_direct"} {
+		if _, err := e.db.ExecContext(ctx, "CREATE TABLE "+t+` (
+			id BIGINT AUTO_INCREMENT PRIMARY KEY,
+			k VARCHAR(32) NOT NULL,
+			v VARCHAR(200) NOT NULL) ENGINE=InnoDB`); err != nil {
+			e.mysqlDSN, e.mysqlWhy = "", "create table: "+err.Error()
+			logf("mysql: %s; the MySQL rows are skipped", e.mysqlWhy)
+			return
+		}
+	}
+	var version, logBin, syncBinlog string
+	_ = e.db.QueryRowContext(ctx, "SELECT VERSION(), @@log_bin, @@sync_binlog").Scan(&version, &logBin, &syncBinlog)
+	logf("mysql: %s (%s), database %s, log_bin=%s sync_binlog=%s", where, version, name, logBin, syncBinlog)
+}
+
+// findMySQL returns the DSN (no database) of a server that answers.
+func (e *env) findMySQL(ctx context.Context) (dsn, where string, err error) {
+	if dsn := os.Getenv(envBenchDSN); dsn != "" {
+		cfg, err := mysql.ParseDSN(dsn)
+		if err != nil {
+			return "", "", fmt.Errorf("%s: %w", envBenchDSN, err)
+		}
+		cfg.DBName = ""
+		if err := ping(ctx, cfg.FormatDSN(), 10*time.Second); err != nil {
+			return "", "", fmt.Errorf("%s: %w", envBenchDSN, err)
+		}
+		return cfg.FormatDSN(), envBenchDSN, nil
+	}
+	// The shared private server of internal/mysqltest, if it runs.
+	cache := os.Getenv("TXSINK_TEST_CACHE")
+	if cache == "" {
+		cache = filepath.Join(os.TempDir(), fmt.Sprintf("txsink-mariadb-%d", os.Getuid()))
+	}
+	if dsn := socketDSN(filepath.Join(cache, "mysqld.sock")); ping(ctx, dsn, time.Second) == nil {
+		return dsn, "shared test server " + cache, nil
+	}
+	// A private server of our own, stopped at the end.
+	server, installDB := findBinary("mariadbd", "mysqld"), findBinary("mariadb-install-db", "mysql_install_db")
+	if server == "" || installDB == "" {
+		return "", "", errors.New("no MariaDB: mariadbd/mariadb-install-db not found")
+	}
+	dir := filepath.Join(e.dir, "mariadb")
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", err
+	}
+	logf("mysql: starting a private mariadbd in %s", dir)
+	inst := exec.CommandContext(ctx, installDB, "--no-defaults", "--datadir="+data, "--auth-root-authentication-method=normal")
+	if os.Geteuid() == 0 {
+		inst.Args = append(inst.Args, "--user=root")
+	}
+	if out, err := inst.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("%s: %v\n%s", installDB, err, out)
+	}
+	sock := filepath.Join(dir, "mysqld.sock")
+	logPath := filepath.Join(dir, "mysqld.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return "", "", err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(server, "--no-defaults", "--datadir="+data, "--socket="+sock,
+		"--pid-file="+filepath.Join(dir, "mysqld.pid"), "--skip-networking",
+		"--log-bin="+filepath.Join(data, "binlog"), "--sync-binlog=1", "--server-id=1",
+		"--innodb-buffer-pool-size=64M", "--max-connections=1000")
+	if os.Geteuid() == 0 {
+		cmd.Args = append(cmd.Args, "--user=root")
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		return "", "", err
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	e.closers = append(e.closers, func() { stopProcess(cmd, done, "mariadbd") })
+	dsn = socketDSN(sock)
+	deadline := time.Now().Add(90 * time.Second)
+	for ping(ctx, dsn, time.Second) != nil {
+		select {
+		case <-done:
+			return "", "", fmt.Errorf("mariadbd exited; log:\n%s", tailFile(logPath))
+		default:
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return "", "", fmt.Errorf("mariadbd did not answer on %s; log:\n%s", sock, tailFile(logPath))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return dsn, "private mariadbd " + dir, nil
+}
+
+func socketDSN(sock string) string {
+	cfg := mysql.NewConfig()
+	cfg.User, cfg.Net, cfg.Addr = "root", "unix", sock
+	return cfg.FormatDSN()
+}
+
+func findBinary(names ...string) string {
+	for _, n := range names {
+		if p, err := exec.LookPath(n); err == nil {
+			return p
+		}
+		for _, d := range []string{"/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"} {
+			p := filepath.Join(d, n)
+			if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+				return p
+			}
+		}
+	}
+	return ""
+}
+
+func ping(ctx context.Context, dsn string, timeout time.Duration) error {
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return err
+	}
+	cfg.Timeout = timeout
+	db, err := sql.Open("mysql", cfg.FormatDSN())
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return db.PingContext(ctx)
+}
+
+// mysqlCase: direct = one multi-row INSERT of batchSize rows per
+// transaction; sidecar = batchSize db records per write call and a
+// checkpoint after each.
+func mysqlCase(path string, writers int) *benchCase {
+	c := &benchCase{name: caseName("mysql", path, 0, writers), kind: "mysql", path: path, writers: writers}
+	table := "bench"
+	if path == "direct" {
+		table = "bench_direct"
+	}
+	c.run = func(ctx context.Context, e *env, d time.Duration) (int64, time.Duration, error) {
+		if _, err := e.db.ExecContext(ctx, "TRUNCATE TABLE "+table); err != nil {
+			return 0, 0, err
+		}
+		if path == "direct" {
+			return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
+				return mysqlDirectWriter(ctx, e, w, end, n)
+			})
+		}
+		job := "bench-" + c.name
+		if _, err := e.unix.PutJob(ctx, job, twopc.ModeAuto, []string{"db"}); err != nil {
+			return 0, 0, fmt.Errorf("put job: %w", err)
+		}
+		return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
+			return mysqlSidecarWriter(ctx, e, job, w, end, n)
+		})
+	}
+	c.verify = func(ctx context.Context, e *env, records int64) error {
+		var count, distinct int64
+		if err := e.db.QueryRowContext(ctx, "SELECT COUNT(*), COUNT(DISTINCT k) FROM "+table).Scan(&count, &distinct); err != nil {
+			return err
+		}
+		if count != records || distinct != records {
+			return fmt.Errorf("%w: %s has %d rows (%d distinct keys), want %d committed", errMismatch, table, count, distinct, records)
+		}
+		return nil
+	}
+	return c
+}
+
+func mysqlDirectWriter(ctx context.Context, e *env, w int, end time.Time, progress *atomic.Int64) (int64, error) {
+	conn, err := e.db.Conn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	q := "INSERT INTO bench_direct(k, v) VALUES " + strings.Repeat("(?, ?),", batchSize-1) + "(?, ?)"
+	stmt, err := conn.PrepareContext(ctx, q)
+	if err != nil {
+		return 0, err
+	}
+	defer stmt.Close()
+	val := string(value())
+	args := make([]any, 2*batchSize)
+	var committed int64
+	prefix := strconv.Itoa(w) + ":"
+	for time.Now().Before(end) {
+		for i := range batchSize {
+			args[2*i] = prefix + strconv.FormatInt(committed+int64(i), 10)
+			args[2*i+1] = val
+		}
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			return committed, err
+		}
+		if _, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...); err != nil {
+			tx.Rollback()
+			return committed, err
+		}
+		if err := tx.Commit(); err != nil {
+			return committed, err
+		}
+		committed += batchSize
+		progress.Add(batchSize)
+	}
+	return committed, nil
+}
+
+func mysqlSidecarWriter(ctx context.Context, e *env, job string, w int, end time.Time, progress *atomic.Int64) (int64, error) {
+	cl := e.unix
+	writer := strconv.Itoa(w)
+	sess, err := cl.OpenSession(ctx, job, writer, nil)
+	if err != nil {
+		return 0, fmt.Errorf("open session: %w", err)
+	}
+	val := value()
+	var body bytes.Buffer
+	var committed, seq int64
+	for time.Now().Before(end) {
+		body.Reset()
+		for i := range batchSize {
+			body.WriteString(`{"sink":"db","stmt":"ins","args":["`)
+			body.WriteString(writer)
+			body.WriteByte(':')
+			body.WriteString(strconv.FormatInt(committed+int64(i), 10))
+			body.WriteString(`","`)
+			body.Write(val)
+			body.WriteString("\"]}\n")
+		}
+		seq++
+		if _, err := cl.WriteNDJSON(ctx, job, writer, sess.Epoch, client.Seq(seq), body.Bytes()); err != nil {
+			return committed, errors.Join(fmt.Errorf("write: %w", err), e.sidecarAlive())
+		}
+		res, err := cl.Checkpoint(ctx, job, writer, sess.Epoch, seq, nil, twopc.WaitCommitted)
+		if err != nil {
+			return committed, errors.Join(fmt.Errorf("checkpoint %d: %w", seq, err), e.sidecarAlive())
+		}
+		if res.Status != twopc.StatusCommitted {
+			return committed, fmt.Errorf("checkpoint %d: status %q, want committed", seq, res.Status)
+		}
+		committed += batchSize
+		progress.Add(batchSize)
+	}
+	return committed, nil
+}
+
+// runWriters runs writers goroutines until end, with a progress line on
+// stderr every second; elapsed runs from the start until the last writer's
+// final commit.
+func runWriters(ctx context.Context, name string, writers int, d time.Duration,
+	fn func(ctx context.Context, w int, end time.Time, progress *atomic.Int64) (int64, error)) (int64, time.Duration, error) {
+	var progress atomic.Int64
+	stop := showProgress(name, &progress)
+	defer stop()
+	start := time.Now()
+	end := start.Add(d)
+	counts := make([]int64, writers)
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() { counts[w], errs[w] = fn(ctx, w, end, &progress) })
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var total int64
+	for _, n := range counts {
+		total += n
+	}
+	return total, elapsed, errors.Join(errs...)
+}
+
+func showProgress(name string, n *atomic.Int64) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	start := time.Now()
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				v := n.Load()
+				logf("  %s: %d records so far (%s/s)", name, v, human(float64(v)/time.Since(start).Seconds()))
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// value is a 100-byte ASCII value (JSON-safe).
+func value() []byte {
+	v := make([]byte, valueSize)
+	for i := range v {
+		v[i] = 'a' + byte(i%26)
+	}
+	return v
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"time"
+)
+
+// printTable writes the results as one Markdown table with a header and a
+// footer (memory).
+func printTable(w io.Writer, o options, rs []*result, sidecarRSS, brokerRSS int64) {
+	fmt.Fprintf(w, "\n## txsink bench: sidecar vs direct client (target: sidecar ≥ %.1f× direct)\n\n", target)
+	fmt.Fprintf(w, "%d-byte values, batches of %d records; %v per case; %d CPUs; broker: kafkabroker (kfake, "+
+		"fsync'd data dir) as its own process; sidecar: `sidecar run`, job mode auto, checkpoint waits for committed.\n\n",
+		valueSize, batchSize, o.duration, runtime.NumCPU())
+	fmt.Fprintln(w, "| case | path | commit every | writers | records | seconds | records/s | sidecar ÷ direct |")
+	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|")
+	for _, r := range rs {
+		c := r.c
+		every := fmt.Sprintf("%d rows", batchSize)
+		if c.kind == "kafka" {
+			every = c.interval.String()
+		}
+		path := map[string]string{
+			"direct":  "direct (franz-go txn producer)",
+			"tcp":     "sidecar, HTTP over TCP",
+			"unix":    "sidecar, HTTP over Unix socket",
+			"sidecar": "sidecar, HTTP over Unix socket (XA)",
+		}[c.path]
+		if c.kind == "mysql" && c.path == "direct" {
+			path = "direct (multi-row INSERT txn)"
+		}
+		switch {
+		case r.note != "":
+			fmt.Fprintf(w, "| %s | %s | %s | %d | | | %s | |\n", c.name, path, every, c.writers, r.note)
+			continue
+		case r.err != nil:
+			fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.2f | **FAILED** | |\n", c.name, path, every, c.writers,
+				r.records, r.elapsed.Seconds())
+			continue
+		}
+		ratio := ""
+		if c.path != "direct" {
+			ratio = "—"
+			if d := findDirect(rs, c); d != nil {
+				x := r.rate() / d.rate()
+				mark := ""
+				if x < target {
+					mark = " (below target)"
+				}
+				ratio = fmt.Sprintf("%.2f×%s", x, mark)
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.2f | %s | %s |\n", c.name, path, every, c.writers,
+			r.records, r.elapsed.Seconds(), human(r.rate()), ratio)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Peak RSS (VmHWM) of the sidecar process: %s; of the broker process: %s.\n",
+		mib(sidecarRSS), mib(brokerRSS))
+	fmt.Fprintf(w, "Every row was verified (Kafka: read_committed read, each key exactly once; MySQL: COUNT(*) and "+
+		"COUNT(DISTINCT k)); run at %s.\n", time.Now().Format(time.DateTime))
+}
+
+func findDirect(rs []*result, c *benchCase) *result {
+	for _, r := range rs {
+		d := r.c
+		if d.path == "direct" && d.kind == c.kind && d.interval == c.interval && d.writers == c.writers && r.ok() {
+			return r
+		}
+	}
+	return nil
+}
+
+func mib(kb int64) string {
+	if kb <= 0 {
+		return "unknown"
+	}
+	return fmt.Sprintf("%.0f MiB", float64(kb)/1024)
+}
