@@ -473,3 +473,37 @@ func TestConfig(t *testing.T) {
 		t.Errorf("DefaultConfig: got %+v", d)
 	}
 }
+
+// TestCurlDefaultContentType: `curl -d '{...}'` sends a JSON object as
+// application/x-www-form-urlencoded; the JSON-object endpoints take it, the
+// records endpoint does not (curl -d @file would have merged its lines).
+func TestCurlDefaultContentType(t *testing.T) {
+	e := newEnv(t)
+	form := []string{"Content-Type", "application/x-www-form-urlencoded"}
+	for _, tr := range e.ts {
+		job := "curl-" + tr.name
+		if r := tr.do(t, "PUT", "/v1/jobs/"+job, `{"commit":"auto","sinks":["events"]}`, form...); r.status != 200 {
+			t.Fatalf("%s: PUT job with curl's default type: got %s, want 200", tr.name, r)
+		}
+		r := tr.do(t, "POST", "/v1/jobs/"+job+"/writers/w/session", `{}`, form...)
+		if r.status != 200 {
+			t.Fatalf("%s: session: got %s, want 200", tr.name, r)
+		}
+		var s twopc.SessionInfo
+		if err := json.Unmarshal(r.body, &s); err != nil {
+			t.Fatal(err)
+		}
+		path := fmt.Sprintf("/v1/jobs/%s/writers/w/records?epoch=%d", job, s.Epoch)
+		r = tr.do(t, "POST", path, values("a"), form...)
+		if p := r.problem(t); r.status != 415 || !strings.Contains(p.Detail, "--data-binary") {
+			t.Fatalf("%s: records with curl's default type: got %s, want 415 with a curl hint", tr.name, r)
+		}
+		if r := tr.do(t, "POST", path, values("a"), "Content-Type", "application/x-ndjson"); r.status != 200 {
+			t.Fatalf("%s: records: got %s", tr.name, r)
+		}
+		cp := fmt.Sprintf("/v1/jobs/%s/writers/w/checkpoints/1?epoch=%d", job, s.Epoch)
+		if r := tr.do(t, "POST", cp, `{"state":"MQ=="}`, form...); r.status != 200 || !strings.Contains(string(r.body), `"committed"`) {
+			t.Fatalf("%s: checkpoint with curl's default type: got %s", tr.name, r)
+		}
+	}
+}

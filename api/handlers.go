@@ -213,7 +213,7 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if mt := mediaType(r); !isRecordsType(mt) {
-		return unsupported(mt, "application/x-ndjson (one record a line) or application/json (an array of records)")
+		return unsupported(mt, "application/x-ndjson (one record a line) or application/json (an array of records); with curl: -H 'Content-Type: application/x-ndjson' --data-binary @file")
 	}
 	buf, err := readBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
