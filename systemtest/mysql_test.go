@@ -701,8 +701,9 @@ func TestMySQLDeadlockBetweenWriters(t *testing.T) {
 	}
 	wantProblem(t, "victim "+victim, errs[victim], 502, "sink_failure")
 	if d := errs[victim].Error(); !strings.Contains(d, "deadlock") && !strings.Contains(d, "lock wait") {
-		t.Logf("victim's error does not name a deadlock or lock wait: %v", d)
+		t.Fatalf("victim's error names neither a deadlock nor a lock wait timeout: %v", d)
 	}
+	t.Logf("victim %s: %v", victim, errs[victim])
 	// the winner committed its two updates, the victim's branch is gone
 	if a, b := acct(); a != 1 || b != 1 {
 		t.Fatalf("acct = (%d, %d) after the winner %s committed, want (1, 1)", a, b, winner)
