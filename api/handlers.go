@@ -92,6 +92,19 @@ func pathCheckpoint(r *http.Request) (int64, error) {
 	return n, nil
 }
 
+// sessionCall parses what every session-scoped call names: the job and
+// writer in the path and the epoch in the query.
+func sessionCall(r *http.Request) (job, writer string, epoch uint64, err error) {
+	if job, err = pathName(r, "job"); err != nil {
+		return
+	}
+	if writer, err = pathName(r, "writer"); err != nil {
+		return
+	}
+	epoch, err = queryEpoch(r)
+	return
+}
+
 func queryEpoch(r *http.Request) (uint64, error) {
 	q := r.URL.Query()
 	if !q.Has("epoch") {
@@ -196,15 +209,7 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request) error {
 // write is the hot path: read the body once into a pooled buffer, decode
 // every record into one slab, hand them to the service.
 func (s *Server) write(w http.ResponseWriter, r *http.Request) error {
-	job, err := pathName(r, "job")
-	if err != nil {
-		return err
-	}
-	writer, err := pathName(r, "writer")
-	if err != nil {
-		return err
-	}
-	epoch, err := queryEpoch(r)
+	job, writer, epoch, err := sessionCall(r)
 	if err != nil {
 		return err
 	}
@@ -236,19 +241,11 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) error {
-	job, err := pathName(r, "job")
-	if err != nil {
-		return err
-	}
-	writer, err := pathName(r, "writer")
+	job, writer, epoch, err := sessionCall(r)
 	if err != nil {
 		return err
 	}
 	n, err := pathCheckpoint(r)
-	if err != nil {
-		return err
-	}
-	epoch, err := queryEpoch(r)
 	if err != nil {
 		return err
 	}

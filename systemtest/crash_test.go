@@ -87,6 +87,20 @@ func kcatValues(t *testing.T, broker string) []string {
 	return strings.Fields(string(out))
 }
 
+// openJob creates the job and opens a session for writer.
+func openJob(t *testing.T, c *client.Client, job string, mode twopc.Mode, writer string) twopc.SessionInfo {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.PutJob(ctx, job, mode, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.OpenSession(ctx, job, writer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func mustWrite(t *testing.T, c *client.Client, job, writer string, epoch uint64, vals []string) {
 	t.Helper()
 	if _, err := c.Write(context.Background(), job, writer, epoch, nil, records(vals)); err != nil {
@@ -101,13 +115,7 @@ func TestKillAfterWritesBeforeCheckpoint(t *testing.T) {
 	n := newNode(t, kafkaSinkYAML(broker))
 	c := n.start()
 	ctx := context.Background()
-	if _, err := c.PutJob(ctx, "j", twopc.ModeAuto, nil); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.OpenSession(ctx, "j", "0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openJob(t, c, "j", twopc.ModeAuto, "0")
 	mustWrite(t, c, "j", "0", s.Epoch, values(0, 100))
 	if r, err := c.Checkpoint(ctx, "j", "0", s.Epoch, 1, []byte("offset=100"), ""); err != nil || r.Status != twopc.StatusCommitted {
 		t.Fatalf("checkpoint 1: %+v %v", r, err)
@@ -222,13 +230,7 @@ func TestKillAtEachStepAutoMode(t *testing.T) {
 			n := newNode(t, kafkaSinkYAML(broker))
 			c := n.start("TXSINK_FAILPOINT=" + tc.point + ":2")
 			ctx := context.Background()
-			if _, err := c.PutJob(ctx, "j", twopc.ModeAuto, nil); err != nil {
-				t.Fatal(err)
-			}
-			s, err := c.OpenSession(ctx, "j", "0", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := openJob(t, c, "j", twopc.ModeAuto, "0")
 			// checkpoint 1 passes every point once; the second pass dies.
 			mustWrite(t, c, "j", "0", s.Epoch, values(0, 10))
 			if _, err := c.Checkpoint(ctx, "j", "0", s.Epoch, 1, []byte("s1"), ""); err != nil {
