@@ -726,3 +726,41 @@ func TestMySQLDeadlockBetweenWriters(t *testing.T) {
 		t.Fatalf("acct = (%d, %d) after both committed, want (2, 2)", a, b)
 	}
 }
+
+// Bad input for the MySQL sink through the real API: an unknown statement, a
+// wrong number of arguments, an argument that is not a JSON scalar, a field
+// of the Kafka kind, and raw NDJSON the client library would never send.
+// Each is a 400 problem; nothing is written, and the session keeps working.
+func TestMySQLBadInput(t *testing.T) {
+	m := newMDB(t, mysqltest.DSN(t), tableT)
+	n := newNode(t, m.sinkYAML("db", 0, insStmts))
+	c := n.start()
+	if _, err := c.PutJob(tctx(t), m.job, twopc.ModeAuto, nil); err != nil {
+		t.Fatal(err)
+	}
+	s := mustSession(t, c, m.job, "0", nil)
+	arg := func(v string) json.RawMessage { return json.RawMessage(v) }
+	for _, tc := range []struct {
+		name string
+		rec  twopc.Record
+		code string
+	}{
+		{"unknown statement", twopc.Record{Sink: "db", Stmt: "drop_everything", Args: []json.RawMessage{arg(`"k"`), arg(`"v"`)}}, "invalid_request"},
+		{"too few args", twopc.Record{Sink: "db", Stmt: "ins", Args: []json.RawMessage{arg(`"k"`)}}, "invalid_request"},
+		{"too many args", twopc.Record{Sink: "db", Stmt: "ins", Args: []json.RawMessage{arg(`"k"`), arg(`"v"`), arg(`1`)}}, "invalid_request"},
+		{"object arg", twopc.Record{Sink: "db", Stmt: "ins", Args: []json.RawMessage{arg(`"k"`), arg(`{"a":1}`)}}, "invalid_request"},
+		{"array arg", twopc.Record{Sink: "db", Stmt: "ins", Args: []json.RawMessage{arg(`["k"]`), arg(`"v"`)}}, "invalid_request"},
+		{"kafka field", twopc.Record{Sink: "db", Stmt: "ins", Topic: "t", Args: []json.RawMessage{arg(`"k"`), arg(`"v"`)}}, "invalid_request"},
+		{"unknown sink", twopc.Record{Sink: "nope", Stmt: "ins", Args: []json.RawMessage{arg(`"k"`), arg(`"v"`)}}, "unknown_sink"},
+	} {
+		// a good record first in the same call: the bad one must stop both
+		good := insRecords("db", []string{"good-" + tc.name})[0]
+		_, err := c.Write(tctx(t), m.job, "0", s.Epoch, nil, []*twopc.Record{good, &tc.rec})
+		wantProblem(t, tc.name, err, 400, tc.code)
+	}
+	_, err := c.WriteNDJSON(tctx(t), m.job, "0", s.Epoch, nil, []byte(`{"sink":"db","stmt":"ins","args":["k","v"],"sql":"DROP TABLE t"}`+"\n"))
+	wantProblem(t, "unknown field sql", err, 400, "malformed_body")
+	mustWriteRecs(t, c, m.job, "0", s.Epoch, insRecords("db", []string{"ok"}))
+	mustCheckpoint(t, c, m.job, "0", s.Epoch, 1, twopc.StatusCommitted)
+	m.wantRows([]string{"ok"})
+}
