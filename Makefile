@@ -40,7 +40,7 @@ lint: tools
 # Benchmarks: the sidecar path against the direct client on the same broker
 # and database, in one run, printed as a table of ratios.
 bench: build
-	$(GO) run ./internal/cmd/bench
+	$(GO) run ./internal/cmd/bench $(BENCHFLAGS)
 
 chaos: build
 	@echo "chaos: not implemented yet (see the open issues)"; exit 1

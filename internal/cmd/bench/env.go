@@ -272,6 +272,44 @@ func (e *env) brokerPeakRSS() int64 {
 	return vmHWM(e.broker.Process.Pid)
 }
 
+// cpuSeconds is the CPU time (user+system) of the bench itself, the
+// sidecar and the broker so far.
+type cpuSeconds struct{ self, sidecar, broker float64 }
+
+func (e *env) cpu() cpuSeconds {
+	var c cpuSeconds
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	}
+	if e.sidecar != nil && e.sidecar.Process != nil {
+		c.sidecar = procCPU(e.sidecar.Process.Pid)
+	}
+	if e.broker != nil && e.broker.Process != nil {
+		c.broker = procCPU(e.broker.Process.Pid)
+	}
+	return c
+}
+
+// procCPU reads utime+stime of pid from /proc/<pid>/stat (USER_HZ = 100).
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+1:]
+	}
+	f := strings.Fields(s) // f[0] is field 3 (state); utime, stime are fields 14, 15
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (u + st) / 100
+}
+
 // vmHWM reads the peak resident set size in KiB from /proc/<pid>/status.
 func vmHWM(pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/txsink/txsink/api/client"
@@ -90,14 +91,13 @@ func kafkaDirectWriter(ctx context.Context, e *env, topic string, interval time.
 	if err := cl.BeginTransaction(); err != nil {
 		return 0, err
 	}
-	val := value()
 	prefix := []byte(strconv.Itoa(w) + ":")
 	var produced, committed int64
 	last := time.Now()
 	for {
 		for i := range batchSize {
 			k := strconv.AppendInt(append(make([]byte, 0, 24), prefix...), produced+int64(i), 10)
-			cl.Produce(ctx, &kgo.Record{Key: k, Value: val}, promise)
+			cl.Produce(ctx, &kgo.Record{Key: k, Value: valueAt(w, produced+int64(i))}, promise)
 		}
 		produced += batchSize
 		progress.Add(batchSize)
@@ -121,7 +121,6 @@ func kafkaSidecarWriter(ctx context.Context, e *env, cl *client.Client, job, top
 	if err != nil {
 		return 0, fmt.Errorf("open session: %w", err)
 	}
-	val := value()
 	var body bytes.Buffer
 	var produced, committed, seq, n int64
 	last := time.Now()
@@ -135,7 +134,7 @@ func kafkaSidecarWriter(ctx context.Context, e *env, cl *client.Client, job, top
 			body.WriteByte(':')
 			body.WriteString(strconv.FormatInt(produced+int64(i), 10))
 			body.WriteString(`","value":"`)
-			body.Write(val)
+			body.Write(valueAt(w, produced+int64(i)))
 			body.WriteString("\"}\n")
 		}
 		seq++
@@ -169,7 +168,7 @@ func kafkaSidecarWriter(ctx context.Context, e *env, cl *client.Client, job, top
 func verifyTopic(ctx context.Context, e *env, topic string, records int64) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokerAddr), kgo.ConsumeTopics(topic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxBytes(64<<20), kgo.FetchMaxPartitionBytes(64<<20))
+		kgo.FetchMaxBytes(32<<20), kgo.FetchMaxPartitionBytes(16<<20))
 	if err != nil {
 		return err
 	}
@@ -220,7 +219,7 @@ func verifyTopic(ctx context.Context, e *env, topic string, records int64) error
 			lastProgress = time.Now()
 			continue
 		}
-		if total >= records || time.Since(lastProgress) > 10*time.Second || ctx.Err() != nil {
+		if total >= records || time.Since(lastProgress) > 30*time.Second || ctx.Err() != nil {
 			break
 		}
 	}
@@ -245,6 +244,18 @@ func verifyTopic(ctx context.Context, e *env, topic string, records int64) error
 		}
 	}
 	if len(problems) > 0 {
+		// Offsets help tell a stuck transaction (LSO below HWM) from loss.
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if hwm, err := e.adm.ListEndOffsets(dctx, topic); err == nil {
+			if lso, err := e.adm.ListCommittedOffsets(dctx, topic); err == nil {
+				hwm.Each(func(o kadm.ListedOffset) {
+					l, _ := lso.Lookup(o.Topic, o.Partition)
+					problems = append(problems, fmt.Sprintf("partition %d: high watermark %d, last stable offset %d",
+						o.Partition, o.Offset, l.Offset))
+				})
+			}
+		}
 		return fmt.Errorf("%w: topic %s: %v", errMismatch, topic, problems)
 	}
 	return nil

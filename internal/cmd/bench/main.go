@@ -57,7 +57,7 @@ func run() (int, error) {
 	var casesRe, writers, intervals string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time per case")
 	flag.StringVar(&casesRe, "cases", "", "regexp over case names (e.g. 'kafka', 'unix|direct', 'mysql'); empty: all")
-	flag.StringVar(&writers, "writers", "1", "comma-separated writer counts (parallel producers / sidecar writers / DB connections)")
+	flag.StringVar(&writers, "writers", "1,2", "comma-separated writer counts (parallel producers / sidecar writers / DB connections)")
 	flag.StringVar(&intervals, "intervals", "100ms,1s", "comma-separated Kafka commit/checkpoint intervals")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: go run ./internal/cmd/bench [flags]\n\ncases: %s\n\n",
@@ -109,7 +109,13 @@ func run() (int, error) {
 			continue
 		}
 		logf("%s: running for %v", c.name, o.duration)
+		before := env.cpu()
 		r.records, r.elapsed, r.err = c.run(ctx, env, o.duration)
+		after := env.cpu()
+		if s := r.elapsed.Seconds(); s > 0 {
+			r.cpu = cpuSeconds{self: (after.self - before.self) / s, sidecar: (after.sidecar - before.sidecar) / s,
+				broker: (after.broker - before.broker) / s}
+		}
 		if r.err == nil {
 			logf("%s: %d records in %.2fs = %s/s; verifying", c.name, r.records, r.elapsed.Seconds(), human(r.rate()))
 			r.err = c.verify(ctx, env, r.records)
@@ -154,6 +160,7 @@ type result struct {
 	elapsed time.Duration
 	err     error
 	note    string
+	cpu     cpuSeconds // cores used during the run: bench (the app), sidecar, broker
 }
 
 func (r *result) rate() float64 {

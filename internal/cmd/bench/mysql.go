@@ -3,11 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,7 +46,7 @@ func (e *env) setupMySQL(ctx context.Context) {
 	}
 	cfg, _ := mysql.ParseDSN(serverDSN)
 	var b [6]byte
-	_, _ = rand.Read(b[:])
+	_, _ = crand.Read(b[:])
 	name := "txsink_bench_" + hex.EncodeToString(b[:])
 	root, err := sql.Open("mysql", cfg.FormatDSN())
 	if err == nil {
@@ -255,14 +256,13 @@ func mysqlDirectWriter(ctx context.Context, e *env, w int, end time.Time, progre
 		return 0, err
 	}
 	defer stmt.Close()
-	val := string(value())
 	args := make([]any, 2*batchSize)
 	var committed int64
 	prefix := strconv.Itoa(w) + ":"
 	for time.Now().Before(end) {
 		for i := range batchSize {
 			args[2*i] = prefix + strconv.FormatInt(committed+int64(i), 10)
-			args[2*i+1] = val
+			args[2*i+1] = valueAt(w, committed+int64(i))
 		}
 		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
@@ -288,7 +288,6 @@ func mysqlSidecarWriter(ctx context.Context, e *env, job string, w int, end time
 	if err != nil {
 		return 0, fmt.Errorf("open session: %w", err)
 	}
-	val := value()
 	var body bytes.Buffer
 	var committed, seq int64
 	for time.Now().Before(end) {
@@ -299,7 +298,7 @@ func mysqlSidecarWriter(ctx context.Context, e *env, job string, w int, end time
 			body.WriteByte(':')
 			body.WriteString(strconv.FormatInt(committed+int64(i), 10))
 			body.WriteString(`","`)
-			body.Write(val)
+			body.Write(valueAt(w, committed+int64(i)))
 			body.WriteString("\"]}\n")
 		}
 		seq++
@@ -364,11 +363,22 @@ func showProgress(name string, n *atomic.Int64) (stop func()) {
 	return func() { close(done); wg.Wait() }
 }
 
-// value is a 100-byte ASCII value (JSON-safe).
-func value() []byte {
-	v := make([]byte, valueSize)
-	for i := range v {
-		v[i] = 'a' + byte(i%26)
+// pool holds random alphanumerics (JSON-safe, about 6 bits of entropy a
+// byte): values cut from it do not compress away, which a constant value
+// would under the producers' default snappy compression.
+var pool = func() []byte {
+	r := rand.New(rand.NewPCG(1, 2))
+	const alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 1<<20)
+	for i := range b {
+		b[i] = alnum[r.IntN(len(alnum))]
 	}
-	return v
+	return b
+}()
+
+// valueAt is the valueSize-byte value of writer w's record n; the same for
+// the direct and the sidecar paths.
+func valueAt(w int, n int64) []byte {
+	o := (n*valueSize + int64(w)*7919) % int64(len(pool)-valueSize)
+	return pool[o : o+valueSize : o+valueSize]
 }

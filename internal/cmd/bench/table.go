@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"time"
 )
 
@@ -11,11 +12,18 @@ import (
 // footer (memory).
 func printTable(w io.Writer, o options, rs []*result, sidecarRSS, brokerRSS int64) {
 	fmt.Fprintf(w, "\n## txsink bench: sidecar vs direct client (target: sidecar ≥ %.1f× direct)\n\n", target)
-	fmt.Fprintf(w, "%d-byte values, batches of %d records; %v per case; %d CPUs; broker: kafkabroker (kfake, "+
-		"fsync'd data dir) as its own process; sidecar: `sidecar run`, job mode auto, checkpoint waits for committed.\n\n",
+	fmt.Fprintf(w, "- %d-byte random alphanumeric values, batches of %d records, %v per case, %d CPUs.\n",
 		valueSize, batchSize, o.duration, runtime.NumCPU())
-	fmt.Fprintln(w, "| case | path | commit every | writers | records | seconds | records/s | sidecar ÷ direct |")
-	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "- Broker: kafkabroker (kfake, fsync'd data dir), a process of its own; 1 partition a topic; "+
+		"both Kafka clients use franz-go's default snappy compression.")
+	fmt.Fprintln(w, "- Sidecar: `sidecar run`, job mode auto, each checkpoint waits for committed; one sequential HTTP "+
+		"client per writer: write 1,000 records, checkpoint once the interval is up.")
+	fmt.Fprintln(w, "- Direct Kafka: one franz-go transactional producer per writer, async produce, commit once the "+
+		"interval is up. Direct MySQL: one 1,000-row INSERT per transaction; sidecar MySQL: one XA branch per checkpoint.")
+	fmt.Fprintln(w, "- CPU cores = CPU seconds ÷ wall seconds of the case, for this program (the app), the sidecar and the broker.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| case | path | commit every | writers | records | seconds | records/s | sidecar ÷ direct | CPU cores: app / sidecar / broker |")
+	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rs {
 		c := r.c
 		every := fmt.Sprintf("%d rows", batchSize)
@@ -33,10 +41,10 @@ func printTable(w io.Writer, o options, rs []*result, sidecarRSS, brokerRSS int6
 		}
 		switch {
 		case r.note != "":
-			fmt.Fprintf(w, "| %s | %s | %s | %d | | | %s | |\n", c.name, path, every, c.writers, r.note)
+			fmt.Fprintf(w, "| %s | %s | %s | %d | | | %s | | |\n", c.name, path, every, c.writers, r.note)
 			continue
 		case r.err != nil:
-			fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.2f | **FAILED** | |\n", c.name, path, every, c.writers,
+			fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.2f | **FAILED** | | |\n", c.name, path, every, c.writers,
 				r.records, r.elapsed.Seconds())
 			continue
 		}
@@ -52,14 +60,23 @@ func printTable(w io.Writer, o options, rs []*result, sidecarRSS, brokerRSS int6
 				ratio = fmt.Sprintf("%.2f×%s", x, mark)
 			}
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.2f | %s | %s |\n", c.name, path, every, c.writers,
-			r.records, r.elapsed.Seconds(), human(r.rate()), ratio)
+		fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.2f | %s | %s | %.2f / %.2f / %.2f |\n", c.name, path, every, c.writers,
+			r.records, r.elapsed.Seconds(), human(r.rate()), ratio, r.cpu.self, r.cpu.sidecar, r.cpu.broker)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "Peak RSS (VmHWM) of the sidecar process: %s; of the broker process: %s.\n",
 		mib(sidecarRSS), mib(brokerRSS))
-	fmt.Fprintf(w, "Every row was verified (Kafka: read_committed read, each key exactly once; MySQL: COUNT(*) and "+
-		"COUNT(DISTINCT k)); run at %s.\n", time.Now().Format(time.DateTime))
+	var failed []string
+	for _, r := range rs {
+		if r.err != nil {
+			failed = append(failed, r.c.name)
+		}
+	}
+	if len(failed) > 0 {
+		fmt.Fprintf(w, "**FAILED (see stderr): %s.** ", strings.Join(failed, ", "))
+	}
+	fmt.Fprintf(w, "Each measured row is verified after its run (Kafka: read_committed read, each key exactly once; "+
+		"MySQL: COUNT(*) and COUNT(DISTINCT k)); run at %s.\n", time.Now().Format(time.DateTime))
 }
 
 func findDirect(rs []*result, c *benchCase) *result {
