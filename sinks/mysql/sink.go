@@ -40,9 +40,10 @@ type Sink struct {
 	cfg    Config
 	db     *sql.DB
 	log    *slog.Logger
-	stmts  map[string]int // statement name → placeholder count
-	marker string         // quoted marker table
-	boot   string         // quoted boot table
+	stmts  map[string]int    // statement name → placeholder count
+	sql    map[string]string // statement name → SQL without a trailing ';'
+	marker string            // quoted marker table
+	boot   string            // quoted boot table
 
 	// mu guards live: branches of this process that hold a connection.
 	mu   sync.Mutex
@@ -76,7 +77,12 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if mc.DBName == "" {
 		return nil, fmt.Errorf("mysql sink %q: dsn names no database", cfg.Name)
 	}
+	// Arguments are interpolated by the driver (escaped for the server's
+	// SQL mode), so a run of records goes to the server as one
+	// multi-statement round trip (see branch.Write). Statements come only
+	// from the config; clients send arguments.
 	mc.InterpolateParams = true
+	mc.MultiStatements = true
 	connector, err := mysql.NewConnector(mc)
 	if err != nil {
 		return nil, fmt.Errorf("mysql sink %q: %w", cfg.Name, err)
@@ -89,6 +95,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	s := &Sink{
 		cfg: cfg, db: db, log: cfg.Logger.With("sink", cfg.Name),
 		stmts:  make(map[string]int, len(cfg.Statements)),
+		sql:    make(map[string]string, len(cfg.Statements)),
 		marker: "`" + cfg.MarkerTable + "`",
 		boot:   "`" + cfg.MarkerTable + "_boot`",
 		live:   make(map[liveKey]*branch),
@@ -148,6 +155,7 @@ func (s *Sink) setup(ctx context.Context) error {
 				return err
 			}
 			s.stmts[name] = st.NumInput()
+			s.sql[name] = trimSQL(q)
 			return st.Close()
 		})
 		if err != nil {
@@ -615,4 +623,49 @@ func (s *Sink) wrapID(id twopc.BranchID, op string, err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: mysql sink %q: branch %v: %s: %s: %w", twopc.ErrSinkFailure, s.cfg.Name, id, op, describe(err), err)
+}
+
+// trimSQL cuts a statement after its last significant character, dropping
+// trailing semicolons, white space and comments ("-- ", "#", "/* */"), so
+// that statements can be joined into one multi-statement round trip. It
+// skips over quoted strings and identifiers ('…', "…", `…`, with doubled or
+// backslash-escaped quotes).
+func trimSQL(q string) string {
+	end := 0
+	for i := 0; i < len(q); i++ {
+		switch c := q[i]; {
+		case c == '\'' || c == '"' || c == '`':
+			j := i + 1
+			for j < len(q) {
+				if q[j] == '\\' && c != '`' {
+					j += 2
+					continue
+				}
+				if q[j] == c {
+					if j+1 < len(q) && q[j+1] == c { // doubled quote
+						j += 2
+						continue
+					}
+					break
+				}
+				j++
+			}
+			i = min(j, len(q)-1)
+			end = i + 1
+		case c == '#' || (c == '-' && strings.HasPrefix(q[i:], "-- ")) || (c == '-' && q[i:] == "--"):
+			for i < len(q) && q[i] != '\n' {
+				i++
+			}
+		case c == '/' && strings.HasPrefix(q[i:], "/*"):
+			j := strings.Index(q[i+2:], "*/")
+			if j < 0 {
+				return q[:end]
+			}
+			i += j + 3
+		case c == ';' || c == ' ' || c == '\t' || c == '\r' || c == '\n':
+		default:
+			end = i + 1
+		}
+	}
+	return q[:end]
 }

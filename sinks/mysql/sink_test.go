@@ -493,3 +493,61 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestWriteBatches: one Write of more records than one round trip carries,
+// mixing statements (one ending in ';' and a comment, one with a quote in an
+// argument), lands every row exactly as sent.
+func TestWriteBatches(t *testing.T) {
+	e := testEnv(t)
+	s := e.sink("db", func(c *Config) {
+		c.Statements = map[string]string{
+			"put":  "INSERT INTO kv (k, v) VALUES (?, ?); -- trailing comment",
+			"bump": "UPDATE kv SET v = v + ? WHERE k = ?",
+		}
+	})
+	var recs []*twopc.Record
+	n := maxBatchStmts*2 + 7
+	for i := range n {
+		recs = append(recs, put(fmt.Sprintf("k%d", i), i))
+	}
+	recs = append(recs, &twopc.Record{Sink: "db", Stmt: "bump",
+		Args: []json.RawMessage{json.RawMessage(`1000000`), json.RawMessage(`"k0"`)}})
+	quotedKey, _ := json.Marshal(`it's;"quoted"`)
+	recs = append(recs, &twopc.Record{Sink: "db", Stmt: "put", Args: []json.RawMessage{quotedKey, json.RawMessage(`-1`)}})
+	for _, r := range recs {
+		if err := s.Validate(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := prepare(t, s, e.id("0", 1, 1, 0), recs...)
+	if err := b.Commit(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.count("1"); got != n+1 {
+		t.Fatalf("got %d rows, want %d", got, n+1)
+	}
+	var v int
+	if err := e.db.QueryRow("SELECT v FROM kv WHERE k = 'k0'").Scan(&v); err != nil || v != 1000000 {
+		t.Fatalf("k0: got %d %v, want 1000000 (the bump ran after its insert)", v, err)
+	}
+	if got := e.count(`k = 'it''s;"quoted"'`); got != 1 {
+		t.Fatalf("quoted key: got %d rows, want 1", got)
+	}
+}
+
+func TestTrimSQL(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"INSERT INTO t VALUES (?)", "INSERT INTO t VALUES (?)"},
+		{"INSERT INTO t VALUES (?);  \n", "INSERT INTO t VALUES (?)"},
+		{"INSERT INTO t VALUES (?); -- note", "INSERT INTO t VALUES (?)"},
+		{"INSERT INTO t VALUES (?) # note\n;", "INSERT INTO t VALUES (?)"},
+		{"INSERT INTO t VALUES (?) /* a; b */ ;", "INSERT INTO t VALUES (?)"},
+		{"INSERT INTO t VALUES ('a;-- b')", "INSERT INTO t VALUES ('a;-- b')"},
+		{`INSERT INTO t VALUES ('it''s', "q\"; #", ?)`, `INSERT INTO t VALUES ('it''s', "q\"; #", ?)`},
+		{"UPDATE `we;ird` SET v = v - 1 -- x", "UPDATE `we;ird` SET v = v - 1"},
+	} {
+		if got := trimSQL(tc.in); got != tc.want {
+			t.Errorf("trimSQL(%q): got %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
