@@ -81,20 +81,20 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	// statement stops its chunk; the branch is then failed and aborted.
 	var q strings.Builder
 	args := make([]any, 0, 2*min(len(recs), maxBatchStmts))
-	n, size := 0, 0
+	n, size, prev := 0, 0, ""
 	flush := func() error {
 		if n == 0 {
 			return nil
 		}
 		if _, err := b.conn.ExecContext(ctx, q.String(), args...); err != nil {
-			what := fmt.Sprintf("statement %q", recs[0].Stmt)
+			what := fmt.Sprintf("statement %q", prev)
 			if n > 1 {
-				what = fmt.Sprintf("one of %d statements sent together", n)
+				what = fmt.Sprintf("one of %d records sent together", n)
 			}
 			return b.fail(what, err)
 		}
 		q.Reset()
-		args, n, size = args[:0], 0, 0
+		args, n, size, prev = args[:0], 0, 0, ""
 		return nil
 	}
 	for _, r := range recs {
@@ -120,10 +120,17 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 			}
 			args = append(args, v)
 		}
-		if n > 0 {
-			q.WriteString("\n;") // the newline ends a trailing -- comment
+		switch tuple, ok := b.s.tuple[r.Stmt]; {
+		case n > 0 && ok && r.Stmt == prev:
+			q.WriteByte(',') // one more row of the same INSERT … VALUES
+			q.WriteString(tuple)
+		case n > 0:
+			q.WriteString("\n;")
+			q.WriteString(stmt)
+		default:
+			q.WriteString(stmt)
 		}
-		q.WriteString(stmt)
+		prev = r.Stmt
 		n++
 		size += recSize
 	}

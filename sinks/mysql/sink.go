@@ -42,6 +42,7 @@ type Sink struct {
 	log    *slog.Logger
 	stmts  map[string]int    // statement name → placeholder count
 	sql    map[string]string // statement name → SQL without a trailing ';'
+	tuple  map[string]string // statement name → "(…)" when it is INSERT/REPLACE … VALUES (…): rows can be appended
 	marker string            // quoted marker table
 	boot   string            // quoted boot table
 
@@ -96,6 +97,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		cfg: cfg, db: db, log: cfg.Logger.With("sink", cfg.Name),
 		stmts:  make(map[string]int, len(cfg.Statements)),
 		sql:    make(map[string]string, len(cfg.Statements)),
+		tuple:  make(map[string]string, len(cfg.Statements)),
 		marker: "`" + cfg.MarkerTable + "`",
 		boot:   "`" + cfg.MarkerTable + "_boot`",
 		live:   make(map[liveKey]*branch),
@@ -156,6 +158,9 @@ func (s *Sink) setup(ctx context.Context) error {
 			}
 			s.stmts[name] = st.NumInput()
 			s.sql[name] = trimSQL(q)
+			if t, ok := valuesTuple(s.sql[name]); ok {
+				s.tuple[name] = t
+			}
 			return st.Close()
 		})
 		if err != nil {
@@ -668,4 +673,78 @@ func trimSQL(q string) string {
 		}
 	}
 	return q[:end]
+}
+
+// valuesTuple returns the final "(…)" of an INSERT or REPLACE statement that
+// ends in VALUES (…) with every placeholder inside that tuple: consecutive
+// records of such a statement are sent as one multi-row statement
+// (VALUES (…),(…),…), which has the same effect as the single-row statements
+// one after another, as with JDBC's rewriteBatchedStatements. q is trimmed.
+func valuesTuple(q string) (string, bool) {
+	head := strings.ToUpper(strings.TrimSpace(q))
+	if !strings.HasPrefix(head, "INSERT") && !strings.HasPrefix(head, "REPLACE") || !strings.HasSuffix(q, ")") {
+		return "", false
+	}
+	depth, open, lastOpen := 0, -1, -1
+	for i := 0; i < len(q); i++ {
+		switch c := q[i]; c {
+		case '\'', '"', '`':
+			j := i + 1
+			for j < len(q) && q[j] != c {
+				if q[j] == '\\' && c != '`' {
+					j++
+				}
+				j++
+			}
+			i = j
+		case '(':
+			if depth == 0 {
+				open = i
+			}
+			depth++
+		case ')':
+			depth--
+			if depth == 0 && i == len(q)-1 {
+				lastOpen = open
+			}
+		}
+	}
+	if lastOpen < 0 {
+		return "", false
+	}
+	prefix := strings.ToUpper(strings.TrimRight(q[:lastOpen], " \t\r\n"))
+	if !strings.HasSuffix(prefix, "VALUES") && !strings.HasSuffix(prefix, "VALUE") {
+		return "", false
+	}
+	// every placeholder must be in the final tuple
+	inTuple := strings.Count(stripQuoted(q[lastOpen:]), "?")
+	if inTuple != strings.Count(stripQuoted(q), "?") {
+		return "", false
+	}
+	return q[lastOpen:], true
+}
+
+// stripQuoted blanks quoted strings and identifiers, so that counting
+// placeholders ignores a '?' inside a literal.
+func stripQuoted(q string) string {
+	b := []byte(q)
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c != '\'' && c != '"' && c != '`' {
+			continue
+		}
+		j := i + 1
+		for j < len(b) && b[j] != c {
+			if b[j] == '\\' && c != '`' {
+				b[j] = ' '
+				j++
+			}
+			if j < len(b) {
+				b[j] = ' '
+			}
+			j++
+		}
+		i = j
+	}
+	return string(b)
 }

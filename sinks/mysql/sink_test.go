@@ -551,3 +551,27 @@ func TestTrimSQL(t *testing.T) {
 		}
 	}
 }
+
+func TestValuesTuple(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"INSERT INTO t(k, v) VALUES (?, ?)", "(?, ?)", true},
+		{"insert into t values(?,now(),?)", "(?,now(),?)", true},
+		{"REPLACE INTO t (a) VALUE (?)", "(?)", true},
+		// two rows, one literal: repeating the statement repeats the literal
+		// row, a merged statement would not, so it is not merged
+		{"INSERT INTO t(k) VALUES ('a)?'), (?)", "", false},
+		{"INSERT INTO t(k, v) VALUES ('?', ?)", "('?', ?)", true},
+		{"INSERT INTO t(k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = v + 1", "", false},
+		{"INSERT INTO t(k) SELECT ? FROM dual WHERE x IN (1)", "", false},
+		{"UPDATE t SET v = (?)", "", false},
+		{"INSERT INTO t(k, v) VALUES (?, (SELECT MAX(v) FROM u WHERE w = ?))", "(?, (SELECT MAX(v) FROM u WHERE w = ?))", true},
+	} {
+		got, ok := valuesTuple(tc.in)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("valuesTuple(%q): got %q %v, want %q %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
