@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,6 +174,16 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 			}
 		}()
 	}
+	if addr := os.Getenv("TXSINK_PPROF_ADDR"); addr != "" {
+		// Opt-in profiling on its own listener, never on the API's.
+		pln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("TXSINK_PPROF_ADDR: %w", err)
+		}
+		sc.lns = append(sc.lns, pln)
+		go func() { _ = http.Serve(pln, pprofMux()) }()
+		log.Info("pprof listening", "addr", pln.Addr().String())
+	}
 	log.Info("txsink ready", "http", sc.httpAddr, "socket", cfg.Socket, "node", cfg.NodeID, "data_dir", cfg.DataDir)
 	return sc, nil
 }
@@ -235,3 +246,12 @@ func (sc *sidecar) close() {
 type driverLogger struct{ l *slog.Logger }
 
 func (d driverLogger) Print(v ...any) { d.l.Warn(strings.TrimSpace(fmt.Sprint(v...))) }
+
+func pprofMux() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("/debug/pprof/", pprof.Index)
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	return m
+}
