@@ -149,7 +149,7 @@ func sharedServer() (string, error) {
 		}
 		cfg.DBName = ""
 		dsn = cfg.FormatDSN()
-		if err := ping(dsn, 10*time.Second); err != nil {
+		if err := Ping(context.Background(), dsn, 10*time.Second); err != nil {
 			return "", fmt.Errorf("%s: %w", EnvDSN, err)
 		}
 		return dsn, nil
@@ -164,7 +164,7 @@ func sharedServer() (string, error) {
 	}
 	defer unlock()
 	s := &Server{dir: dir}
-	if ping(s.DSN(), time.Second) == nil {
+	if Ping(context.Background(), s.DSN(), time.Second) == nil {
 		return s.DSN(), nil
 	}
 	bins, err := findBinaries(true)
@@ -215,7 +215,8 @@ func lockFile(path string) (unlock func(), err error) {
 	}, nil
 }
 
-func ping(dsn string, timeout time.Duration) error {
+// Ping reports whether the server of dsn answers within timeout.
+func Ping(ctx context.Context, dsn string, timeout time.Duration) error {
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
 		return err
@@ -226,7 +227,7 @@ func ping(dsn string, timeout time.Duration) error {
 		return err
 	}
 	defer db.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return db.PingContext(ctx)
 }

@@ -1,6 +1,7 @@
 package mysqltest
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -178,7 +179,7 @@ func (s *Server) startChild() error {
 func (s *Server) waitReady(exited <-chan error) error {
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		if ping(s.DSN(), time.Second) == nil {
+		if Ping(context.Background(), s.DSN(), time.Second) == nil {
 			return nil
 		}
 		select {

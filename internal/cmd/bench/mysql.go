@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/txsink/txsink/internal/mysqltest"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -100,17 +101,14 @@ func (e *env) findMySQL(ctx context.Context) (dsn, where string, err error) {
 			return "", "", fmt.Errorf("%s: %w", envBenchDSN, err)
 		}
 		cfg.DBName = ""
-		if err := ping(ctx, cfg.FormatDSN(), 10*time.Second); err != nil {
+		if err := mysqltest.Ping(ctx, cfg.FormatDSN(), 10*time.Second); err != nil {
 			return "", "", fmt.Errorf("%s: %w", envBenchDSN, err)
 		}
 		return cfg.FormatDSN(), envBenchDSN, nil
 	}
 	// The shared private server of internal/mysqltest, if it runs.
-	cache := os.Getenv("TXSINK_TEST_CACHE")
-	if cache == "" {
-		cache = filepath.Join(os.TempDir(), fmt.Sprintf("txsink-mariadb-%d", os.Getuid()))
-	}
-	if dsn := socketDSN(filepath.Join(cache, "mysqld.sock")); ping(ctx, dsn, time.Second) == nil {
+	cache := mysqltest.CacheDir()
+	if dsn := socketDSN(filepath.Join(cache, "mysqld.sock")); mysqltest.Ping(ctx, dsn, time.Second) == nil {
 		return dsn, "shared test server " + cache, nil
 	}
 	// A private server of our own, stopped at the end.
@@ -154,7 +152,7 @@ func (e *env) findMySQL(ctx context.Context) (dsn, where string, err error) {
 	e.closers = append(e.closers, func() { stopProcess(cmd, done, "mariadbd") })
 	dsn = socketDSN(sock)
 	deadline := time.Now().Add(90 * time.Second)
-	for ping(ctx, dsn, time.Second) != nil {
+	for mysqltest.Ping(ctx, dsn, time.Second) != nil {
 		select {
 		case <-done:
 			return "", "", fmt.Errorf("mariadbd exited; log:\n%s", tailFile(logPath))
@@ -187,22 +185,6 @@ func findBinary(names ...string) string {
 		}
 	}
 	return ""
-}
-
-func ping(ctx context.Context, dsn string, timeout time.Duration) error {
-	cfg, err := mysql.ParseDSN(dsn)
-	if err != nil {
-		return err
-	}
-	cfg.Timeout = timeout
-	db, err := sql.Open("mysql", cfg.FormatDSN())
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	return db.PingContext(ctx)
 }
 
 // mysqlCase: direct = one multi-row INSERT of batchSize rows per
