@@ -37,7 +37,6 @@ type Service interface {
 	Commit(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
 	Abort(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
 	Checkpoints(job string) ([]twopc.CheckpointInfo, error)
-	ValidateRecords(job string, recs []*twopc.Record) error
 }
 
 // ClusterStatus is the body of GET /v1/cluster.

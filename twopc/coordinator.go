@@ -390,9 +390,9 @@ func (c *Coordinator) fail(ctx context.Context, s *session, err error) error {
 
 // ---- writes ----
 
-// ValidateRecords checks records for a job without writing anything. It
+// validateRecords checks records for a job without writing anything. It
 // fills in the sink when the job has only one, and lets each sink normalise.
-func (c *Coordinator) ValidateRecords(job string, recs []*Record) error {
+func (c *Coordinator) validateRecords(job string, recs []*Record) error {
 	spec, ok := c.m.JobSpec(job)
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrJobNotFound, job)
@@ -443,7 +443,7 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 			return WriteResult{}, fmt.Errorf("%w: seq %d is lower than the last one, %d", ErrSeqConflict, *seq, s.seq)
 		}
 	}
-	if err := c.ValidateRecords(job, recs); err != nil {
+	if err := c.validateRecords(job, recs); err != nil {
 		return WriteResult{}, err
 	}
 	// Group by sink, keeping each sink's order. Most calls have one sink.
