@@ -229,6 +229,11 @@ func jsonArg(v any) json.RawMessage {
 	return b
 }
 
+// bothSinks is each value as a Kafka record of sink events and an "ins" row of sink db.
+func bothSinks(vals []string) []*twopc.Record {
+	return append(records(vals), insRecords("db", vals)...)
+}
+
 // insRecords are "ins" records of sink db, one per value (k = "k").
 func insRecords(sink string, vals []string) []*twopc.Record {
 	out := make([]*twopc.Record, len(vals))
@@ -326,10 +331,7 @@ func TestMySQLKillAfterJournalAutoMode(t *testing.T) {
 	m := newMDB(t, mysqltest.DSN(t), tableT)
 	n := newNode(t, m.sinkYAML("db", 0, insStmts))
 	c := n.start("TXSINK_FAILPOINT=after-journal:2")
-	if _, err := c.PutJob(tctx(t), m.job, twopc.ModeAuto, nil); err != nil {
-		t.Fatal(err)
-	}
-	s := mustSession(t, c, m.job, "0", nil)
+	s := openJob(t, c, m.job, twopc.ModeAuto, "0")
 	mustWriteRecs(t, c, m.job, "0", s.Epoch, insRecords("db", values(0, 10)))
 	mustCheckpoint(t, c, m.job, "0", s.Epoch, 1, twopc.StatusCommitted)
 	mustWriteRecs(t, c, m.job, "0", s.Epoch, insRecords("db", values(10, 20)))
@@ -420,16 +422,10 @@ func TestMySQLKafkaKillBetweenSinkCommits(t *testing.T) {
 	m := newMDB(t, mysqltest.DSN(t), tableT)
 	n := newNode(t, m.sinkYAML("db", 0, insStmts)+kafkaSinkYAML(broker))
 	c := n.start("TXSINK_FAILPOINT=after-commit-first-sink:2")
-	if _, err := c.PutJob(tctx(t), m.job, twopc.ModeAuto, nil); err != nil {
-		t.Fatal(err)
-	}
-	s := mustSession(t, c, m.job, "0", nil)
-	both := func(vals []string) []*twopc.Record {
-		return append(records(vals), insRecords("db", vals)...)
-	}
-	mustWriteRecs(t, c, m.job, "0", s.Epoch, both(values(0, 10)))
+	s := openJob(t, c, m.job, twopc.ModeAuto, "0")
+	mustWriteRecs(t, c, m.job, "0", s.Epoch, bothSinks(values(0, 10)))
 	mustCheckpoint(t, c, m.job, "0", s.Epoch, 1, twopc.StatusCommitted)
-	mustWriteRecs(t, c, m.job, "0", s.Epoch, both(values(10, 20)))
+	mustWriteRecs(t, c, m.job, "0", s.Epoch, bothSinks(values(10, 20)))
 	cmd := n.cmd
 	if _, err := c.Checkpoint(tctx(t), m.job, "0", s.Epoch, 2, []byte("s2"), ""); err == nil {
 		t.Fatal("checkpoint 2 succeeded; want the process killed between the sink commits")
@@ -462,18 +458,12 @@ func TestMySQLKafkaStatementErrorAbortsBoth(t *testing.T) {
 	m := newMDB(t, mysqltest.DSN(t), tableT)
 	n := newNode(t, m.sinkYAML("db", 0, insStmts)+kafkaSinkYAML(broker))
 	c := n.start()
-	if _, err := c.PutJob(tctx(t), m.job, twopc.ModeAuto, nil); err != nil {
-		t.Fatal(err)
-	}
-	s := mustSession(t, c, m.job, "0", nil)
-	both := func(vals []string) []*twopc.Record {
-		return append(records(vals), insRecords("db", vals)...)
-	}
-	mustWriteRecs(t, c, m.job, "0", s.Epoch, both(values(0, 10)))
+	s := openJob(t, c, m.job, twopc.ModeAuto, "0")
+	mustWriteRecs(t, c, m.job, "0", s.Epoch, bothSinks(values(0, 10)))
 	mustCheckpoint(t, c, m.job, "0", s.Epoch, 1, twopc.StatusCommitted)
 
 	// checkpoint 2: a good call to both sinks, then a duplicate v0003.
-	mustWriteRecs(t, c, m.job, "0", s.Epoch, both(values(10, 20)))
+	mustWriteRecs(t, c, m.job, "0", s.Epoch, bothSinks(values(10, 20)))
 	bad := append(records(values(20, 25)), insRecords("db", []string{"v0020", "v0003"})...)
 	_, err := c.Write(tctx(t), m.job, "0", s.Epoch, nil, bad)
 	wantProblem(t, "write with a duplicate key", err, 502, "sink_failure")
@@ -488,7 +478,7 @@ func TestMySQLKafkaStatementErrorAbortsBoth(t *testing.T) {
 	if s2.Checkpoint != 1 || string(s2.State) != "s1" {
 		t.Fatalf("reopen: got checkpoint %d state %q, want 1 s1", s2.Checkpoint, s2.State)
 	}
-	mustWriteRecs(t, c, m.job, "0", s2.Epoch, both(values(10, 25)))
+	mustWriteRecs(t, c, m.job, "0", s2.Epoch, bothSinks(values(10, 25)))
 	mustCheckpoint(t, c, m.job, "0", s2.Epoch, 2, twopc.StatusCommitted)
 	m.wantRows(values(0, 25))
 	wantExactly(t, broker, values(0, 25))
@@ -735,10 +725,7 @@ func TestMySQLBadInput(t *testing.T) {
 	m := newMDB(t, mysqltest.DSN(t), tableT)
 	n := newNode(t, m.sinkYAML("db", 0, insStmts))
 	c := n.start()
-	if _, err := c.PutJob(tctx(t), m.job, twopc.ModeAuto, nil); err != nil {
-		t.Fatal(err)
-	}
-	s := mustSession(t, c, m.job, "0", nil)
+	s := openJob(t, c, m.job, twopc.ModeAuto, "0")
 	arg := func(v string) json.RawMessage { return json.RawMessage(v) }
 	for _, tc := range []struct {
 		name string

@@ -135,13 +135,7 @@ func (s *Server) command() *exec.Cmd {
 func (s *Server) start() error {
 	cmd := s.command()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	logf, err := os.OpenFile(filepath.Join(s.dir, "mysqld.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	if err := s.launch(cmd); err != nil {
 		return err
 	}
 	exited := make(chan error, 1)
@@ -149,16 +143,21 @@ func (s *Server) start() error {
 	return s.waitReady(exited)
 }
 
-// startChild launches a private server as our child.
-func (s *Server) startChild() error {
-	cmd := s.command()
+// launch starts cmd with its output appended to <dir>/mysqld.log.
+func (s *Server) launch(cmd *exec.Cmd) error {
 	logf, err := os.OpenFile(filepath.Join(s.dir, "mysqld.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
+	defer logf.Close() // the child keeps its own descriptor
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	return cmd.Start()
+}
+
+// startChild launches a private server as our child.
+func (s *Server) startChild() error {
+	cmd := s.command()
+	if err := s.launch(cmd); err != nil {
 		return err
 	}
 	s.cmd = cmd
