@@ -16,7 +16,8 @@ type Config struct {
 	// Name is the sink's configured name (twopc name rules).
 	Name string
 	// DSN is a go-sql-driver/mysql DSN, e.g. "user:pw@tcp(db:3306)/app".
-	// interpolateParams is forced on (one round trip per statement).
+	// interpolateParams and multiStatements are forced on: a write call's records
+	// go to the server in one round trip (see DESIGN.md, "Writes").
 	DSN string
 	// DSNFile, if set, is a file holding the DSN (a secret); it wins over DSN.
 	DSNFile string
