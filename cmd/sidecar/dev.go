@@ -19,8 +19,14 @@ import (
 // defaultDevDSN is the local MariaDB/MySQL server's socket, as root.
 const defaultDevDSN = "root@unix(/run/mysqld/mysqld.sock)/"
 
-// devStatement is the dev db sink's one statement (DESIGN.md §6).
-const devStatement = "INSERT INTO events(k, v) VALUES (?, ?)"
+// devStatements are the dev db sink's statements: insert_event (DESIGN.md
+// §6) and upsert_pv, the page-view count of examples/pageviews-* (DESIGN.md
+// §4's MySQL record). upsert_pv is deliberately not idempotent: a duplicate
+// commit would show in the totals.
+var devStatements = map[string]string{
+	"insert_event": "INSERT INTO events(k, v) VALUES (?, ?)",
+	"upsert_pv":    "INSERT INTO pv(app, views) VALUES (?, ?) ON DUPLICATE KEY UPDATE views = views + VALUES(views)",
+}
 
 // runDev starts a self-contained single node: an embedded Kafka-protocol
 // broker (kfake, persisted under <data-dir>/kafka), the "events" Kafka sink,
@@ -74,8 +80,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		dbDSN, err := prepareDevDB(ctx, dsn)
 		switch {
 		case err == nil:
-			cfg.Sinks["db"] = SinkConfig{Kind: "mysql", DSN: dbDSN, Statements: map[string]string{"insert_event": devStatement}}
-			mysqlNote = `sink "db": database txsink_dev, table events, statement insert_event`
+			cfg.Sinks["db"] = SinkConfig{Kind: "mysql", DSN: dbDSN, Statements: devStatements}
+			mysqlNote = `sink "db": database txsink_dev, tables events and pv, statements insert_event and upsert_pv`
 		case *mysqlDSN != "":
 			return fmt.Errorf("--mysql-dsn: %w", err)
 		default:
@@ -96,8 +102,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return nil
 }
 
-// prepareDevDB creates database txsink_dev and its events table if missing
-// and returns the DSN of that database.
+// prepareDevDB creates database txsink_dev and its tables (events, pv) if
+// missing and returns the DSN of that database.
 func prepareDevDB(ctx context.Context, dsn string) (string, error) {
 	c, err := gomysql.ParseDSN(dsn)
 	if err != nil {
@@ -115,6 +121,7 @@ func prepareDevDB(ctx context.Context, dsn string) (string, error) {
 	for _, q := range []string{
 		"CREATE DATABASE IF NOT EXISTS txsink_dev",
 		"CREATE TABLE IF NOT EXISTS txsink_dev.events(id BIGINT AUTO_INCREMENT PRIMARY KEY, k VARCHAR(255), v TEXT)",
+		"CREATE TABLE IF NOT EXISTS txsink_dev.pv(app VARCHAR(64) PRIMARY KEY, views BIGINT NOT NULL)",
 	} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			return "", err
