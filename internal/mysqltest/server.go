@@ -2,6 +2,7 @@ package mysqltest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,28 +29,49 @@ type Server struct {
 // it needs mariadbd installed here.
 func PrivateServer(t testing.TB) *Server {
 	t.Helper()
-	bins, err := findBinaries(true)
-	if err != nil {
-		noServer(t, err)
-	}
 	// A short path: a Unix socket path must stay below 108 bytes.
 	dir, err := os.MkdirTemp("", "txsink-mdb-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{dir: dir, bins: bins}
-	t.Cleanup(func() {
-		s.Kill9()
-		_ = os.RemoveAll(dir)
-	})
-	if err := s.install(); err != nil {
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	s, err := Start(dir)
+	if err != nil {
+		if errors.Is(err, errNoBinaries) {
+			noServer(t, err)
+		}
 		t.Fatalf("mysqltest: %v", err)
 	}
-	if err := s.startChild(); err != nil {
-		t.Fatalf("mysqltest: %v", err)
-	}
+	t.Cleanup(s.Kill9)
 	return s
 }
+
+// Start starts a private mariadbd (binary log on, Unix socket only) as a
+// child of this process, with its data directory, socket and log in dir
+// (keep the path short: a socket path must stay below 108 bytes). A dir that
+// holds an earlier install is reused. It installs the mariadb-server package
+// first when mariadbd is missing and we are root. For programs such as the
+// chaos driver; tests use PrivateServer.
+func Start(dir string) (*Server, error) {
+	bins, err := findBinaries(true)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoBinaries, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	s := &Server{dir: dir, bins: bins}
+	if err := s.install(); err != nil {
+		return nil, err
+	}
+	if err := s.startChild(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// errNoBinaries marks a Start that found no mariadbd to run.
+var errNoBinaries = errors.New("mysqltest: no mariadbd")
 
 // DSN returns the server's DSN with no database selected.
 func (s *Server) DSN() string {
@@ -81,15 +103,38 @@ func (s *Server) Kill9() {
 // it gracefully first if it is running.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
-	if s.cmd != nil {
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		<-s.done
-		s.cmd = nil
-	}
-	if err := s.startChild(); err != nil {
+	if err := s.Relaunch(); err != nil {
 		t.Fatalf("mysqltest: restart: %v", err)
 	}
 }
+
+// Relaunch is Restart for programs: it stops a running server gracefully,
+// starts it again and waits until it answers.
+func (s *Server) Relaunch() error {
+	s.Stop()
+	return s.startChild()
+}
+
+// Stop stops a running server gracefully (SIGTERM) and waits until it is gone.
+func (s *Server) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	<-s.done
+	s.cmd = nil
+}
+
+// Pid is the running server's process id (0 when stopped).
+func (s *Server) Pid() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// LogPath is the server's error log.
+func (s *Server) LogPath() string { return filepath.Join(s.dir, "mysqld.log") }
 
 func (s *Server) socket() string  { return filepath.Join(s.dir, "mysqld.sock") }
 func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
@@ -145,7 +190,7 @@ func (s *Server) start() error {
 
 // launch starts cmd with its output appended to <dir>/mysqld.log.
 func (s *Server) launch(cmd *exec.Cmd) error {
-	logf, err := os.OpenFile(filepath.Join(s.dir, "mysqld.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(s.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}

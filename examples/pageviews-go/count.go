@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/twopc"
+)
+
+type countConfig struct {
+	sidecar    string
+	brokers    string
+	input      string
+	output     string
+	job        string
+	writer     int
+	writers    int
+	every      int
+	interval   time.Duration
+	exitIdle   time.Duration
+	giveUp     time.Duration
+	crashAfter int64
+}
+
+func defaultCountConfig() countConfig {
+	return countConfig{
+		sidecar: "http://127.0.0.1:8470", brokers: "127.0.0.1:9092", input: "clicks", output: "pageviews",
+		job: "pageviews", writers: 1, every: 500, interval: time.Second, giveUp: 2 * time.Minute,
+	}
+}
+
+func (c *countConfig) bind(fs *flag.FlagSet) {
+	fs.StringVar(&c.sidecar, "sidecar", c.sidecar, "sidecar URL: http://host:port or unix:///path/to/sidecar.sock")
+	// generate binds -brokers and -input too; the demo binds both configs.
+	if fs.Lookup("brokers") == nil {
+		fs.StringVar(&c.brokers, "brokers", c.brokers, "Kafka bootstrap broker")
+		fs.StringVar(&c.input, "input", c.input, "input topic of click events")
+	}
+	fs.StringVar(&c.output, "output", c.output, "Kafka topic for the per-checkpoint increments")
+	fs.StringVar(&c.job, "job", c.job, "txsink job name")
+	fs.IntVar(&c.writer, "writer", c.writer, "this instance's writer number; it reads the partitions p with p % writers == writer")
+	fs.IntVar(&c.writers, "writers", c.writers, "number of parallel instances")
+	fs.IntVar(&c.every, "every", c.every, "checkpoint after this many events")
+	fs.DurationVar(&c.interval, "interval", c.interval, "checkpoint at least this often while events are pending; 0: only by event count and when caught up (deterministic boundaries)")
+	fs.DurationVar(&c.exitIdle, "exit-idle", c.exitIdle, "exit once caught up and checkpointed with no new event for this long (0: run until stopped)")
+	fs.DurationVar(&c.giveUp, "give-up", c.giveUp, "exit when the sidecar has failed every call for this long")
+	fs.Int64Var(&c.crashAfter, "crash-after", c.crashAfter, "demo a crash: exit 137 after sending the records of the first checkpoint past this many events, before checkpointing it")
+}
+
+// state is what the app stores with each checkpoint: the next offset to read
+// of each of its input partitions. After a restart it resumes exactly there.
+type state struct {
+	Topic   string           `json:"topic"`
+	Offsets map[string]int64 `json:"offsets"` // partition -> next offset
+}
+
+// increment is the value of one record on the output topic: the views of one
+// app counted in one checkpoint, with the input range it covers, so an
+// independent checker can prove every input event was counted exactly once.
+type increment struct {
+	App        string           `json:"app"`
+	Views      int64            `json:"views"`
+	Job        string           `json:"job"`
+	Writer     string           `json:"writer"`
+	Checkpoint int64            `json:"checkpoint"`
+	Topic      string           `json:"topic"`
+	From       map[string]int64 `json:"from"` // partition -> first offset counted
+	To         map[string]int64 `json:"to"`   // partition -> first offset not counted
+}
+
+// retryable reports whether a session should be reopened after err (the
+// sidecar restarted, fenced us, a sink failed, ...) rather than the app stop.
+func retryable(err error) bool {
+	var e *client.Error
+	if !errors.As(err, &e) {
+		return true // connection refused or reset: the sidecar is restarting
+	}
+	switch e.Code {
+	case "session_fenced", "session_lost", "no_session", "seq_conflict", "sink_failure", "backpressure", "unavailable", "internal":
+		return true
+	}
+	return false
+}
+
+// count runs the app: sessions, one after the other, until done or a
+// non-retryable error.
+func count(ctx context.Context, c countConfig, out io.Writer) error {
+	if c.writers < 1 || c.writer < 0 || c.writer >= c.writers || c.every < 1 {
+		return fmt.Errorf("count: want 0 <= --writer < --writers and --every >= 1")
+	}
+	var cl *client.Client
+	if path, ok := strings.CutPrefix(c.sidecar, "unix://"); ok {
+		cl = client.NewUnix(path)
+	} else {
+		cl = client.New(c.sidecar)
+	}
+	a := &app{cfg: c, cl: cl, out: out, name: strconv.Itoa(c.writer)}
+	lastOK := time.Now()
+	backoff := 100 * time.Millisecond
+	for {
+		done, err := a.session(ctx)
+		if done && err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if client.Code(err) == "data_loss" {
+			// The sidecar could not commit a decided checkpoint: said loudly.
+			fmt.Fprintf(out, "writer %s: DATA LOSS reported by the sidecar: %v\n", a.name, err)
+			return exitCode(3)
+		}
+		if !retryable(err) {
+			return err
+		}
+		if a.progressed {
+			lastOK, backoff, a.progressed = time.Now(), 100*time.Millisecond, false
+		}
+		if time.Since(lastOK) > c.giveUp {
+			return fmt.Errorf("giving up after %s of failures: %w", c.giveUp, err)
+		}
+		fmt.Fprintf(out, "writer %s: %v; reopening the session in %s\n", a.name, err, backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+type app struct {
+	cfg        countConfig
+	cl         *client.Client
+	out        io.Writer
+	name       string
+	progressed bool  // a call succeeded since the last failure
+	sent       int64 // events whose increments this process has sent
+}
+
+// session opens a session, resumes the input from the restored state and
+// counts until it is done (caught up and idle, done=true) or a call fails.
+func (a *app) session(ctx context.Context) (done bool, err error) {
+	c := a.cfg
+	if _, err := a.cl.PutJob(ctx, c.job, twopc.ModeAuto, nil); err != nil {
+		return false, fmt.Errorf("put job: %w", err)
+	}
+	sess, err := a.cl.OpenSession(ctx, c.job, a.name, nil)
+	if err != nil {
+		return false, fmt.Errorf("open session: %w", err)
+	}
+	a.progressed = true
+	st := state{Topic: c.input, Offsets: map[string]int64{}}
+	if sess.State != nil {
+		if err := json.Unmarshal(sess.State, &st); err != nil {
+			return false, fmt.Errorf("restored state of checkpoint %d: %w (not ours?)", sess.Checkpoint, err)
+		}
+	}
+	if st.Topic != c.input {
+		return false, fmt.Errorf("restored state is for topic %q, not %q", st.Topic, c.input)
+	}
+
+	kc, err := kgo.NewClient(kgo.SeedBrokers(c.brokers), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		return false, err
+	}
+	defer kc.Close()
+	adm := kadm.NewClient(kc)
+	ends, err := adm.ListEndOffsets(ctx, c.input)
+	if err != nil {
+		return false, fmt.Errorf("list %q: %w", c.input, err)
+	}
+	assign := map[int32]kgo.Offset{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if int(o.Partition)%c.writers == c.writer {
+			p := strconv.Itoa(int(o.Partition))
+			if _, ok := st.Offsets[p]; !ok {
+				st.Offsets[p] = 0
+			}
+			assign[o.Partition] = kgo.NewOffset().At(st.Offsets[p])
+		}
+	})
+	if len(assign) == 0 {
+		return false, fmt.Errorf("topic %q has no partition for writer %d of %d", c.input, c.writer, c.writers)
+	}
+	kc.AddConsumePartitions(map[string]map[int32]kgo.Offset{c.input: assign})
+	fmt.Fprintf(a.out, "writer %s: session epoch %d, resuming after checkpoint %d at offsets %v\n",
+		a.name, sess.Epoch, sess.Checkpoint, st.Offsets)
+
+	s := &counting{app: a, epoch: sess.Epoch, next: sess.Checkpoint + 1, pos: st, from: copyOffsets(st.Offsets),
+		views: map[string]int64{}, lastCkpt: time.Now()}
+	idleSince := time.Now()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		fs := kc.PollRecords(pctx, 1000)
+		cancel()
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		var ferr error
+		fs.EachError(func(_ string, _ int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				ferr = err
+			}
+		})
+		if ferr != nil {
+			return false, fmt.Errorf("read %q: %w", c.input, ferr)
+		}
+		got := 0
+		fs.EachRecord(func(r *kgo.Record) {
+			var ck click
+			if err := json.Unmarshal(r.Value, &ck); err != nil || ck.App == "" {
+				// A malformed event is skipped but its offset is passed, so
+				// it is skipped the same way on every replay.
+				fmt.Fprintf(a.out, "writer %s: skipping malformed event at %d/%d\n", a.name, r.Partition, r.Offset)
+			} else {
+				s.views[ck.App]++
+			}
+			s.pos.Offsets[strconv.Itoa(int(r.Partition))] = r.Offset + 1
+			s.pending++
+			got++
+			if s.pending >= int64(c.every) && ferr == nil {
+				ferr = s.checkpoint(ctx)
+			}
+		})
+		if ferr != nil {
+			return false, ferr
+		}
+		if got > 0 {
+			idleSince = time.Now()
+		}
+		caughtUp := got == 0
+		if s.pending > 0 && (caughtUp || (c.interval > 0 && time.Since(s.lastCkpt) >= c.interval)) {
+			if err := s.checkpoint(ctx); err != nil {
+				return false, err
+			}
+		}
+		if caughtUp && c.exitIdle > 0 && time.Since(idleSince) >= c.exitIdle {
+			fmt.Fprintf(a.out, "writer %s: caught up at offsets %v (checkpoint %d committed); exiting\n",
+				a.name, s.pos.Offsets, s.next-1)
+			return true, nil
+		}
+	}
+}
+
+// counting is one session's counting state.
+type counting struct {
+	*app
+	epoch    uint64
+	next     int64            // the next checkpoint number
+	seq      int64            // the last records call's seq in this session
+	pos      state            // next offsets (what the next checkpoint stores)
+	from     map[string]int64 // offsets at the last checkpoint
+	views    map[string]int64 // views counted since the last checkpoint
+	pending  int64            // events read since the last checkpoint
+	lastCkpt time.Time
+}
+
+// checkpoint sends this checkpoint's increments and checkpoints with the
+// input position as state. On success the increments are committed in Kafka
+// and MySQL together with that position: exactly once.
+func (s *counting) checkpoint(ctx context.Context) error {
+	c := s.cfg
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body) // one JSON value a line: NDJSON
+	for _, appName := range sortedKeys(s.views) {
+		v := s.views[appName]
+		inc := increment{App: appName, Views: v, Job: c.job, Writer: s.name, Checkpoint: s.next, Topic: c.input,
+			From: s.from, To: s.pos.Offsets}
+		if err := enc.Encode(map[string]any{"sink": "events", "topic": c.output, "key": appName, "value": inc}); err != nil {
+			return err
+		}
+		if err := enc.Encode(map[string]any{"sink": "db", "stmt": "upsert_pv", "args": []any{appName, v}}); err != nil {
+			return err
+		}
+	}
+	if body.Len() > 0 {
+		s.seq++
+		if _, err := s.cl.WriteNDJSON(ctx, c.job, s.name, s.epoch, client.Seq(s.seq), body.Bytes()); err != nil {
+			return fmt.Errorf("write records: %w", err)
+		}
+	}
+	s.sent += s.pending
+	if c.crashAfter > 0 && s.sent >= c.crashAfter {
+		fmt.Fprintf(s.out, "writer %s: simulating a crash: the records of checkpoint %d are sent, not checkpointed (exit 137)\n", s.name, s.next)
+		os.Exit(137)
+	}
+	st, err := json.Marshal(s.pos)
+	if err != nil {
+		return err
+	}
+	res, err := s.cl.Checkpoint(ctx, c.job, s.name, s.epoch, s.next, st, twopc.WaitCommitted)
+	if err != nil {
+		return fmt.Errorf("checkpoint %d: %w", s.next, err)
+	}
+	s.progressed = true
+	fmt.Fprintf(s.out, "writer %s: checkpoint %d %s: %d events, offsets %v\n", s.name, s.next, res.Status, s.pending, s.pos.Offsets)
+	s.next++
+	s.from = copyOffsets(s.pos.Offsets)
+	s.views = map[string]int64{}
+	s.pending = 0
+	s.lastCkpt = time.Now()
+	return nil
+}
+
+func copyOffsets(m map[string]int64) map[string]int64 {
+	c := make(map[string]int64, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
