@@ -249,6 +249,11 @@ func (a *app) session(ctx context.Context) (done bool, err error) {
 			}
 		}
 		if caughtUp && c.exitIdle > 0 && time.Since(idleSince) >= c.exitIdle {
+			// Idle is not proof of the end: compare with the end offsets.
+			if behind, err := s.behind(ctx, adm); err != nil || behind > 0 {
+				idleSince = time.Now()
+				continue
+			}
 			fmt.Fprintf(a.out, "writer %s: caught up at offsets %v (checkpoint %d committed); exiting\n",
 				a.name, s.pos.Offsets, s.next-1)
 			return true, nil
@@ -314,6 +319,21 @@ func (s *counting) checkpoint(ctx context.Context) error {
 	s.pending = 0
 	s.lastCkpt = time.Now()
 	return nil
+}
+
+// behind is the number of events of this writer's partitions not read yet.
+func (s *counting) behind(ctx context.Context, adm *kadm.Client) (int64, error) {
+	ends, err := adm.ListEndOffsets(ctx, s.cfg.input)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) {
+		if pos, ok := s.pos.Offsets[strconv.Itoa(int(o.Partition))]; ok && o.Offset > pos {
+			n += o.Offset - pos
+		}
+	})
+	return n, nil
 }
 
 func copyOffsets(m map[string]int64) map[string]int64 {

@@ -1,0 +1,548 @@
+// Command chaos is `make chaos`: it proves exactly-once end to end while
+// processes are killed with SIGKILL at random moments.
+//
+// It starts a kfake broker process (with a data dir), a private mariadbd
+// (binary log on), the sidecar (`sidecar run`) and the page-view example
+// (examples/pageviews-go) as CHAOS_WRITERS parallel writers in its
+// deterministic mode, while the example's generator appends numbered click
+// events. For CHAOS_ROUNDS rounds it waits a random time, kills an app, the
+// sidecar or mariadbd with SIGKILL and starts it again. The random choices
+// come from CHAOS_SEED (printed; set it to repeat a run's choices).
+//
+// Then it lets the apps count every event and runs an independent checker:
+// it reads the input and the output topic with read_committed (franz-go, and
+// kcat when installed) and the pv table with SQL, and proves that every input
+// event is counted exactly once in Kafka (through the input ranges each
+// output record carries) and in MySQL (per-app totals), and that no branch of
+// ours is left in doubt (XA RECOVER; no open transaction on the output
+// topic). Its last line is
+//
+//	chaos: <N> events, <K> kills, 0 missing, 0 duplicated, 0 in doubt
+//
+// and it exits non-zero when any of the last three is not 0.
+//
+// Environment: CHAOS_ROUNDS (20), CHAOS_SEED (from the clock), CHAOS_RATE
+// (events/s, 1000), CHAOS_EVENTS (rounds × 1500), CHAOS_WRITERS (2),
+// CHAOS_KEEP=1 keeps the work directory (kept anyway on failure).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/internal/mysqltest"
+)
+
+type config struct {
+	rounds  int
+	seed    uint64
+	rate    int
+	events  int
+	writers int
+	keep    bool
+}
+
+func configFromEnv() (config, error) {
+	c := config{rounds: 20, rate: 1000, writers: 2, seed: uint64(time.Now().UnixNano())}
+	for _, v := range []struct {
+		name string
+		dst  *int
+		min  int
+	}{{"CHAOS_ROUNDS", &c.rounds, 0}, {"CHAOS_RATE", &c.rate, 1}, {"CHAOS_EVENTS", &c.events, 1}, {"CHAOS_WRITERS", &c.writers, 1}} {
+		if s := os.Getenv(v.name); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < v.min {
+				return c, fmt.Errorf("%s=%q: want an integer >= %d", v.name, s, v.min)
+			}
+			*v.dst = n
+		}
+	}
+	if s := os.Getenv("CHAOS_SEED"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return c, fmt.Errorf("CHAOS_SEED=%q: want an unsigned integer", s)
+		}
+		c.seed = n
+	}
+	if c.events == 0 {
+		c.events = max(3000, c.rounds*1500)
+	}
+	c.keep = os.Getenv("CHAOS_KEEP") == "1"
+	return c, nil
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg, err := configFromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chaos:", err)
+		os.Exit(2)
+	}
+	os.Exit(run(ctx, cfg, os.Stdout))
+}
+
+func run(ctx context.Context, cfg config, out io.Writer) int {
+	// A short path: mariadbd's socket lives in it (< 108 bytes).
+	dir, err := os.MkdirTemp("", "txsink-chaos-")
+	if err != nil {
+		fmt.Fprintln(out, "chaos:", err)
+		return 1
+	}
+	d := &driver{cfg: cfg, dir: dir, out: out, rng: rand.New(rand.NewPCG(cfg.seed, 0x74787331))}
+	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), %d rounds, %d events at %d/s, %d writers, work dir %s\n",
+		cfg.seed, cfg.seed, cfg.rounds, cfg.events, cfg.rate, cfg.writers, dir)
+	res, err := d.run(ctx)
+	d.shutdown()
+	if err != nil {
+		fmt.Fprintf(out, "chaos: FAILED: %v\nchaos: logs are in %s\n", err, dir)
+		return 1
+	}
+	ok := res.missing == 0 && res.duplicated == 0 && res.inDoubt == 0 && len(res.problems) == 0
+	if ok && !cfg.keep {
+		_ = os.RemoveAll(dir)
+	} else {
+		fmt.Fprintf(out, "chaos: logs are in %s\n", dir)
+	}
+	for _, p := range res.problems {
+		fmt.Fprintf(out, "chaos: PROBLEM: %s\n", p)
+	}
+	fmt.Fprintf(out, "chaos: %d events, %d kills, %d missing, %d duplicated, %d in doubt\n",
+		res.events, d.kills, res.missing, res.duplicated, res.inDoubt)
+	if !ok {
+		return 1
+	}
+	return 0
+}
+
+// driver owns the processes of one chaos run.
+type driver struct {
+	cfg config
+	dir string
+	out io.Writer
+	rng *rand.Rand
+
+	bin       string // directory of the built binaries
+	db        *mysqltest.Server
+	dbDSN     string // DSN of the chaos database
+	brokers   string
+	httpAddr  string
+	broker    *proc
+	sidecar   *proc
+	generator *proc
+	apps      []*proc
+	cl        *client.Client
+
+	kills      int
+	killsOf    map[string]int
+	unexpected []string // processes that exited without being killed
+}
+
+const job = "pageviews"
+
+func (d *driver) run(ctx context.Context) (result, error) {
+	start := time.Now()
+	d.killsOf = map[string]int{}
+	if err := d.build(ctx); err != nil {
+		return result{}, err
+	}
+	if err := d.startAll(ctx); err != nil {
+		return result{}, err
+	}
+	fmt.Fprintf(d.out, "chaos: everything is up after %s; starting %d rounds\n", time.Since(start).Round(time.Millisecond), d.cfg.rounds)
+	for r := 1; r <= d.cfg.rounds; r++ {
+		if err := d.round(ctx, r); err != nil {
+			return result{}, err
+		}
+	}
+	fmt.Fprintf(d.out, "chaos: rounds done (%d kills: %s); letting the apps count every event\n", d.kills, d.killSummary())
+	if err := d.drain(ctx); err != nil {
+		return result{}, err
+	}
+	fmt.Fprintf(d.out, "chaos: all events counted after %s; stopping the sidecar and checking\n", time.Since(start).Round(time.Second))
+	d.sidecar.stop(30 * time.Second)
+	res, err := check(ctx, d.out, d.brokers, d.dbDSN)
+	if err != nil {
+		return result{}, fmt.Errorf("checker: %w", err)
+	}
+	for _, u := range d.unexpected {
+		res.problems = append(res.problems, "unexpected exit: "+u)
+	}
+	return res, nil
+}
+
+// build compiles the sidecar, the broker and the example into the work dir.
+func (d *driver) build(ctx context.Context) error {
+	d.bin = filepath.Join(d.dir, "bin")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", d.bin+"/", "./cmd/sidecar", "./internal/cmd/kafkabroker", "./examples/pageviews-go")
+	cmd.Dir = repoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// repoRoot is the module root (the directory `go env GOMOD` names), so that
+// `go run ./internal/cmd/chaos` works from any directory of the repository.
+func repoRoot() string {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err == nil {
+		if mod := strings.TrimSpace(string(out)); mod != "" && mod != os.DevNull {
+			return filepath.Dir(mod)
+		}
+	}
+	return "."
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func (d *driver) startAll(ctx context.Context) error {
+	var err error
+	fmt.Fprintln(d.out, "chaos: starting a private mariadbd (binary log on)")
+	d.db, err = mysqltest.Start(filepath.Join(d.dir, "mdb"))
+	if err != nil {
+		return err
+	}
+	if d.dbDSN, err = createSchema(ctx, d.db.DSN()); err != nil {
+		return err
+	}
+	kafkaAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	d.brokers = kafkaAddr
+	d.broker = newProc("broker", filepath.Join(d.dir, "broker.log"), filepath.Join(d.bin, "kafkabroker"),
+		"--addr", kafkaAddr, "--data-dir", filepath.Join(d.dir, "kafka"), "--partitions", "4", "--topics", "clicks,pageviews")
+	if err := d.broker.start(); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 30*time.Second, "broker", d.broker, func() bool {
+		return strings.Contains(tailFile(d.broker.logPath, 5), "listening ")
+	}); err != nil {
+		return err
+	}
+
+	if err := d.writeSidecarConfig(); err != nil {
+		return err
+	}
+	d.sidecar = newProc("sidecar", filepath.Join(d.dir, "sidecar.log"), filepath.Join(d.bin, "sidecar"),
+		"run", "--config", filepath.Join(d.dir, "txsink.yaml"))
+	d.cl = client.New("http://" + d.httpAddr)
+	if err := d.sidecar.start(); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 60*time.Second, "sidecar", d.sidecar, func() bool { return d.ready(ctx) }); err != nil {
+		return err
+	}
+
+	d.generator = newProc("generator", filepath.Join(d.dir, "generator.log"), filepath.Join(d.bin, "pageviews-go"),
+		"generate", "--brokers", d.brokers, "--events", strconv.Itoa(d.cfg.events), "--partitions", "4",
+		"--rate", strconv.Itoa(d.cfg.rate))
+	if err := d.generator.start(); err != nil {
+		return err
+	}
+	for i := range d.cfg.writers {
+		p := newProc(fmt.Sprintf("app-%d", i), filepath.Join(d.dir, fmt.Sprintf("app-%d.log", i)), filepath.Join(d.bin, "pageviews-go"),
+			"count", "--sidecar", "http://"+d.httpAddr, "--brokers", d.brokers, "--job", job,
+			"--writer", strconv.Itoa(i), "--writers", strconv.Itoa(d.cfg.writers),
+			"--every", "100", "--interval", "0", "--exit-idle", "3s", "--give-up", "10m")
+		if err := p.start(); err != nil {
+			return err
+		}
+		d.apps = append(d.apps, p)
+	}
+	return nil
+}
+
+func (d *driver) writeSidecarConfig() error {
+	var err error
+	if d.httpAddr, err = freeAddr(); err != nil {
+		return err
+	}
+	raftAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`# written by the chaos driver
+node_id: chaos
+data_dir: %s
+http_addr: %s
+raft_addr: %s
+log: {level: info}
+sinks:
+  events:
+    kind: kafka
+    brokers: [%q]
+    default_topic: pageviews
+    topics: [pageviews]
+  db:
+    kind: mysql
+    dsn: %q
+    statements:
+      upsert_pv: "INSERT INTO pv(app, views) VALUES (?, ?) ON DUPLICATE KEY UPDATE views = views + VALUES(views)"
+jobs:
+  %s:
+    commit: auto
+    sinks: [events, db]
+`, filepath.Join(d.dir, "sidecar"), d.httpAddr, raftAddr, d.brokers, d.dbDSN, job)
+	return os.WriteFile(filepath.Join(d.dir, "txsink.yaml"), []byte(cfg), 0o600)
+}
+
+func (d *driver) ready(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return d.cl.Ready(ctx) == nil
+}
+
+// waitFor polls cond until it holds, p exits, ctx ends or timeout passes.
+func waitFor(ctx context.Context, timeout time.Duration, what string, p *proc, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if p != nil {
+			if exited, err := p.exited(); exited {
+				return fmt.Errorf("%s exited during start (%v); log tail:\n%s", what, err, tailFile(p.logPath, 30))
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s; log tail:\n%s", what, timeout, tailFile(p.logPath, 30))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// round waits a random time, kills one process with SIGKILL and starts it
+// again after a random pause.
+func (d *driver) round(ctx context.Context, r int) error {
+	wait := time.Duration(200+d.rng.IntN(1800)) * time.Millisecond
+	pause := time.Duration(d.rng.IntN(500)) * time.Millisecond
+	roll := d.rng.IntN(100)
+	app := d.rng.IntN(len(d.apps))
+	if err := d.sleepSupervised(ctx, wait); err != nil {
+		return err
+	}
+	var what string
+	switch {
+	case roll < 40:
+		p := d.apps[app]
+		if !p.running() {
+			what = p.name + " had exited (idle); started it again"
+			break
+		}
+		pid := p.pid()
+		p.kill9()
+		d.countKill(p.name)
+		if err := d.sleepSupervised(ctx, pause); err != nil {
+			return err
+		}
+		if err := p.start(); err != nil {
+			return err
+		}
+		what = fmt.Sprintf("kill -9 %s (pid %d), restarted after %s", p.name, pid, pause)
+	case roll < 75:
+		pid := d.sidecar.pid()
+		d.sidecar.kill9()
+		d.countKill("sidecar")
+		if err := d.sleepSupervised(ctx, pause); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if err := d.sidecar.start(); err != nil {
+			return err
+		}
+		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.ready(ctx) || !d.sidecar.running() })
+		what = fmt.Sprintf("kill -9 sidecar (pid %d), restarted after %s, ready in %s", pid, pause, time.Since(t0).Round(time.Millisecond))
+	default:
+		pid := d.db.Pid()
+		d.db.Kill9()
+		d.countKill("mariadbd")
+		if err := d.sleepSupervised(ctx, pause); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if err := d.db.Relaunch(); err != nil {
+			return fmt.Errorf("restart mariadbd: %w", err)
+		}
+		what = fmt.Sprintf("kill -9 mariadbd (pid %d), restarted after %s, up in %s", pid, pause, time.Since(t0).Round(time.Millisecond))
+	}
+	d.supervise()
+	fmt.Fprintf(d.out, "chaos: round %2d/%d  +%-6s %s | %s\n", r, d.cfg.rounds, wait.Round(10*time.Millisecond), what, d.progress(ctx))
+	return nil
+}
+
+func (d *driver) countKill(name string) {
+	d.kills++
+	if strings.HasPrefix(name, "app-") {
+		name = "app"
+	}
+	d.killsOf[name]++
+}
+
+func (d *driver) killSummary() string {
+	var parts []string
+	for _, n := range []string{"app", "sidecar", "mariadbd"} {
+		parts = append(parts, fmt.Sprintf("%s %d", n, d.killsOf[n]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// sleepSupervised sleeps while restarting processes that died on their own.
+func (d *driver) sleepSupervised(ctx context.Context, dur time.Duration) error {
+	end := time.Now().Add(dur)
+	for {
+		d.supervise()
+		left := time.Until(end)
+		if left <= 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(left, 100*time.Millisecond)):
+		}
+	}
+}
+
+// supervise restarts the sidecar and apps that exited without being killed
+// by us, like a container runtime would, and records each unexpected exit.
+// An app that exited 0 was idle (caught up with the generator); it is
+// started again while the run goes on.
+func (d *driver) supervise() {
+	for _, p := range append([]*proc{d.sidecar}, d.apps...) {
+		exited, err := p.exited()
+		if !exited {
+			continue
+		}
+		if err != nil {
+			msg := fmt.Sprintf("%s: %v; log tail:\n%s", p.name, err, tailFile(p.logPath, 15))
+			d.unexpected = append(d.unexpected, msg)
+			fmt.Fprintf(d.out, "chaos: %s exited on its own (%v); restarting it (see %s)\n", p.name, err, p.logPath)
+		}
+		_ = p.start()
+	}
+}
+
+// progress is a one-line status: input generated, checkpoints committed.
+func (d *driver) progress(ctx context.Context) string {
+	gen := "generator done"
+	if d.generator.running() {
+		gen = "generating"
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	info, err := d.cl.Job(ctx, job)
+	if err != nil {
+		return gen + ", sidecar: " + client.Code(err) + " " + shortErr(err)
+	}
+	var parts []string
+	for _, w := range info.Writers {
+		s := fmt.Sprintf("%s@%d", w.Name, w.LastCommitted)
+		if len(w.InDoubt) > 0 {
+			s += fmt.Sprintf("(in doubt %v)", w.InDoubt)
+		}
+		parts = append(parts, s)
+	}
+	return gen + ", committed checkpoints " + strings.Join(parts, " ")
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if len(s) > 60 {
+		s = s[:60] + "…"
+	}
+	return s
+}
+
+// drain waits until the generator has finished and every app has exited 0
+// (caught up and idle), restarting processes that die on their own.
+func (d *driver) drain(ctx context.Context) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	if _, err := d.generator.wait(2 * time.Minute); err != nil {
+		return fmt.Errorf("generator: %v; log:\n%s", err, tailFile(d.generator.logPath, 20))
+	}
+	if d.generator.running() {
+		return errors.New("generator still running after 2 minutes")
+	}
+	lastReport := time.Now()
+	for {
+		if exited, err := d.sidecar.exited(); exited {
+			d.unexpected = append(d.unexpected, fmt.Sprintf("sidecar: %v", err))
+			_ = d.sidecar.start()
+		}
+		done := 0
+		for _, p := range d.apps {
+			exited, err := p.exited()
+			switch {
+			case exited && err == nil:
+				done++
+			case exited:
+				d.unexpected = append(d.unexpected, fmt.Sprintf("%s: %v; log tail:\n%s", p.name, err, tailFile(p.logPath, 15)))
+				_ = p.start()
+			}
+		}
+		if done == len(d.apps) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("apps did not catch up within 5 minutes (%s)", d.progress(ctx))
+		}
+		if time.Since(lastReport) > 2*time.Second {
+			fmt.Fprintf(d.out, "chaos: draining: %d/%d apps caught up | %s\n", done, len(d.apps), d.progress(ctx))
+			lastReport = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// Every checkpoint is committed in both sinks once nothing is in doubt.
+	return waitFor(ctx, time.Minute, "sidecar (unresolved checkpoints)", d.sidecar, func() bool {
+		info, err := d.cl.Job(ctx, job)
+		if err != nil {
+			return false
+		}
+		for _, w := range info.Writers {
+			if len(w.InDoubt) > 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// shutdown stops everything that still runs.
+func (d *driver) shutdown() {
+	for _, p := range append(d.apps, d.generator, d.sidecar, d.broker) {
+		if p != nil {
+			p.stop(10 * time.Second)
+		}
+	}
+	if d.db != nil {
+		d.db.Stop()
+	}
+}
