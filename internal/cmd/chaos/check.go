@@ -85,96 +85,23 @@ func check(ctx context.Context, out io.Writer, brokers, dsn string) (result, err
 	problem := func(format string, args ...any) {
 		res.problems = append(res.problems, fmt.Sprintf(format, args...))
 	}
-
-	// 1. The input: which app each (partition, offset) is, and that the
-	// generator wrote every number once.
+	// 1. The input and 2. the Kafka output, read_committed.
 	input, err := readTopic(ctx, brokers, "clicks")
 	if err != nil {
 		return res, err
 	}
-	apps := map[int32][]string{}
-	truth := map[string]int64{}
-	seen := map[int64]bool{}
-	var maxN int64
-	for _, r := range input {
-		var c click
-		if err := json.Unmarshal(r.value, &c); err != nil || c.App == "" {
-			problem("input %d/%d is not a click: %q", r.partition, r.offset, r.value)
-			continue
-		}
-		if int64(len(apps[r.partition])) != r.offset {
-			problem("input partition %d: offset %d after %d records (gap)", r.partition, r.offset, len(apps[r.partition]))
-		}
-		apps[r.partition] = append(apps[r.partition], c.App)
-		truth[c.App]++
-		if seen[c.N] {
-			problem("input: event number %d appears twice", c.N)
-		}
-		seen[c.N] = true
-		maxN = max(maxN, c.N)
-	}
-	res.events = int64(len(input))
-	if maxN != res.events {
-		problem("input: %d events but the highest number is %d", res.events, maxN)
-	}
-	fmt.Fprintf(out, "check: input: %d click events (numbers 1..%d) in %d partitions\n", res.events, maxN, len(apps))
-
-	// 2. Kafka output, read_committed: every input event covered once.
 	output, err := readTopic(ctx, brokers, "pageviews")
 	if err != nil {
 		return res, err
 	}
-	cover := map[int32][]int{}
-	for p, a := range apps {
-		cover[p] = make([]int, len(a))
-	}
-	checkpoints := map[string]bool{}
-	for _, r := range output {
-		var inc increment
-		if err := json.Unmarshal(r.value, &inc); err != nil || inc.App == "" || inc.Topic != "clicks" {
-			problem("output %d/%d is not an increment of clicks: %q", r.partition, r.offset, r.value)
-			continue
-		}
-		checkpoints[inc.Writer+"/"+strconv.FormatInt(inc.Checkpoint, 10)] = true
-		var matched int64
-		for ps, to := range inc.To {
-			p64, err := strconv.ParseInt(ps, 10, 32)
-			p := int32(p64)
-			if err != nil || to > int64(len(apps[p])) || inc.From[ps] > to {
-				problem("output %d/%d: range %s:[%d,%d) is not in the input", r.partition, r.offset, ps, inc.From[ps], to)
-				continue
-			}
-			for off := inc.From[ps]; off < to; off++ {
-				if apps[p][off] == inc.App {
-					cover[p][off]++
-					matched++
-				}
-			}
-		}
-		if matched != inc.Views {
-			problem("output %d/%d (writer %s checkpoint %d): %d views of %s, but its input range holds %d",
-				r.partition, r.offset, inc.Writer, inc.Checkpoint, inc.Views, inc.App, matched)
-		}
-	}
-	var kMissing, kDup int64
-	var firstMissing []string
-	for p, cs := range cover {
-		for off, c := range cs {
-			switch {
-			case c == 0:
-				kMissing++
-				if len(firstMissing) < 5 {
-					firstMissing = append(firstMissing, fmt.Sprintf("%d/%d", p, off))
-				}
-			case c > 1:
-				kDup += int64(c - 1)
-			}
-		}
-	}
+	cv := coverage(input, output)
+	res.problems = append(res.problems, cv.problems...)
+	res.events = cv.events
+	fmt.Fprintf(out, "check: input: %d click events (numbers 1..%d) in %d partitions\n", cv.events, cv.maxN, cv.partitions)
 	fmt.Fprintf(out, "check: kafka pageviews (read_committed, franz-go): %d records from %d checkpoints; %d events missing, %d duplicated",
-		len(output), len(checkpoints), kMissing, kDup)
-	if len(firstMissing) > 0 {
-		fmt.Fprintf(out, " (first missing clicks: %s)", strings.Join(firstMissing, " "))
+		len(output), cv.checkpoints, cv.missing, cv.duplicated)
+	if len(cv.firstMissing) > 0 {
+		fmt.Fprintf(out, " (first missing clicks: %s)", strings.Join(cv.firstMissing, " "))
 	}
 	fmt.Fprintln(out)
 
@@ -205,14 +132,7 @@ func check(ctx context.Context, out io.Writer, brokers, dsn string) (result, err
 	if err != nil {
 		return res, err
 	}
-	var mMissing, mDup int64
-	var lines []string
-	for _, app := range sortedKeys(truth, got) {
-		t, g := truth[app], got[app]
-		lines = append(lines, fmt.Sprintf("%s %d/%d", app, g, t))
-		mMissing += max(0, t-g)
-		mDup += max(0, g-t)
-	}
+	mMissing, mDup, lines := compareTotals(cv.truth, got)
 	fmt.Fprintf(out, "check: mysql pv (views/true): %s; %d missing, %d duplicated\n", strings.Join(lines, ", "), mMissing, mDup)
 
 	// 4. Nothing in doubt: no XA branch of ours prepared, no open
@@ -228,10 +148,123 @@ func check(ctx context.Context, out io.Writer, brokers, dsn string) (result, err
 	fmt.Fprintf(out, "check: in doubt: %d XA branches of ours (XA RECOVER, formatID 0x%x), %d output partitions with an open transaction (LSO < HWM)\n",
 		xa, xaFormatID, open)
 
-	res.missing = kMissing + mMissing
-	res.duplicated = kDup + mDup
+	res.missing = cv.missing + mMissing
+	res.duplicated = cv.duplicated + mDup
 	res.inDoubt = xa + open
 	return res, nil
+}
+
+// covered is what the Kafka output proves about the input.
+type covered struct {
+	events       int64            // input events
+	maxN         int64            // the highest event number
+	partitions   int              // input partitions
+	truth        map[string]int64 // true views per app
+	checkpoints  int              // distinct (writer, checkpoint) in the output
+	missing      int64            // input events no output record counts
+	duplicated   int64            // extra counts of input events counted more than once
+	firstMissing []string         // a few missing events, partition/offset
+	problems     []string
+}
+
+// coverage checks the input (the generator wrote each number once, no gaps)
+// and maps every output increment onto the input range it claims: each
+// event of the increment's app in that range is counted once, and the
+// increment's views must equal their number. Every input event must end up
+// counted exactly once.
+func coverage(input, output []rec) covered {
+	cv := covered{truth: map[string]int64{}}
+	problem := func(format string, args ...any) {
+		cv.problems = append(cv.problems, fmt.Sprintf(format, args...))
+	}
+	apps := map[int32][]string{}
+	seen := map[int64]bool{}
+	for _, r := range input {
+		var c click
+		if err := json.Unmarshal(r.value, &c); err != nil || c.App == "" {
+			problem("input %d/%d is not a click: %q", r.partition, r.offset, r.value)
+			continue
+		}
+		if int64(len(apps[r.partition])) != r.offset {
+			problem("input partition %d: offset %d after %d records (gap)", r.partition, r.offset, len(apps[r.partition]))
+		}
+		apps[r.partition] = append(apps[r.partition], c.App)
+		cv.truth[c.App]++
+		if seen[c.N] {
+			problem("input: event number %d appears twice", c.N)
+		}
+		seen[c.N] = true
+		cv.maxN = max(cv.maxN, c.N)
+	}
+	cv.events, cv.partitions = int64(len(input)), len(apps)
+	if cv.maxN != cv.events {
+		problem("input: %d events but the highest number is %d", cv.events, cv.maxN)
+	}
+
+	cover := map[int32][]int{}
+	for p, a := range apps {
+		cover[p] = make([]int, len(a))
+	}
+	checkpoints := map[string]bool{}
+	for _, r := range output {
+		var inc increment
+		if err := json.Unmarshal(r.value, &inc); err != nil || inc.App == "" || inc.Topic != "clicks" {
+			problem("output %d/%d is not an increment of clicks: %q", r.partition, r.offset, r.value)
+			continue
+		}
+		checkpoints[inc.Writer+"/"+strconv.FormatInt(inc.Checkpoint, 10)] = true
+		var matched int64
+		for ps, to := range inc.To {
+			p64, err := strconv.ParseInt(ps, 10, 32)
+			p := int32(p64)
+			if err != nil || to > int64(len(apps[p])) || inc.From[ps] < 0 || inc.From[ps] > to {
+				problem("output %d/%d: range %s:[%d,%d) is not in the input", r.partition, r.offset, ps, inc.From[ps], to)
+				continue
+			}
+			for off := inc.From[ps]; off < to; off++ {
+				if apps[p][off] == inc.App {
+					cover[p][off]++
+					matched++
+				}
+			}
+		}
+		if matched != inc.Views {
+			problem("output %d/%d (writer %s checkpoint %d): %d views of %s, but its input range holds %d",
+				r.partition, r.offset, inc.Writer, inc.Checkpoint, inc.Views, inc.App, matched)
+		}
+	}
+	cv.checkpoints = len(checkpoints)
+	parts := make([]int32, 0, len(cover))
+	for p := range cover {
+		parts = append(parts, p)
+	}
+	sort.Slice(parts, func(i, j int) bool { return parts[i] < parts[j] })
+	for _, p := range parts {
+		for off, c := range cover[p] {
+			switch {
+			case c == 0:
+				cv.missing++
+				if len(cv.firstMissing) < 5 {
+					cv.firstMissing = append(cv.firstMissing, fmt.Sprintf("%d/%d", p, off))
+				}
+			case c > 1:
+				cv.duplicated += int64(c - 1)
+			}
+		}
+	}
+	return cv
+}
+
+// compareTotals compares the pv table with the true counts: views short of
+// the truth are missing, views beyond it duplicated.
+func compareTotals(truth, got map[string]int64) (missing, duplicated int64, lines []string) {
+	for _, app := range sortedKeys(truth, got) {
+		t, g := truth[app], got[app]
+		lines = append(lines, fmt.Sprintf("%s %d/%d", app, g, t))
+		missing += max(0, t-g)
+		duplicated += max(0, g-t)
+	}
+	return missing, duplicated, lines
 }
 
 // readTopic reads a whole topic with read_committed, until no record has
