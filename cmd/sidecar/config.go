@@ -38,8 +38,11 @@ type Config struct {
 		MaxRecordsPerCall int   `yaml:"max_records_per_call"`
 	} `yaml:"limits"`
 	// ShutdownTimeout bounds a graceful stop.
-	ShutdownTimeout time.Duration         `yaml:"shutdown_timeout"`
-	Sinks           map[string]SinkConfig `yaml:"sinks"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// SinkWait is how long start-up waits for a sink's server to answer
+	// (MariaDB restarting after a crash) before it gives up.
+	SinkWait time.Duration         `yaml:"sink_wait"`
+	Sinks    map[string]SinkConfig `yaml:"sinks"`
 	// Jobs are created (PUT) at start-up, for deployments that declare them.
 	Jobs map[string]JobConfig `yaml:"jobs"`
 }
@@ -72,7 +75,7 @@ type JobConfig struct {
 // DefaultConfig returns the defaults of DESIGN.md §6.
 func DefaultConfig() Config {
 	c := Config{NodeID: "node1", DataDir: "./data", HTTPAddr: "127.0.0.1:8470", RaftAddr: "127.0.0.1:8471",
-		ShutdownTimeout: 30 * time.Second}
+		ShutdownTimeout: 30 * time.Second, SinkWait: 5 * time.Minute}
 	c.Log.Format, c.Log.Level = "text", "info"
 	return c
 }
@@ -143,6 +146,9 @@ func (c *Config) Finish() error {
 	}
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		errs = append(errs, err)
+	}
+	if c.SinkWait < 0 || c.ShutdownTimeout < 0 {
+		return errors.New("sink_wait and shutdown_timeout must not be negative")
 	}
 	if len(c.Sinks) == 0 {
 		errs = append(errs, errors.New("no sinks configured"))

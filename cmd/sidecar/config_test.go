@@ -1,11 +1,21 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+
+	"github.com/txsink/txsink/twopc"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -117,5 +127,39 @@ func TestRunUsageErrors(t *testing.T) {
 	}
 	if err := run(t.Context(), []string{"version"}, &out, &errOut); err != nil || !strings.Contains(out.String(), "txsink") {
 		t.Fatalf("version: %v %q", err, out.String())
+	}
+}
+
+func TestOpenWithRetry(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	unreachable := fmt.Errorf("%w: dial unix /x: connection refused", twopc.ErrSinkFailure)
+	tests := []struct {
+		name      string
+		errs      []error // one per attempt; nil = success
+		wait      time.Duration
+		wantCalls int
+		wantErr   bool
+	}{
+		{"succeeds after the server comes up", []error{unreachable, unreachable, nil}, time.Minute, 3, false},
+		{"a config error ends the wait", []error{errors.New("bad config")}, time.Minute, 1, true},
+		{"an error the server sent ends the wait",
+			[]error{fmt.Errorf("%w: create marker table: %w", twopc.ErrSinkFailure, &gomysql.MySQLError{Number: 1142})}, time.Minute, 1, true},
+		{"gives up after sink_wait", []error{unreachable, unreachable, unreachable, unreachable}, 300 * time.Millisecond, 2, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			got, err := openWithRetry(context.Background(), log, tt.wait, func() (int, error) {
+				e := tt.errs[calls]
+				calls++
+				if e != nil {
+					return 0, e
+				}
+				return 42, nil
+			})
+			if calls != tt.wantCalls || (err != nil) != tt.wantErr || (!tt.wantErr && got != 42) {
+				t.Errorf("got %d calls, (%d, %v); want %d calls, error %v", calls, got, err, tt.wantCalls, tt.wantErr)
+			}
+		})
 	}
 }

@@ -38,8 +38,9 @@ type sidecar struct {
 	httpAddr string
 }
 
-// openSinks connects every configured sink; a bad sink (unreachable broker,
-// a statement that does not prepare) stops start-up with its name.
+// openSinks connects every configured sink. A sink whose server does not
+// answer yet is waited for (see openWithRetry); a bad sink (a statement that
+// does not prepare, a wrong config) stops start-up with its name.
 func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]twopc.Sink, []func(), error) {
 	sinks := map[string]twopc.Sink{}
 	var closers []func()
@@ -53,17 +54,21 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 		l := log.With("sink", name)
 		switch sc.Kind {
 		case "kafka":
-			s, err := kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
-				TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
-				TransactionTimeout: sc.TransactionTimeout, Logger: l})
+			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*kafka.Sink, error) {
+				return kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
+					TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
+					TransactionTimeout: sc.TransactionTimeout, Logger: l})
+			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))
 			}
 			sinks[name] = s
 			closers = append(closers, s.Close)
 		case "mysql":
-			s, err := mysql.New(ctx, mysql.Config{Name: name, DSN: sc.DSN, DSNFile: sc.DSNFile, Statements: sc.Statements,
-				MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l})
+			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*mysql.Sink, error) {
+				return mysql.New(ctx, mysql.Config{Name: name, DSN: sc.DSN, DSNFile: sc.DSNFile, Statements: sc.Statements,
+					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l})
+			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (mysql): %w", name, err))
 			}
@@ -72,6 +77,35 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 		}
 	}
 	return sinks, closers, nil
+}
+
+// openWithRetry calls open until it succeeds, fails for a reason waiting
+// cannot fix, wait passes or ctx ends. A sink's server that does not answer
+// yet (MariaDB restarting after a crash, a broker still starting) is waited
+// for: a sidecar that exited instead would crash-loop and take its other
+// sinks and the recovery of prepared branches down with it. An error the
+// server itself sent (a statement it rejects, access denied) or a config
+// error ends the wait at once.
+func openWithRetry[S any](ctx context.Context, log *slog.Logger, wait time.Duration, open func() (S, error)) (S, error) {
+	deadline := time.Now().Add(wait)
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		s, err := open()
+		var serverErr *gomysql.MySQLError
+		if err == nil || !errors.Is(err, twopc.ErrSinkFailure) || errors.As(err, &serverErr) {
+			return s, err
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			return s, fmt.Errorf("not reachable for %s (sink_wait): %w", wait, err)
+		}
+		log.Warn("sink not reachable yet; retrying", "attempt", attempt, "retry_in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return s, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 // startSidecar opens the journal, the sinks, runs recovery and serves the API.

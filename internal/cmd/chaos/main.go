@@ -347,7 +347,7 @@ func (d *driver) round(ctx context.Context, r int) error {
 	}
 	var what string
 	switch {
-	case roll < 40:
+	case roll < 35:
 		p := d.apps[app]
 		if !p.running() {
 			what = p.name + " had exited (idle); started it again"
@@ -363,7 +363,7 @@ func (d *driver) round(ctx context.Context, r int) error {
 			return err
 		}
 		what = fmt.Sprintf("kill -9 %s (pid %d), restarted after %s", p.name, pid, pause)
-	case roll < 75:
+	case roll < 65:
 		pid := d.sidecar.pid()
 		d.sidecar.kill9()
 		d.countKill("sidecar")
@@ -376,7 +376,7 @@ func (d *driver) round(ctx context.Context, r int) error {
 		}
 		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.ready(ctx) || !d.sidecar.running() })
 		what = fmt.Sprintf("kill -9 sidecar (pid %d), restarted after %s, ready in %s", pid, pause, time.Since(t0).Round(time.Millisecond))
-	default:
+	case roll < 85:
 		pid := d.db.Pid()
 		d.db.Kill9()
 		d.countKill("mariadbd")
@@ -388,6 +388,28 @@ func (d *driver) round(ctx context.Context, r int) error {
 			return fmt.Errorf("restart mariadbd: %w", err)
 		}
 		what = fmt.Sprintf("kill -9 mariadbd (pid %d), restarted after %s, up in %s", pid, pause, time.Since(t0).Round(time.Millisecond))
+	default:
+		// Both at once, as when their machine dies; the sidecar comes back
+		// first and has to wait for MariaDB (sink_wait).
+		spid, dpid := d.sidecar.pid(), d.db.Pid()
+		d.db.Kill9()
+		d.sidecar.kill9()
+		d.countKill("sidecar")
+		d.countKill("mariadbd")
+		if err := d.sidecar.start(); err != nil {
+			return err
+		}
+		dbDown := pause + time.Duration(500+d.rng.IntN(1500))*time.Millisecond
+		if err := d.sleepSupervised(ctx, dbDown); err != nil {
+			return err
+		}
+		if err := d.db.Relaunch(); err != nil {
+			return fmt.Errorf("restart mariadbd: %w", err)
+		}
+		t0 := time.Now()
+		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.ready(ctx) || !d.sidecar.running() })
+		what = fmt.Sprintf("kill -9 sidecar (pid %d) and mariadbd (pid %d); sidecar restarted at once, mariadbd after %s; ready %s later",
+			spid, dpid, dbDown.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	}
 	d.supervise()
 	fmt.Fprintf(d.out, "chaos: round %2d/%d  +%-6s %s | %s\n", r, d.cfg.rounds, wait.Round(10*time.Millisecond), what, d.progress(ctx))
