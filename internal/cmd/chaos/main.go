@@ -324,6 +324,9 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, p *proc, c
 			}
 		}
 		if time.Now().After(deadline) {
+			if p == nil {
+				return fmt.Errorf("%s not ready after %s", what, timeout)
+			}
 			return fmt.Errorf("%s not ready after %s; log tail:\n%s", what, timeout, tailFile(p.logPath, 30))
 		}
 		select {
