@@ -57,47 +57,13 @@ func TestReadmeWalkthrough(t *testing.T) {
 			t.Fatalf("the walk-through needs %s: apt-get install %s", tool, map[string]string{"kcat": "kcat", "curl": "curl", "mariadb": "mariadb-client"}[tool])
 		}
 	}
-	dsn := mysqltest.ServerDSN(t)
-	httpAddr, kafkaAddr, raftAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	dir := t.TempDir()
-	logs := &syncBuf{}
-	cmd := exec.Command(sidecarBin, "dev", "--data-dir", dir, "--http-addr", httpAddr, "--kafka-addr", kafkaAddr,
-		"--raft-addr", raftAddr, "--mysql-dsn", dsn)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("sidecar dev output:\n%s", tail(logs, 40))
-		}
-	})
-	c := client.New("http://" + httpAddr)
-	deadline := time.Now().Add(30 * time.Second)
-	for c.Ready(context.Background()) != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("dev sidecar not ready:\n%s", tail(logs, 40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !strings.Contains(logs.String(), `sink "db"`) {
-		t.Fatalf("banner does not show the db sink:\n%s", tail(logs, 30))
-	}
+	dev := startDev(t)
 	// The dev db is txsink_dev on the test server; the README's mariadb
 	// call uses the local socket, so point it at the test server instead.
-	mysqlArgs := mysqltest.ClientArgs(t, dsn)
+	mysqlArgs := mysqltest.ClientArgs(t, dev.dsn)
 	blocks := readmeBlocks(t)
 	script := "set -euo pipefail\n" + blocks[0] + "\necho '--- db'\n" + blocks[1]
-	script = strings.NewReplacer("localhost:8470", httpAddr, "127.0.0.1:9092", kafkaAddr,
+	script = strings.NewReplacer("localhost:8470", dev.httpAddr, "127.0.0.1:9092", dev.kafkaAddr,
 		"mariadb txsink_dev", "mariadb "+strings.Join(mysqlArgs, " ")+" txsink_dev").Replace(script)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -115,4 +81,73 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if n := strings.Count(text, "k1 hello"); n != 1 {
 		t.Errorf("k1 hello appears %d times, want once:\n%s", n, text)
 	}
+}
+
+// devSidecar is a `sidecar dev` process of one test: its own data dir and
+// free ports, and the db sink on the test MariaDB server (database
+// txsink_dev there, shared by the tests of a run and kept between runs).
+type devSidecar struct {
+	httpAddr  string // HTTP API, host:port
+	kafkaAddr string // the embedded broker
+	socket    string // the API's Unix socket
+	dsn       string // the MariaDB server, no database selected
+	logs      *syncBuf
+}
+
+// startDev starts `sidecar dev` as `make run` does, with ports moved to free
+// ones, and waits until it is ready and has the db sink. The test's cleanup
+// stops it (SIGINT, SIGKILL after 20s) and logs its output if the test failed.
+func startDev(t *testing.T) *devSidecar {
+	t.Helper()
+	// A short data dir: the socket path in it must stay below 108 bytes.
+	dir, err := os.MkdirTemp("", "txsink-dev-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &devSidecar{httpAddr: freeAddr(t), kafkaAddr: freeAddr(t), socket: filepath.Join(dir, "sidecar.sock"),
+		dsn: mysqltest.ServerDSN(t), logs: &syncBuf{}}
+	cmd := exec.Command(sidecarBin, "dev", "--data-dir", dir, "--http-addr", d.httpAddr, "--kafka-addr", d.kafkaAddr,
+		"--raft-addr", freeAddr(t), "--mysql-dsn", d.dsn)
+	cmd.Stdout, cmd.Stderr = d.logs, d.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("sidecar dev output:\n%s", tail(d.logs, 40))
+		}
+	})
+	c := client.New("http://" + d.httpAddr)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ready(ctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-done:
+			t.Fatalf("sidecar dev exited during start: %v\n%s", cmd.ProcessState, tail(d.logs, 40))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dev sidecar not ready after 30s: %v\n%s", err, tail(d.logs, 40))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(d.logs.String(), `sink "db"`) {
+		t.Fatalf("banner does not show the db sink:\n%s", tail(d.logs, 30))
+	}
+	return d
 }
