@@ -91,7 +91,8 @@ class Sidecar:
         previous one). 429 backpressure is retried after Retry-After."""
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
         headers = {"Content-Type": ctype} if data is not None else {}
-        deadline = time.monotonic() + RETRY_FOR
+        start = time.monotonic()
+        deadline = start + RETRY_FOR
         delay = 0.1
         while True:
             try:
@@ -115,7 +116,8 @@ class Sidecar:
                 # ConnectionRefused / FileNotFound (socket gone), reset, timeout, RemoteDisconnected …
                 self.close()
                 if time.monotonic() + delay > deadline:
-                    sys.exit(f"pageviews: the sidecar at {self.socket_path} did not answer for {RETRY_FOR:.0f}s "
+                    sys.exit(f"pageviews: the sidecar at {self.socket_path} did not answer for "
+                             f"{time.monotonic() - start:.0f}s "
                              f"({type(e).__name__}: {e}). Is `make run` running? (--socket sets the path)")
                 print(f"  sidecar unreachable at {self.socket_path} ({type(e).__name__}: {e}); "
                       f"retrying in {delay:.1f}s", flush=True)
