@@ -92,6 +92,9 @@ type devSidecar struct {
 	socket    string // the API's Unix socket
 	dsn       string // the MariaDB server, no database selected
 	logs      *syncBuf
+	args      []string // the command line, for restarts
+	cmd       *exec.Cmd
+	done      chan struct{} // closed when cmd has exited
 }
 
 // startDev starts `sidecar dev` as `make run` does, with ports moved to free
@@ -107,26 +110,31 @@ func startDev(t *testing.T) *devSidecar {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	d := &devSidecar{httpAddr: freeAddr(t), kafkaAddr: freeAddr(t), socket: filepath.Join(dir, "sidecar.sock"),
 		dsn: mysqltest.ServerDSN(t), logs: &syncBuf{}}
-	cmd := exec.Command(sidecarBin, "dev", "--data-dir", dir, "--http-addr", d.httpAddr, "--kafka-addr", d.kafkaAddr,
-		"--raft-addr", freeAddr(t), "--mysql-dsn", d.dsn)
-	cmd.Stdout, cmd.Stderr = d.logs, d.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	d.args = []string{"dev", "--data-dir", dir, "--http-addr", d.httpAddr, "--kafka-addr", d.kafkaAddr,
+		"--raft-addr", freeAddr(t), "--mysql-dsn", d.dsn}
 	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		d.stop()
 		if t.Failed() {
 			t.Logf("sidecar dev output:\n%s", tail(d.logs, 40))
 		}
 	})
+	d.start(t)
+	return d
+}
+
+// start runs the sidecar (again, with the same data dir and ports) and waits
+// until it is ready and has the db sink.
+func (d *devSidecar) start(t *testing.T) {
+	t.Helper()
+	d.cmd = exec.Command(sidecarBin, d.args...)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	d.done = done
+	cmd := d.cmd
+	go func() { cmd.Wait(); close(done) }()
 	c := client.New("http://" + d.httpAddr)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -149,5 +157,28 @@ func startDev(t *testing.T) *devSidecar {
 	if !strings.Contains(d.logs.String(), `sink "db"`) {
 		t.Fatalf("banner does not show the db sink:\n%s", tail(d.logs, 30))
 	}
-	return d
+}
+
+// kill9 kills the sidecar, and with it its embedded broker, with SIGKILL.
+func (d *devSidecar) kill9() {
+	if d.cmd == nil {
+		return
+	}
+	d.cmd.Process.Kill()
+	<-d.done
+	d.cmd = nil
+}
+
+// stop stops the sidecar gracefully (SIGINT; SIGKILL after 20s).
+func (d *devSidecar) stop() {
+	if d.cmd == nil {
+		return
+	}
+	d.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		d.kill9()
+	}
+	d.cmd = nil
 }

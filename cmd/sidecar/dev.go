@@ -69,7 +69,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer broker.Close()
 	brokers := broker.ListenAddrs()
 	cfg.Sinks = map[string]SinkConfig{
-		"events": {Kind: "kafka", Brokers: brokers, DefaultTopic: "events", Topics: []string{"*"}},
+		// CreateTopics: kfake persists auto-created topics only on a clean
+		// stop; a kill -9 of this process (and so of the broker) would lose
+		// their committed records. Topics made by CreateTopics are persisted.
+		"events": {Kind: "kafka", Brokers: brokers, DefaultTopic: "events", Topics: []string{"*"}, CreateTopics: true},
 	}
 	mysqlNote := "not configured (no server answered; pass --mysql-dsn)"
 	if *mysqlDSN != "off" {

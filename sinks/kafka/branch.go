@@ -100,6 +100,11 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	if cl == nil {
 		return b.failf("slot %s was fenced or closed", b.sl.txnID)
 	}
+	if b.s.cfg.CreateTopics {
+		if err := b.s.ensureTopics(ctx, recs); err != nil {
+			return err
+		}
+	}
 	// Records outlive this call: they are buffered until Prepare flushes
 	// them, so they produce under the sink's lifetime context, not ctx
 	// (an HTTP request's context ends when the write call answers).

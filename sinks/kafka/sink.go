@@ -55,6 +55,8 @@ type Sink struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	created sync.Map // topics created or found by ensureTopics
+
 	mu     sync.Mutex
 	slots  map[string]*slot // by transactional id
 	admin5 *kgo.Client      // lazily, for handles with EndTxnVersion >= 5
@@ -439,6 +441,27 @@ func (s *Sink) initProducerID(ctx context.Context, txnID string) error {
 		}
 		return kerr.ErrorForCode(resp.ErrorCode)
 	})
+}
+
+// ensureTopics creates the topics of recs that this sink has not created
+// yet (Config.CreateTopics). A topic that exists already counts as created.
+func (s *Sink) ensureTopics(ctx context.Context, recs []*twopc.Record) error {
+	last := ""
+	for _, r := range recs {
+		if r.Topic == last {
+			continue
+		}
+		last = r.Topic
+		if _, ok := s.created.Load(r.Topic); ok {
+			continue
+		}
+		_, err := kadm.NewClient(s.admin).CreateTopic(ctx, -1, -1, nil, r.Topic)
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("%w: kafka sink %q: create topic %q: %w", twopc.ErrSinkFailure, s.cfg.Name, r.Topic, err)
+		}
+		s.created.Store(r.Topic, struct{}{})
+	}
+	return nil
 }
 
 // retry runs fn until it returns nil or an error that retriableTxn does not

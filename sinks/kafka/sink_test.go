@@ -573,3 +573,35 @@ func TestBrokerProcessKeepsPrepared(t *testing.T) {
 	}
 	expectExactly(t, values(t, br2.Addr, "events", 15), names("survivor", 15))
 }
+
+// TestCreateTopics: with CreateTopics the sink creates a topic the broker
+// does not auto-create, on its first record; without it the broker's
+// refusal fails the branch.
+func TestCreateTopics(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	addr := c.ListenAddrs()[0]
+
+	s := newSink(t, addr, func(c *kafka.Config) { c.CreateTopics = true })
+	b, _ := prepared(t, s, bid("0", 1, 0), "created-on-use", "v", 3)
+	if err := b.Commit(ctxT(t)); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	expectExactly(t, values(t, addr, "created-on-use", 3), names("v", 3))
+
+	plain := newSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pb, err := plain.Begin(ctx, bid("1", 1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	werr := pb.Write(ctx, records(t, plain, "never-created", "v", 1))
+	if _, perr := pb.Prepare(ctx); werr == nil && perr == nil {
+		t.Fatal("Write+Prepare to a topic the broker does not auto-create: got no error, want one")
+	}
+	_ = pb.Abort(context.Background())
+}
