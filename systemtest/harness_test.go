@@ -129,21 +129,30 @@ func (n *node) start(env ...string) *client.Client {
 	n.done = make(chan struct{})
 	go func() { n.cmd.Wait(); close(n.done) }()
 	c := client.New("http://" + n.httpAddr)
+	waitReady(n.t, c, n.cmd, n.done, n.logs)
+	return c
+}
+
+// waitReady polls the sidecar's readiness until it answers, the process
+// exits (done is closed) or 30 s pass; the last two fail the test with the
+// tail of its logs.
+func waitReady(t *testing.T, c *client.Client, cmd *exec.Cmd, done <-chan struct{}, logs *syncBuf) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		err := c.Ready(ctx)
 		cancel()
 		if err == nil {
-			return c
+			return
 		}
 		select {
-		case <-n.done:
-			n.t.Fatalf("sidecar exited during start: %v\n%s", n.cmd.ProcessState, tail(n.logs, 40))
+		case <-done:
+			t.Fatalf("sidecar exited during start: %v\n%s", cmd.ProcessState, tail(logs, 40))
 		default:
 		}
 		if time.Now().After(deadline) {
-			n.t.Fatalf("sidecar not ready after 30s: %v\n%s", err, tail(n.logs, 40))
+			t.Fatalf("sidecar not ready after 30s: %v\n%s", err, tail(logs, 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -135,25 +135,7 @@ func (d *devSidecar) start(t *testing.T) {
 	d.done = done
 	cmd := d.cmd
 	go func() { cmd.Wait(); close(done) }()
-	c := client.New("http://" + d.httpAddr)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ready(ctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		select {
-		case <-done:
-			t.Fatalf("sidecar dev exited during start: %v\n%s", cmd.ProcessState, tail(d.logs, 40))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dev sidecar not ready after 30s: %v\n%s", err, tail(d.logs, 40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitReady(t, client.New("http://"+d.httpAddr), cmd, done, d.logs)
 	if !strings.Contains(d.logs.String(), `sink "db"`) {
 		t.Fatalf("banner does not show the db sink:\n%s", tail(d.logs, 30))
 	}
