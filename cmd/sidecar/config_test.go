@@ -144,6 +144,8 @@ func TestOpenWithRetry(t *testing.T) {
 		{"a config error ends the wait", []error{errors.New("bad config")}, time.Minute, 1, true},
 		{"an error the server sent ends the wait",
 			[]error{fmt.Errorf("%w: create marker table: %w", twopc.ErrSinkFailure, &gomysql.MySQLError{Number: 1142})}, time.Minute, 1, true},
+		{"too many connections is waited for",
+			[]error{fmt.Errorf("%w: connect: %w", twopc.ErrSinkFailure, &gomysql.MySQLError{Number: 1040}), nil}, time.Minute, 2, false},
 		{"gives up after sink_wait", []error{unreachable, unreachable, unreachable, unreachable}, 300 * time.Millisecond, 2, true},
 	}
 	for _, tt := range tests {

@@ -79,6 +79,21 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 	return sinks, closers, nil
 }
 
+// permanentServerError reports whether err is an error the MySQL server sent
+// that waiting will not fix (a rejected statement, access denied). Too many
+// connections and a shutdown in progress pass.
+func permanentServerError(err error) bool {
+	var me *gomysql.MySQLError
+	if !errors.As(err, &me) {
+		return false
+	}
+	switch me.Number {
+	case 1040, 1053: // ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN
+		return false
+	}
+	return true
+}
+
 // openWithRetry calls open until it succeeds, fails for a reason waiting
 // cannot fix, wait passes or ctx ends. A sink's server that does not answer
 // yet (MariaDB restarting after a crash, a broker still starting) is waited
@@ -91,8 +106,7 @@ func openWithRetry[S any](ctx context.Context, log *slog.Logger, wait time.Durat
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		s, err := open()
-		var serverErr *gomysql.MySQLError
-		if err == nil || !errors.Is(err, twopc.ErrSinkFailure) || errors.As(err, &serverErr) {
+		if err == nil || !errors.Is(err, twopc.ErrSinkFailure) || permanentServerError(err) {
 			return s, err
 		}
 		if time.Now().Add(backoff).After(deadline) {

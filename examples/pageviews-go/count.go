@@ -20,6 +20,10 @@ import (
 	"github.com/txsink/txsink/twopc"
 )
 
+// errDataLoss: the sidecar reported that a sink aborted a checkpoint it
+// had decided to commit. The app stops (exit 3) rather than count on.
+var errDataLoss = errors.New("the sidecar reported data loss")
+
 type countConfig struct {
 	sidecar    string
 	brokers    string
@@ -54,7 +58,7 @@ func (c *countConfig) bind(fs *flag.FlagSet) {
 	fs.IntVar(&c.writer, "writer", c.writer, "this instance's writer number; it reads the partitions p with p % writers == writer")
 	fs.IntVar(&c.writers, "writers", c.writers, "number of parallel instances")
 	fs.IntVar(&c.every, "every", c.every, "checkpoint after this many events")
-	fs.DurationVar(&c.interval, "interval", c.interval, "checkpoint at least this often while events are pending; 0: only by event count and when caught up (deterministic boundaries)")
+	fs.DurationVar(&c.interval, "interval", c.interval, "checkpoint at least this often while events are pending; 0: only every --every events and at the end of the input read so far (no timer)")
 	fs.DurationVar(&c.exitIdle, "exit-idle", c.exitIdle, "exit once caught up and checkpointed with no new event for this long (0: run until stopped)")
 	fs.DurationVar(&c.giveUp, "give-up", c.giveUp, "exit when the sidecar has failed every call for this long")
 	fs.Int64Var(&c.crashAfter, "crash-after", c.crashAfter, "demo a crash: exit 137 after sending the records of the first checkpoint past this many events, before checkpointing it")
@@ -81,9 +85,18 @@ type increment struct {
 	To         map[string]int64 `json:"to"`   // partition -> first offset not counted
 }
 
+// fatal marks an error that reopening the session cannot fix (restored
+// state of another app, for instance): the app stops.
+type fatal struct{ error }
+
+func (f fatal) Unwrap() error { return f.error }
+
 // retryable reports whether a session should be reopened after err (the
 // sidecar restarted, fenced us, a sink failed, ...) rather than the app stop.
 func retryable(err error) bool {
+	if errors.As(err, new(fatal)) {
+		return false
+	}
 	var e *client.Error
 	if !errors.As(err, &e) {
 		return true // connection refused or reset: the sidecar is restarting
@@ -118,7 +131,7 @@ func count(ctx context.Context, c countConfig, out io.Writer) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if client.Code(err) == "data_loss" {
+		if client.Code(err) == "data_loss" || errors.Is(err, errDataLoss) {
 			// The sidecar could not commit a decided checkpoint: said loudly.
 			fmt.Fprintf(out, "writer %s: DATA LOSS reported by the sidecar: %v\n", a.name, err)
 			return exitCode(3)
@@ -147,7 +160,7 @@ type app struct {
 	cl         *client.Client
 	out        io.Writer
 	name       string
-	progressed bool  // a call succeeded since the last failure
+	progressed bool  // a checkpoint succeeded since the last failure
 	sent       int64 // events whose increments this process has sent
 }
 
@@ -162,15 +175,14 @@ func (a *app) session(ctx context.Context) (done bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("open session: %w", err)
 	}
-	a.progressed = true
 	st := state{Topic: c.input, Offsets: map[string]int64{}}
 	if sess.State != nil {
 		if err := json.Unmarshal(sess.State, &st); err != nil {
-			return false, fmt.Errorf("restored state of checkpoint %d: %w (not ours?)", sess.Checkpoint, err)
+			return false, fatal{fmt.Errorf("restored state of checkpoint %d: %w (not ours?)", sess.Checkpoint, err)}
 		}
 	}
 	if st.Topic != c.input {
-		return false, fmt.Errorf("restored state is for topic %q, not %q", st.Topic, c.input)
+		return false, fatal{fmt.Errorf("restored state is for topic %q, not %q", st.Topic, c.input)}
 	}
 
 	kc, err := kgo.NewClient(kgo.SeedBrokers(c.brokers), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
@@ -183,9 +195,12 @@ func (a *app) session(ctx context.Context) (done bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("list %q: %w", c.input, err)
 	}
+	if err := ends.Error(); err != nil {
+		return false, fmt.Errorf("list %q: %w", c.input, err) // e.g. not created yet: retried
+	}
 	assign := map[int32]kgo.Offset{}
 	ends.Each(func(o kadm.ListedOffset) {
-		if int(o.Partition)%c.writers == c.writer {
+		if o.Partition >= 0 && int(o.Partition)%c.writers == c.writer {
 			p := strconv.Itoa(int(o.Partition))
 			if _, ok := st.Offsets[p]; !ok {
 				st.Offsets[p] = 0
@@ -239,21 +254,26 @@ func (a *app) session(ctx context.Context) (done bool, err error) {
 		if ferr != nil {
 			return false, ferr
 		}
-		if got > 0 {
-			idleSince = time.Now()
+		// Caught up: nothing came and the end offsets say there is nothing
+		// more, so with --interval 0 checkpoint boundaries depend only on
+		// the input (every --every events, and at its current end).
+		caughtUp := false
+		if got == 0 {
+			behind, err := s.behind(ctx, adm)
+			if err != nil {
+				return false, err
+			}
+			caughtUp = behind == 0
 		}
-		caughtUp := got == 0
 		if s.pending > 0 && (caughtUp || (c.interval > 0 && time.Since(s.lastCkpt) >= c.interval)) {
 			if err := s.checkpoint(ctx); err != nil {
 				return false, err
 			}
 		}
+		if !caughtUp {
+			idleSince = time.Now()
+		}
 		if caughtUp && c.exitIdle > 0 && time.Since(idleSince) >= c.exitIdle {
-			// Idle is not proof of the end: compare with the end offsets.
-			if behind, err := s.behind(ctx, adm); err != nil || behind > 0 {
-				idleSince = time.Now()
-				continue
-			}
 			fmt.Fprintf(a.out, "writer %s: caught up at offsets %v (checkpoint %d committed); exiting\n",
 				a.name, s.pos.Offsets, s.next-1)
 			return true, nil
@@ -311,6 +331,13 @@ func (s *counting) checkpoint(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("checkpoint %d: %w", s.next, err)
 	}
+	switch res.Status {
+	case "committed", "committing": // committing: the decision is durable; the sidecar finishes it
+	case "data_loss":
+		return fmt.Errorf("checkpoint %d: %w", s.next, errDataLoss)
+	default:
+		return fatal{fmt.Errorf("checkpoint %d: unexpected status %q", s.next, res.Status)}
+	}
 	s.progressed = true
 	fmt.Fprintf(s.out, "writer %s: checkpoint %d %s: %d events, offsets %v\n", s.name, s.next, res.Status, s.pending, s.pos.Offsets)
 	s.next++
@@ -328,6 +355,9 @@ func (s *counting) behind(ctx context.Context, adm *kadm.Client) (int64, error) 
 		return 0, err
 	}
 	var n int64
+	if err := ends.Error(); err != nil {
+		return 0, fmt.Errorf("list %q: %w", s.cfg.input, err)
+	}
 	ends.Each(func(o kadm.ListedOffset) {
 		if pos, ok := s.pos.Offsets[strconv.Itoa(int(o.Partition))]; ok && o.Offset > pos {
 			n += o.Offset - pos

@@ -9,6 +9,7 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -61,14 +62,15 @@ func defaultGenConfig() genConfig {
 func (g *genConfig) bind(fs *flag.FlagSet) {
 	fs.StringVar(&g.brokers, "brokers", g.brokers, "Kafka bootstrap broker")
 	fs.StringVar(&g.input, "input", g.input, "input topic of click events")
-	fs.Int64Var(&g.events, "events", g.events, "generate until the input topic holds this many events")
+	fs.Int64Var(&g.events, "events", g.events, "generate until the input topic holds events 1..N")
 	fs.IntVar(&g.partitions, "partitions", g.partitions, "partitions of the input topic when it is created")
 	fs.IntVar(&g.rate, "rate", g.rate, "generate at most this many events per second (0: as fast as possible)")
 }
 
-// generate appends events until the topic holds g.events of them. It numbers
-// them on from the number already there, so running it again never repeats
-// or skips a number: the topic always holds events 1..count exactly once.
+// generate appends events until the topic holds events 1..g.events. It
+// numbers them on from the highest number already there, so running it again
+// never repeats a number. (A run killed midway can leave a gap: the producer
+// may have written event n+1 to its partition but not event n to another.)
 // Event n goes to partition (n-1) % partitions.
 func generate(ctx context.Context, g genConfig, out io.Writer) error {
 	if g.partitions < 1 || g.events < 0 || g.rate < 0 {
@@ -85,18 +87,26 @@ func generate(ctx context.Context, g genConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	have, err := topicSize(ctx, adm, g.input)
+	_, _, have, err := scanClicks(ctx, g.brokers, g.input)
 	if err != nil {
 		return err
 	}
 	if have >= g.events {
-		fmt.Fprintf(out, "generate: %q already holds %d events\n", g.input, have)
+		fmt.Fprintf(out, "generate: %q already holds events up to %d\n", g.input, have)
 		return nil
 	}
 	fmt.Fprintf(out, "generate: appending events %d..%d to %q (%d partitions)\n", have+1, g.events, g.input, parts)
 	start := time.Now()
-	var perr error
-	for n := have + 1; n <= g.events && perr == nil; n++ {
+	var (
+		mu   sync.Mutex // guards perr: produce callbacks run on franz-go's goroutines
+		perr error
+	)
+	failed := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return perr
+	}
+	for n := have + 1; n <= g.events && failed() == nil; n++ {
 		if g.rate > 0 {
 			due := start.Add(time.Duration(n-have-1) * time.Second / time.Duration(g.rate))
 			if d := time.Until(due); d > 0 {
@@ -110,6 +120,8 @@ func generate(ctx context.Context, g genConfig, out io.Writer) error {
 		v, _ := json.Marshal(clickOf(n))
 		r := &kgo.Record{Topic: g.input, Partition: int32((n - 1) % int64(parts)), Value: v}
 		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+			mu.Lock()
+			defer mu.Unlock()
 			if err != nil && perr == nil {
 				perr = err
 			}
@@ -124,9 +136,8 @@ func generate(ctx context.Context, g genConfig, out io.Writer) error {
 	if err := cl.Flush(ctx); err != nil {
 		return err
 	}
-	// Produce callbacks have all run once Flush returns.
-	if perr != nil {
-		return fmt.Errorf("generate: %w", perr)
+	if err := failed(); err != nil {
+		return fmt.Errorf("generate: %w", err)
 	}
 	fmt.Fprintf(out, "generate: %q holds %d events\n", g.input, g.events)
 	return nil
@@ -155,36 +166,28 @@ func ensureTopic(ctx context.Context, adm *kadm.Client, topic string, partitions
 	return n, nil
 }
 
-// topicSize is the number of records in the topic (the sum of its end
-// offsets; click topics are never compacted or trimmed).
-func topicSize(ctx context.Context, adm *kadm.Client, topic string) (int64, error) {
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err != nil {
-		return 0, err
-	}
-	var n int64
-	var oerr error
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Err != nil {
-			oerr = o.Err
-		}
-		n += o.Offset
-	})
-	return n, oerr
-}
-
 // trueCounts reads the whole input topic and counts views per app: what
 // MySQL's pv table must hold after the app has counted every event.
 func trueCounts(ctx context.Context, brokers, topic string) (map[string]int64, int64, error) {
+	counts, total, _, err := scanClicks(ctx, brokers, topic)
+	return counts, total, err
+}
+
+// scanClicks reads the whole input topic up to its current end: views per
+// app, the number of events and the highest event number.
+func scanClicks(ctx context.Context, brokers, topic string) (counts map[string]int64, total, maxN int64, err error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers))
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
 	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	want := map[int32]int64{}
 	offsets := map[int32]kgo.Offset{}
@@ -194,10 +197,9 @@ func trueCounts(ctx context.Context, brokers, topic string) (map[string]int64, i
 			offsets[o.Partition] = kgo.NewOffset().AtStart()
 		}
 	})
-	counts := map[string]int64{}
-	var total int64
+	counts = map[string]int64{}
 	if len(want) == 0 {
-		return counts, 0, nil
+		return counts, 0, 0, nil
 	}
 	cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets})
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -205,12 +207,12 @@ func trueCounts(ctx context.Context, brokers, topic string) (map[string]int64, i
 	for len(want) > 0 {
 		fs := cl.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			return nil, 0, fmt.Errorf("read %q: %w", topic, err)
+			return nil, 0, 0, fmt.Errorf("read %q: %w", topic, err)
 		}
 		var ferr error
 		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
 		if ferr != nil {
-			return nil, 0, ferr
+			return nil, 0, 0, ferr
 		}
 		fs.EachRecord(func(r *kgo.Record) {
 			end, ok := want[r.Partition]
@@ -221,13 +223,14 @@ func trueCounts(ctx context.Context, brokers, topic string) (map[string]int64, i
 			if json.Unmarshal(r.Value, &c) == nil {
 				counts[c.App]++
 				total++
+				maxN = max(maxN, c.N)
 			}
 			if r.Offset+1 >= end {
 				delete(want, r.Partition)
 			}
 		})
 	}
-	return counts, total, nil
+	return counts, total, maxN, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -115,13 +115,19 @@ func (s *Server) Relaunch() error {
 	return s.startChild()
 }
 
-// Stop stops a running server gracefully (SIGTERM) and waits until it is gone.
+// Stop stops a running server gracefully (SIGTERM) and waits until it is
+// gone; after a minute it kills it.
 func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	<-s.done
+	select {
+	case <-s.done:
+	case <-time.After(time.Minute):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
 	s.cmd = nil
 }
 

@@ -80,7 +80,9 @@ func createSchema(ctx context.Context, serverDSN string) (string, error) {
 	return c.FormatDSN(), nil
 }
 
-func check(ctx context.Context, out io.Writer, brokers, dsn string) (result, error) {
+// check runs every check; wantEvents and wantPartitions are what the driver
+// had generated, so that a short read of the input cannot pass as the truth.
+func check(ctx context.Context, out io.Writer, brokers, dsn string, wantEvents int64, wantPartitions int) (result, error) {
 	var res result
 	problem := func(format string, args ...any) {
 		res.problems = append(res.problems, fmt.Sprintf(format, args...))
@@ -97,6 +99,9 @@ func check(ctx context.Context, out io.Writer, brokers, dsn string) (result, err
 	cv := coverage(input, output)
 	res.problems = append(res.problems, cv.problems...)
 	res.events = cv.events
+	if cv.events != wantEvents || cv.partitions != wantPartitions {
+		problem("input: read %d events in %d partitions, but %d were generated in %d", cv.events, cv.partitions, wantEvents, wantPartitions)
+	}
 	fmt.Fprintf(out, "check: input: %d click events (numbers 1..%d) in %d partitions\n", cv.events, cv.maxN, cv.partitions)
 	fmt.Fprintf(out, "check: kafka pageviews (read_committed, franz-go): %d records from %d checkpoints; %d events missing, %d duplicated",
 		len(output), cv.checkpoints, cv.missing, cv.duplicated)
@@ -268,7 +273,10 @@ func compareTotals(truth, got map[string]int64) (missing, duplicated int64, line
 }
 
 // readTopic reads a whole topic with read_committed, until no record has
-// come for 3 s (nothing is writing any more when the checker runs).
+// come for 5 s (nothing is writing any more when the checker runs). A read
+// cut short cannot pass unnoticed: the input's size is checked against what
+// was generated, and the output against kcat, which reads to the end of
+// every partition.
 func readTopic(ctx context.Context, brokers, topic string) ([]rec, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
@@ -279,7 +287,7 @@ func readTopic(ctx context.Context, brokers, topic string) ([]rec, error) {
 	var recs []rec
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		fs := cl.PollFetches(pctx)
 		cancel()
 		if ctx.Err() != nil {
@@ -412,12 +420,18 @@ func openTransactions(ctx context.Context, brokers, topic string) (int64, error)
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
 	hwm, err := adm.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = hwm.Error()
+	}
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("high watermarks of %s: %w", topic, err)
 	}
 	lso, err := adm.ListCommittedOffsets(ctx, topic)
+	if err == nil {
+		err = lso.Error()
+	}
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("last stable offsets of %s: %w", topic, err)
 	}
 	var n int64
 	hwm.Each(func(o kadm.ListedOffset) {

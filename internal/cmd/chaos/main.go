@@ -28,7 +28,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -87,6 +86,9 @@ func configFromEnv() (config, error) {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first Ctrl-C the run winds down (stopping its processes
+	// takes a while); a second one kills the driver at once.
+	go func() { <-ctx.Done(); stop() }()
 	cfg, err := configFromEnv()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
@@ -105,8 +107,10 @@ func run(ctx context.Context, cfg config, out io.Writer) int {
 	d := &driver{cfg: cfg, dir: dir, out: out, rng: rand.New(rand.NewPCG(cfg.seed, 0x74787331))}
 	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), %d rounds, %d events at %d/s, %d writers, work dir %s\n",
 		cfg.seed, cfg.seed, cfg.rounds, cfg.events, cfg.rate, cfg.writers, dir)
-	res, err := d.run(ctx)
-	d.shutdown()
+	res, err := func() (result, error) {
+		defer d.shutdown() // also on a panic: no process of ours outlives the run
+		return d.run(ctx)
+	}()
 	if err != nil {
 		fmt.Fprintf(out, "chaos: FAILED: %v\nchaos: logs are in %s\n", err, dir)
 		return 1
@@ -151,7 +155,10 @@ type driver struct {
 	unexpected []string // processes that exited without being killed
 }
 
-const job = "pageviews"
+const (
+	job        = "pageviews"
+	partitions = 4 // of the input and output topics
+)
 
 func (d *driver) run(ctx context.Context) (result, error) {
 	start := time.Now()
@@ -174,7 +181,7 @@ func (d *driver) run(ctx context.Context) (result, error) {
 	}
 	fmt.Fprintf(d.out, "chaos: all events counted after %s; stopping the sidecar and checking\n", time.Since(start).Round(time.Second))
 	d.sidecar.stop(30 * time.Second)
-	res, err := check(ctx, d.out, d.brokers, d.dbDSN)
+	res, err := check(ctx, d.out, d.brokers, d.dbDSN, int64(d.cfg.events), partitions)
 	if err != nil {
 		return result{}, fmt.Errorf("checker: %w", err)
 	}
@@ -232,7 +239,7 @@ func (d *driver) startAll(ctx context.Context) error {
 	}
 	d.brokers = kafkaAddr
 	d.broker = newProc("broker", filepath.Join(d.dir, "broker.log"), filepath.Join(d.bin, "kafkabroker"),
-		"--addr", kafkaAddr, "--data-dir", filepath.Join(d.dir, "kafka"), "--partitions", "4", "--topics", "clicks,pageviews")
+		"--addr", kafkaAddr, "--data-dir", filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(partitions), "--topics", "clicks,pageviews")
 	if err := d.broker.start(); err != nil {
 		return err
 	}
@@ -256,7 +263,7 @@ func (d *driver) startAll(ctx context.Context) error {
 	}
 
 	d.generator = newProc("generator", filepath.Join(d.dir, "generator.log"), filepath.Join(d.bin, "pageviews-go"),
-		"generate", "--brokers", d.brokers, "--events", strconv.Itoa(d.cfg.events), "--partitions", "4",
+		"generate", "--brokers", d.brokers, "--events", strconv.Itoa(d.cfg.events), "--partitions", strconv.Itoa(partitions),
 		"--rate", strconv.Itoa(d.cfg.rate))
 	if err := d.generator.start(); err != nil {
 		return err
@@ -462,7 +469,8 @@ func (d *driver) supervise() {
 		if !exited {
 			continue
 		}
-		if err != nil {
+		// An app exiting 0 was idle; the sidecar never exits by itself.
+		if err != nil || p == d.sidecar {
 			msg := fmt.Sprintf("%s: %v; log tail:\n%s", p.name, err, tailFile(p.logPath, 15))
 			d.unexpected = append(d.unexpected, msg)
 			fmt.Fprintf(d.out, "chaos: %s exited on its own (%v); restarting it (see %s)\n", p.name, err, p.logPath)
@@ -505,13 +513,20 @@ func shortErr(err error) string {
 // drain waits until the generator has finished and every app has exited 0
 // (caught up and idle), restarting processes that die on their own.
 func (d *driver) drain(ctx context.Context) error {
-	deadline := time.Now().Add(5 * time.Minute)
-	if _, err := d.generator.wait(2 * time.Minute); err != nil {
+	// The generator needs events/rate in all; allow a minute more.
+	genDeadline := time.Now().Add(time.Duration(d.cfg.events/d.cfg.rate)*time.Second + time.Minute)
+	for d.generator.running() {
+		if time.Now().After(genDeadline) {
+			return fmt.Errorf("generator still running after %s; log:\n%s", time.Until(genDeadline), tailFile(d.generator.logPath, 20))
+		}
+		if err := d.sleepSupervised(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if _, err := d.generator.exited(); err != nil {
 		return fmt.Errorf("generator: %v; log:\n%s", err, tailFile(d.generator.logPath, 20))
 	}
-	if d.generator.running() {
-		return errors.New("generator still running after 2 minutes")
-	}
+	deadline := time.Now().Add(5 * time.Minute)
 	lastReport := time.Now()
 	for {
 		if exited, err := d.sidecar.exited(); exited {
