@@ -74,7 +74,8 @@ class Reopen(Exception):
 
 
 # Answers after which the app reopens its session and replays from the restored state.
-REOPEN = {(409, "session_fenced"), (409, "session_lost"), (409, "seq_conflict"), (502, "sink_failure")}
+REOPEN = {(409, "session_fenced"), (409, "session_lost"), (409, "no_session"), (409, "seq_conflict"),
+          (502, "sink_failure")}
 
 
 class Sidecar:
@@ -102,7 +103,7 @@ class Sidecar:
                 resp = self.conn.getresponse()
                 raw = resp.read()
                 status = resp.status
-                if status == 429:
+                if status == 429 and time.monotonic() < deadline:
                     wait = float(resp.getheader("Retry-After") or 1)
                     print(f"  sidecar says backpressure; retrying in {wait:g}s", flush=True)
                     time.sleep(wait)
