@@ -349,6 +349,10 @@ func (s *counting) checkpoint(ctx context.Context) error {
 }
 
 // behind is the number of events of this writer's partitions not read yet.
+// It compares with the high watermark, which is right for the generator's
+// non-transactional input. For input written in transactions, commit markers
+// take offsets a consumer never sees: compare with the last stable offset
+// and allow for markers there.
 func (s *counting) behind(ctx context.Context, adm *kadm.Client) (int64, error) {
 	ends, err := adm.ListEndOffsets(ctx, s.cfg.input)
 	if err != nil {
