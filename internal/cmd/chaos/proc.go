@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -127,22 +126,6 @@ func (p *proc) signalAndWait(sig syscall.Signal, timeout time.Duration) bool {
 	case <-time.After(timeout):
 	}
 	return true
-}
-
-// wait waits until the process exits or timeout passes.
-func (p *proc) wait(timeout time.Duration) (bool, error) {
-	p.mu.Lock()
-	done := p.done
-	p.mu.Unlock()
-	if done == nil {
-		return false, errors.New("never started")
-	}
-	select {
-	case <-done:
-		return p.exited()
-	case <-time.After(timeout):
-		return false, nil
-	}
 }
 
 func isClosed(ch chan struct{}) bool {
