@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/txsink/txsink/api"
 	"github.com/txsink/txsink/twopc"
@@ -86,6 +87,15 @@ func TestAutoModeRoundTrip(t *testing.T) {
 			cp = must[twopc.CheckpointResult](t)(c.Checkpoint(ctx, job, "0", s2.Epoch, 2, nil, twopc.WaitPrepared))
 			if cp.Status != twopc.StatusCommitting && cp.Status != twopc.StatusCommitted {
 				t.Fatalf("wait=prepared: got %+v, want committing or committed", cp)
+			}
+			// The commit finishes in the background; wait for it, so that it
+			// cannot land in the next subtest's count of the shared sink.
+			deadline := time.Now().Add(10 * time.Second)
+			for !contains(committed(e.events), job+"-e") {
+				if time.Now().After(deadline) {
+					t.Fatalf("checkpoint 2 (wait=prepared): %s-e not committed after 10s", job)
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
 		})
 	}
