@@ -514,10 +514,11 @@ func shortErr(err error) string {
 // (caught up and idle), restarting processes that die on their own.
 func (d *driver) drain(ctx context.Context) error {
 	// The generator needs events/rate in all; allow a minute more.
-	genDeadline := time.Now().Add(time.Duration(d.cfg.events/d.cfg.rate)*time.Second + time.Minute)
+	genWait := time.Duration(d.cfg.events/d.cfg.rate)*time.Second + time.Minute
+	genDeadline := time.Now().Add(genWait)
 	for d.generator.running() {
 		if time.Now().After(genDeadline) {
-			return fmt.Errorf("generator still running after %s; log:\n%s", time.Until(genDeadline), tailFile(d.generator.logPath, 20))
+			return fmt.Errorf("generator still running %s after the rounds; log:\n%s", genWait, tailFile(d.generator.logPath, 20))
 		}
 		if err := d.sleepSupervised(ctx, 200*time.Millisecond); err != nil {
 			return err
