@@ -1,4 +1,4 @@
-// Package api is txsink's HTTP API (DESIGN.md §3): one handler served on TCP
+// Package api is txsink's HTTP API (docs/DESIGN.md §3): one handler served on TCP
 // and on a Unix socket, JSON bodies, RFC 9457 problem details with a stable
 // code, and the record fast path (NDJSON or a JSON array).
 //

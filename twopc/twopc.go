@@ -39,7 +39,7 @@ var (
 	ErrDataLoss = errors.New("twopc: data loss: sink aborted a decided transaction")
 )
 
-// nameRe is the rule for job, writer and sink names (DESIGN.md §3).
+// nameRe is the rule for job, writer and sink names (docs/DESIGN.md §3).
 var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // ValidName reports whether s is a valid job, writer or sink name.

@@ -73,7 +73,7 @@ type JobConfig struct {
 	Sinks  []string   `yaml:"sinks"`
 }
 
-// DefaultConfig returns the defaults of DESIGN.md §6.
+// DefaultConfig returns the defaults (docs/DESIGN.md §6).
 func DefaultConfig() Config {
 	c := Config{NodeID: "node1", DataDir: "./data", HTTPAddr: "127.0.0.1:8470", RaftAddr: "127.0.0.1:8471",
 		ShutdownTimeout: 30 * time.Second, SinkWait: 5 * time.Minute}

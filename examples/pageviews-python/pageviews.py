@@ -13,7 +13,7 @@ the crashed run are aborted by the sidecar, so no view is lost or counted
 twice. `--crash-after K` crashes on purpose (exit 137) after writing, before
 the checkpoint; run it again and the totals come out exact.
 
-Protocol (DESIGN.md §1-§3): PUT /v1/jobs/{job}; POST …/writers/{w}/session
+Protocol (docs/DESIGN.md §1-§3): PUT /v1/jobs/{job}; POST …/writers/{w}/session
 → {epoch, checkpoint, state}; POST …/records?epoch=E&seq=S (NDJSON);
 POST …/checkpoints/{n}?epoch=E {"state": base64(position)}.
 

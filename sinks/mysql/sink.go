@@ -468,7 +468,7 @@ func (s *Sink) connInfo(ctx context.Context, conn *sql.Conn) (uint64, string, er
 
 // waitPreparerGone waits until the session that prepared x has left the
 // server: committing a branch from another session while its preparer is
-// still detaching can answer OK and leave it prepared (SPIKES.md). A server
+// still detaching can answer OK and leave it prepared (docs/DESIGN.md §10). A server
 // restart since (another boot id) means it is gone.
 func (s *Sink) waitPreparerGone(ctx context.Context, conn *sql.Conn, x xid) error {
 	self, boot, err := s.connInfo(ctx, conn)
