@@ -96,7 +96,7 @@ func TestListenUnix(t *testing.T) {
 // nopService takes writes and does nothing: the benchmark measures the API.
 type nopService struct{ api.Service }
 
-func (nopService) Write(_ context.Context, _, _ string, _ uint64, seq *int64, recs []*twopc.Record) (twopc.WriteResult, error) {
+func (nopService) Write(_ context.Context, _, _ string, _ uint64, seq *twopc.Seq, recs []*twopc.Record) (twopc.WriteResult, error) {
 	return twopc.WriteResult{Accepted: len(recs)}, nil
 }
 
