@@ -69,6 +69,9 @@ const finishTimeout = 30 * time.Second
 // Lock order: session.mu, then Coordinator.mu, then Machine.mu (a leaf). Neither is held while the
 // journal is proposed to, except session.mu, which serialises one writer's
 // calls and so is held across its sink and journal calls on purpose.
+// OpenSession takes opening[writer], then modeMu (shared), then the old
+// session.mu; a PutJob that changes a mode takes modeMu alone. Both hold
+// modeMu across journal and sink calls on purpose.
 type Coordinator struct {
 	cfg     Config
 	m       *Machine
@@ -78,6 +81,9 @@ type Coordinator struct {
 	keyPfx  string
 	keySeq  atomic.Uint64
 	wg      sync.WaitGroup // background commits
+	// modeMu: a commit-mode change (exclusive) never overlaps a session
+	// being opened (shared), so the open-session check cannot miss one.
+	modeMu sync.RWMutex
 
 	mu       sync.Mutex
 	sessions map[writerKey]*session
@@ -225,6 +231,8 @@ func (c *Coordinator) PutJob(ctx context.Context, spec JobSpec) (JobInfo, error)
 	// refuses the switch while checkpoints are unresolved; open sessions
 	// are known only here.
 	if cur, ok := c.m.JobSpec(spec.Name); ok && cur.Commit != spec.Commit {
+		c.modeMu.Lock()
+		defer c.modeMu.Unlock()
 		if ws := c.openWriters(spec.Name); len(ws) > 0 {
 			return JobInfo{}, fmt.Errorf("%w: job %s has open sessions (writers %s); cannot change commit mode from %s to %s while they run",
 				ErrModeConflict, spec.Name, strings.Join(ws, ", "), cur.Commit, spec.Commit)
@@ -315,6 +323,8 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	c.mu.Unlock()
 	om.Lock()
 	defer om.Unlock()
+	c.modeMu.RLock()
+	defer c.modeMu.RUnlock()
 
 	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore})
 	if err != nil {
