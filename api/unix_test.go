@@ -142,5 +142,18 @@ func BenchmarkWrite(b *testing.B) {
 				}
 			}
 		})
+		// With seq the API also hashes the body: compare with the above.
+		b.Run(c.name+"-seq", func(b *testing.B) {
+			b.SetBytes(int64(len(payload)))
+			b.ReportAllocs()
+			ctx := context.Background()
+			var seq int64
+			for b.Loop() {
+				seq++
+				if _, err := c.c.WriteNDJSON(ctx, "j", "w", 1, &seq, payload); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
