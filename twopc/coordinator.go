@@ -120,6 +120,7 @@ type session struct {
 	nextSeq uint64
 	lastN   int64
 	lastSum uint64 // digest of checkpoint lastN's state
+	dirty   bool   // records were sent to a sink since checkpoint lastN
 	last    *CheckpointResult
 }
 
@@ -548,6 +549,8 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 			return WriteResult{}, err
 		}
 	}
+	// From here on a sink may hold records of this call, even if it fails.
+	s.dirty = s.dirty || len(recs) > 0
 	for _, name := range order {
 		ob := s.open[name]
 		if err := ob.br.Write(ctx, groups[name]); err != nil {
@@ -643,7 +646,10 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		// Only a true retry is idempotent: records written since would
 		// otherwise go silently into a later checkpoint, and another state
 		// would be acknowledged without being stored.
-		if len(s.open) > 0 {
+		if s.dirty || len(s.open) > 0 {
+			if err := s.usable(); err != nil {
+				return CheckpointResult{}, err // those records were aborted: reopen
+			}
 			return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s is complete and records were written since; they need a checkpoint greater than %d",
 				ErrCheckpointOrder, n, job, writer, n)
 		}
@@ -728,7 +734,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	}
 	c.metrics.CheckpointDone(job, "journal", c.now().Sub(t1))
 	c.failpoint("after-journal")
-	s.lastN, s.lastSum = n, maphash.Bytes(stateSeed, state)
+	s.lastN, s.lastSum, s.dirty = n, maphash.Bytes(stateSeed, state), false
 
 	if !auto || len(obs) == 0 {
 		c.mu.Lock()

@@ -542,6 +542,17 @@ func TestRepeatedCheckpoint(t *testing.T) {
 	if s := e.open("j", "0", nil); s.Checkpoint != 2 || string(s.State) != "s2" {
 		t.Fatalf("reopen: got %+v, want checkpoint 2 with s2", s)
 	}
+	// A write that failed after checkpoint 3 aborted the session's records:
+	// the repeat of 3 says to reopen, not that all is well.
+	e.checkpoint("j", "0", 2, 3, "s3")
+	e.a.FailWrite = twopctest.ErrInjected
+	if _, err := e.c.Write(ctx, "j", "0", 2, nil, recs("a", "v4")); !errors.Is(err, twopc.ErrSinkFailure) {
+		t.Fatalf("failing write: got %v, want ErrSinkFailure", err)
+	}
+	e.a.FailWrite = nil
+	if _, err := e.c.Checkpoint(ctx, "j", "0", 2, 3, []byte("s3"), ""); !errors.Is(err, twopc.ErrSinkFailure) {
+		t.Fatalf("repeat after a failed write: got %v, want ErrSinkFailure", err)
+	}
 }
 
 func TestModeChange(t *testing.T) {
