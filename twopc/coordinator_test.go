@@ -2,9 +2,11 @@ package twopc_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -602,5 +604,80 @@ func TestBadJobs(t *testing.T) {
 	e.j.Fail = twopctest.ErrInjected
 	if _, err := e.c.OpenSession(ctx, "j", "0", nil); !errors.Is(err, twopc.ErrUnavailable) {
 		t.Fatalf("no journal: got %v, want ErrUnavailable", err)
+	}
+}
+
+// recordingJournal keeps the ops of the entries the machine accepted, in
+// order.
+type recordingJournal struct {
+	*twopctest.Journal
+	mu  sync.Mutex
+	ops []string // "open_session", or "put_job:<mode>"
+}
+
+func (r *recordingJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+	r.mu.Lock() // one at a time, so ops are in the journal's order
+	defer r.mu.Unlock()
+	v, err := r.Journal.Propose(ctx, cmd)
+	if err != nil {
+		return v, err
+	}
+	if res, ok := v.(twopc.ApplyResult); !ok || res.Err != nil || res.Duplicate {
+		return v, err
+	}
+	var c twopc.Command
+	if err := json.Unmarshal(cmd, &c); err != nil {
+		return nil, err
+	}
+	switch c.Op {
+	case twopc.OpOpenSession:
+		r.ops = append(r.ops, string(c.Op))
+	case twopc.OpPutJob:
+		r.ops = append(r.ops, string(c.Op)+":"+string(c.Spec.Commit))
+	}
+	return v, nil
+}
+
+// TestModeChangeRacesSessionOpen: a mode change racing a session open
+// either wins (journaled before the open) or is refused; it is never
+// journaled after a session of the job was opened.
+func TestModeChangeRacesSessionOpen(t *testing.T) {
+	ctx := context.Background()
+	for round := range 50 {
+		j := &recordingJournal{Journal: twopctest.NewJournal(twopc.NewMachine())}
+		c, err := twopc.NewCoordinator(twopc.Config{Node: "n1", Journal: j, Machine: j.Machine(),
+			Sinks: map[string]twopc.Sink{"a": twopctest.NewSink("a", 1)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.PutJob(ctx, twopc.JobSpec{Name: "j", Commit: twopc.ModeAuto}); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if _, err := c.OpenSession(ctx, "j", "w", nil); err != nil {
+				t.Errorf("open: %v", err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			_, err := c.PutJob(ctx, twopc.JobSpec{Name: "j", Commit: twopc.ModeExternal})
+			if err != nil && !errors.Is(err, twopc.ErrModeConflict) {
+				t.Errorf("mode change: got %v, want success or ErrModeConflict", err)
+			}
+		}()
+		wg.Wait()
+		c.Close()
+		opened := false
+		for _, op := range j.ops {
+			switch {
+			case op == string(twopc.OpOpenSession):
+				opened = true
+			case opened && op == string(twopc.OpPutJob)+":"+string(twopc.ModeExternal):
+				t.Fatalf("round %d: the mode changed after a session was opened (journal %v)", round, j.ops)
+			}
+		}
 	}
 }
