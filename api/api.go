@@ -30,9 +30,14 @@ type Service interface {
 	Jobs() []twopc.JobInfo
 	Job(name string) (twopc.JobInfo, error)
 	OpenSession(ctx context.Context, job, writer string, restore *int64) (twopc.SessionInfo, error)
+	// Checkpoint, Commit: a result with status data_loss comes with an
+	// error wrapping twopc.ErrDataLoss; the API answers 502 data_loss with
+	// the result in the problem.
 	// Write must not keep a reference into memory the API reuses: the
-	// records it gets are freshly allocated and owned by the service.
-	Write(ctx context.Context, job, writer string, epoch uint64, seq *int64, recs []*twopc.Record) (twopc.WriteResult, error)
+	// records it gets are freshly allocated and owned by the service. seq
+	// (nil: the call has none) carries a digest of the raw body, so a
+	// repeated seq with another body is told apart from a retry.
+	Write(ctx context.Context, job, writer string, epoch uint64, seq *twopc.Seq, recs []*twopc.Record) (twopc.WriteResult, error)
 	Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait) (twopc.CheckpointResult, error)
 	Commit(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
 	Abort(ctx context.Context, job string, n int64) (twopc.CommitResult, error)

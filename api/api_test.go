@@ -212,7 +212,8 @@ func TestBadInput(t *testing.T) {
 		{"writer without session", "POST", "/v1/jobs/j/writers/ghost/records?epoch=1", values("a"), nd, 409, api.CodeNoSession, ""},
 		{"unknown job records", "POST", "/v1/jobs/nope/writers/w/records?epoch=1", values("a"), nd, 404, api.CodeJobNotFound, ""},
 		{"lower seq", "POST", recSeq("4"), values("a"), nd, 409, api.CodeSeqConflict, "seq 4"},
-		{"repeated seq", "POST", recSeq("6"), values("a", "b"), nd, 200, "", ""},
+		{"repeated seq", "POST", recSeq("6"), values("open"), nd, 200, "", ""},
+		{"repeated seq with another body", "POST", recSeq("6"), values("a", "b"), nd, 409, api.CodeSeqConflict, "different body"},
 		// records: body
 		{"malformed line 3", "POST", rec, values("a", "b") + `{"value":"c"` + "\n", nd, 400, api.CodeMalformedBody, "line 3"},
 		{"garbage on line 2", "POST", rec, values("a") + "not json\n" + values("b"), nd, 400, api.CodeMalformedBody, "line 2"},
@@ -240,7 +241,7 @@ func TestBadInput(t *testing.T) {
 		{"checkpoint zero", "POST", cpPath("0", ep), "", nil, 400, api.CodeInvalidRequest, "positive"},
 		{"checkpoint not a number", "POST", cpPath("two", ep), "", nil, 400, api.CodeInvalidRequest, `"two"`},
 		{"checkpoint out of order", "POST", cpPath("1", ep), "", nil, 409, api.CodeCheckpointOrder, "greater than 2"},
-		{"checkpoint repeated", "POST", cpPath("2", ep), "", nil, 200, "", ""},
+		{"checkpoint repeated after a write", "POST", cpPath("2", ep), "", nil, 409, api.CodeCheckpointOrder, "records were written since"},
 		{"checkpoint of a stale epoch", "POST", cpPath("3", stale), "", nil, 409, api.CodeSessionFenced, ""},
 		{"checkpoint without epoch", "POST", "/v1/jobs/j/writers/w/checkpoints/3", "", nil, 400, api.CodeInvalidRequest, "epoch"},
 		{"unknown wait", "POST", cpPath("3", ep), `{"wait":"forever"}`, js, 400, api.CodeInvalidRequest, "forever"},

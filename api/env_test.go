@@ -78,6 +78,7 @@ type env struct {
 	srv     *api.Server
 	sock    string
 	ready   atomic.Pointer[error]
+	hook    atomic.Pointer[func(point string)] // called at the coordinator's failpoints
 	ts      []transport
 }
 
@@ -135,7 +136,12 @@ func (e *env) newCoordinator(j twopc.Journal) *twopc.Coordinator {
 		m = j.Machine()
 	}
 	c, err := twopc.NewCoordinator(twopc.Config{Node: "n1", Journal: j, Machine: m,
-		Sinks: map[string]twopc.Sink{"events": e.events, "other": e.other}})
+		Sinks: map[string]twopc.Sink{"events": e.events, "other": e.other},
+		Failpoint: func(p string) {
+			if h := e.hook.Load(); h != nil {
+				(*h)(p)
+			}
+		}})
 	if err != nil {
 		e.t.Fatal(err)
 	}

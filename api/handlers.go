@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/txsink/txsink/twopc"
 )
+
+// bodySeed hashes record bodies for the seq check; digests are compared
+// only within this process.
+var bodySeed = maphash.MakeSeed()
 
 // smallBodyBytes bounds the bodies that are not records: a checkpoint's
 // base64 state plus room for the rest.
@@ -202,6 +207,9 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if info.DataLoss == nil {
+		info.DataLoss = []int64{}
+	}
 	s.reply(w, r, http.StatusOK, info)
 	return nil
 }
@@ -224,6 +232,11 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	var sq *twopc.Seq
+	if seq != nil {
+		// Over the raw bytes: a retry repeats the body byte for byte.
+		sq = &twopc.Seq{N: *seq, Digest: maphash.Bytes(bodySeed, buf.Bytes())}
+	}
 	recs, err := decodeRecords(buf.Bytes(), s.cfg.MaxRecordsPerCall)
 	putBuf(buf)
 	if errors.Is(err, errTooManyRecords) {
@@ -232,7 +245,7 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return badRequest(CodeMalformedBody, err.Error())
 	}
-	res, err := s.svc.Write(r.Context(), job, writer, epoch, seq, recs)
+	res, err := s.svc.Write(r.Context(), job, writer, epoch, sq, recs)
 	if err != nil {
 		return err
 	}
@@ -265,11 +278,11 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) error {
 		return badRequest(CodeInvalidRequest, fmt.Sprintf("wait %q must be %q or %q", req.Wait, twopc.WaitCommitted, twopc.WaitPrepared))
 	}
 	res, err := s.svc.Checkpoint(r.Context(), job, writer, epoch, n, req.State, req.Wait)
-	if err != nil {
-		return err
-	}
 	if res.Branches == nil {
 		res.Branches = []twopc.BranchInfo{}
+	}
+	if err := dataLoss(err, res.Status, res); err != nil {
+		return err
 	}
 	s.reply(w, r, resultStatus(res.Status), res)
 	return nil
@@ -303,11 +316,11 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request, fn func(context.
 		return err
 	}
 	res, err := fn(r.Context(), job, n)
-	if err != nil {
-		return err
-	}
 	if res.Writers == nil {
 		res.Writers = map[string][]int64{}
+	}
+	if err := dataLoss(err, res.Status, res); err != nil {
+		return err
 	}
 	s.reply(w, r, resultStatus(res.Status), res)
 	return nil

@@ -48,6 +48,10 @@ type Problem struct {
 	Detail   string `json:"detail,omitempty"`
 	Code     string `json:"code"`
 	Instance string `json:"instance,omitempty"`
+	// Result is an extension member of a data_loss answer: the result the
+	// call would have returned (a CheckpointResult or CommitResult), so a
+	// client sees which writer, sink and checkpoint lost data.
+	Result json.RawMessage `json:"result,omitempty"`
 }
 
 // apiErr is an error answer decided by the API itself.
@@ -55,6 +59,7 @@ type apiErr struct {
 	Status int
 	Code   string
 	Detail string
+	Result any // Problem.Result; nil: none
 }
 
 func (e *apiErr) Error() string { return e.Code + ": " + e.Detail }
@@ -107,6 +112,19 @@ func tooLarge(limit int64) *apiErr {
 		Detail: "the request body is larger than " + strconv.FormatInt(limit, 10) + " bytes"}
 }
 
+// dataLoss is the answer of a checkpoint or commit call whose result
+// reports data loss: 502 data_loss carrying the result. A service that
+// reports the status without the error gets the same answer.
+func dataLoss(err error, status string, result any) error {
+	if err == nil && status == twopc.StatusDataLoss {
+		err = twopc.ErrDataLoss
+	}
+	if !errors.Is(err, twopc.ErrDataLoss) || status != twopc.StatusDataLoss {
+		return err
+	}
+	return &apiErr{Status: http.StatusBadGateway, Code: CodeDataLoss, Detail: err.Error(), Result: result}
+}
+
 // fail answers err as a problem.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	e := toAPIErr(err)
@@ -127,7 +145,15 @@ func (s *Server) problem(w http.ResponseWriter, r *http.Request, e *apiErr) {
 		Code:     e.Code,
 		Instance: r.URL.Path,
 	}
-	b, _ := json.Marshal(p) // cannot fail: strings and an int
+	if e.Result != nil {
+		rb, err := json.Marshal(e.Result)
+		if err != nil {
+			s.log.Error("api: encoding a problem's result", "err", err)
+		} else {
+			p.Result = rb
+		}
+	}
+	b, _ := json.Marshal(p) // cannot fail: strings, an int and valid JSON
 	h := w.Header()
 	h.Set("Content-Type", "application/problem+json")
 	h.Set("Content-Length", strconv.Itoa(len(b)+1))

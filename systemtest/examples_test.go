@@ -361,8 +361,8 @@ func TestExamplesCurlWalkthrough(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("walkthrough.sh: exit status %d, want 0\n%s", code, out)
 	}
-	wantLines(t, "walkthrough.sh's output", out, `{"epoch":1,"checkpoint":0,"state":null}`, `{"accepted":4,"seq":1}`,
-		`{"accepted":4,"seq":1,"duplicate":true}`, `{"epoch":2,"checkpoint":1,"state":"bGluZT0y"}`,
+	wantLines(t, "walkthrough.sh's output", out, `{"epoch":1,"checkpoint":0,"state":null,"status":"none","data_loss":[]}`, `{"accepted":4,"seq":1}`,
+		`{"accepted":4,"seq":1,"duplicate":true}`, `{"epoch":2,"checkpoint":1,"state":"bGluZT0y","status":"committed","data_loss":[]}`,
 		`"code":"session_fenced"`, `"status":"prepared"`, `"in_doubt":[1]`, "k4 after the restart", "x1 external",
 		"=== Done: every answer was the documented one")
 	if strings.Contains(out, "k3 never committed") {

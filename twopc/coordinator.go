@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +69,9 @@ const finishTimeout = 30 * time.Second
 // Lock order: session.mu, then Coordinator.mu, then Machine.mu (a leaf). Neither is held while the
 // journal is proposed to, except session.mu, which serialises one writer's
 // calls and so is held across its sink and journal calls on purpose.
+// OpenSession takes opening[writer], then modeMu (shared), then the old
+// session.mu; a PutJob that changes a mode takes modeMu alone. Both hold
+// modeMu across journal and sink calls on purpose.
 type Coordinator struct {
 	cfg     Config
 	m       *Machine
@@ -76,6 +81,9 @@ type Coordinator struct {
 	keyPfx  string
 	keySeq  atomic.Uint64
 	wg      sync.WaitGroup // background commits
+	// modeMu: a commit-mode change (exclusive) never overlaps a session
+	// being opened (shared), so the open-session check cannot miss one.
+	modeMu sync.RWMutex
 
 	mu       sync.Mutex
 	sessions map[writerKey]*session
@@ -106,12 +114,19 @@ type session struct {
 	failed  error // a sink failed; every branch was aborted; reopen
 	hasSeq  bool
 	seq     int64
+	seqSum  uint64 // digest of the last seq's body, from the caller
 	lastAcc int
 	open    map[string]*openBranch // by sink
 	nextSeq uint64
 	lastN   int64
+	lastSum uint64 // digest of checkpoint lastN's state
+	dirty   bool   // records were sent to a sink since checkpoint lastN
 	last    *CheckpointResult
 }
+
+// stateSeed hashes checkpoint states for the repeat check; a digest is
+// compared only within this process, so a per-process seed is enough.
+var stateSeed = maphash.MakeSeed()
 
 type openBranch struct {
 	id BranchID
@@ -211,10 +226,39 @@ func (c *Coordinator) PutJob(ctx context.Context, spec JobSpec) (JobInfo, error)
 		seen[s] = true
 	}
 	slices.Sort(spec.Sinks)
+	// A live writer keeps the mode it opened with in mind (it commits by
+	// itself or waits for the commit call): switching under it would leave
+	// its checkpoints undecided or decided behind its back. The journal
+	// refuses the switch while checkpoints are unresolved; open sessions
+	// are known only here.
+	if cur, ok := c.m.JobSpec(spec.Name); ok && cur.Commit != spec.Commit {
+		c.modeMu.Lock()
+		defer c.modeMu.Unlock()
+		if ws := c.openWriters(spec.Name); len(ws) > 0 {
+			return JobInfo{}, fmt.Errorf("%w: job %s has open sessions (writers %s); cannot change commit mode from %s to %s while they run",
+				ErrModeConflict, spec.Name, strings.Join(ws, ", "), cur.Commit, spec.Commit)
+		}
+	}
 	if _, err := c.propose(ctx, Command{Op: OpPutJob, Spec: &spec}); err != nil {
 		return JobInfo{}, err
 	}
 	return c.Job(spec.Name)
+}
+
+// openWriters lists the writers of a job with a session open on this node.
+// A fenced session is removed from c.sessions when its successor opens, so
+// every session still there is open (until Close).
+func (c *Coordinator) openWriters(job string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ws []string
+	for k := range c.sessions {
+		if k.job == job {
+			ws = append(ws, k.writer)
+		}
+	}
+	slices.Sort(ws)
+	return ws
 }
 
 // Jobs lists every job.
@@ -280,6 +324,8 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	c.mu.Unlock()
 	om.Lock()
 	defer om.Unlock()
+	c.modeMu.RLock()
+	defer c.modeMu.RUnlock()
 
 	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore})
 	if err != nil {
@@ -295,8 +341,12 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 		c.abortOpen(ctx, old)
 		old.mu.Unlock()
 	}
-	// Finish what is decided, then fence the sinks around what stays.
-	c.finishDecided(ctx, func(p PendingBranch) bool { return p.Job == job && p.Writer == writer })
+	// Finish what is decided, then fence the sinks around what stays. The
+	// checkpoints decided to commit are noted first: once finished they are
+	// no longer pending, and a lost one must still be reported.
+	mine := func(p PendingBranch) bool { return p.Job == job && p.Writer == writer }
+	touched := c.decidedCommits(job, mine)
+	c.finishDecided(ctx, mine)
 	if err := c.fenceWriter(ctx, job, writer, spec.Sinks); err != nil {
 		return SessionInfo{}, err
 	}
@@ -304,8 +354,39 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	c.mu.Lock()
 	c.sessions[k] = s
 	c.mu.Unlock()
-	c.log.Info("session opened", "job", job, "writer", writer, "epoch", s.epoch, "restored", res.Session.Checkpoint)
-	return res.Session, nil
+	info := res.Session
+	info.Status, info.DataLoss = StatusNone, []int64{}
+	if info.Checkpoint > 0 {
+		info.Status = c.m.CommittedStatus(job, writer, info.Checkpoint)
+		if info.Status == StatusDataLoss {
+			info.DataLoss = append(info.DataLoss, info.Checkpoint)
+		}
+	}
+	for _, n := range touched[writer] {
+		if r, ok := c.m.CheckpointStatus(job, writer, n); ok && r.Status == StatusDataLoss && !slices.Contains(info.DataLoss, n) {
+			info.DataLoss = append(info.DataLoss, n)
+		}
+	}
+	slices.Sort(info.DataLoss)
+	if len(info.DataLoss) > 0 {
+		c.log.Error("session opened; checkpoints of the writer lost data", "job", job, "writer", writer,
+			"epoch", s.epoch, "restored", info.Checkpoint, "status", info.Status, "data_loss", info.DataLoss)
+	} else {
+		c.log.Info("session opened", "job", job, "writer", writer, "epoch", s.epoch, "restored", info.Checkpoint, "status", info.Status)
+	}
+	return info, nil
+}
+
+// decidedCommits lists per writer the checkpoints with a branch that is
+// decided to commit, unresolved and selected by match.
+func (c *Coordinator) decidedCommits(job string, match func(PendingBranch) bool) map[string][]int64 {
+	out := map[string][]int64{}
+	for _, p := range c.m.Pending(job) {
+		if p.Decision == decisionCommit && match(p) && !slices.Contains(out[p.Writer], p.Checkpoint) {
+			out[p.Writer] = append(out[p.Writer], p.Checkpoint)
+		}
+	}
+	return out
 }
 
 // fenceWriter asks every sink of the job to abort what it holds for the
@@ -423,9 +504,10 @@ func (c *Coordinator) validateRecords(job string, recs []*Record) error {
 }
 
 // Write validates records and appends them to the writer's open branches.
-// Invalid input changes nothing. A repeat of the last seq is acknowledged
-// without effect; a lower seq is a conflict.
-func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint64, seq *int64, recs []*Record) (WriteResult, error) {
+// Invalid input changes nothing. A repeat of the last seq with the same
+// digest is acknowledged without effect; with another digest, or a lower
+// seq, it is a conflict. seq nil means the call has none.
+func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint64, seq *Seq, recs []*Record) (WriteResult, error) {
 	s, err := c.sessionFor(job, writer, epoch)
 	if err != nil {
 		return WriteResult{}, err
@@ -436,11 +518,16 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 		return WriteResult{}, err
 	}
 	if seq != nil && s.hasSeq {
-		if *seq == s.seq {
-			return WriteResult{Accepted: s.lastAcc, Seq: *seq, Duplicate: true}, nil
+		if seq.N == s.seq && seq.Digest != s.seqSum {
+			// Acknowledging it would drop records the app believes written.
+			return WriteResult{}, fmt.Errorf("%w: seq %d was already used with a different body; a retry must repeat the body, new records need a higher seq",
+				ErrSeqConflict, seq.N)
 		}
-		if *seq < s.seq {
-			return WriteResult{}, fmt.Errorf("%w: seq %d is lower than the last one, %d", ErrSeqConflict, *seq, s.seq)
+		if seq.N == s.seq {
+			return WriteResult{Accepted: s.lastAcc, Seq: seq.N, Duplicate: true}, nil
+		}
+		if seq.N < s.seq {
+			return WriteResult{}, fmt.Errorf("%w: seq %d is lower than the last one, %d", ErrSeqConflict, seq.N, s.seq)
 		}
 	}
 	if err := c.validateRecords(job, recs); err != nil {
@@ -462,6 +549,8 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 			return WriteResult{}, err
 		}
 	}
+	// From here on a sink may hold records of this call, even if it fails.
+	s.dirty = s.dirty || len(recs) > 0
 	for _, name := range order {
 		ob := s.open[name]
 		if err := ob.br.Write(ctx, groups[name]); err != nil {
@@ -471,12 +560,12 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	}
 	c.failpoint("after-write")
 	if seq != nil {
-		s.hasSeq, s.seq = true, *seq
+		s.hasSeq, s.seq, s.seqSum = true, seq.N, seq.Digest
 	}
 	s.lastAcc = len(recs)
 	res := WriteResult{Accepted: len(recs)}
 	if seq != nil {
-		res.Seq = *seq
+		res.Seq = seq.N
 	}
 	return res, nil
 }
@@ -530,7 +619,9 @@ func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName strin
 // Checkpoint prepares every open branch of the writer, journals checkpoint n
 // with its state and handles (in auto mode with the commit decision in the
 // same entry), and in auto mode commits. A repeat of the session's last
-// checkpoint returns its current result.
+// checkpoint with the same state and no records written since returns its
+// current result; otherwise it is ErrCheckpointOrder. A checkpoint that
+// ended in data_loss returns its result and an error wrapping ErrDataLoss.
 func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait Wait) (CheckpointResult, error) {
 	if n <= 0 {
 		return CheckpointResult{}, fmt.Errorf("%w: checkpoint must be a positive integer, got %d", ErrInvalid, n)
@@ -552,10 +643,25 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.last != nil && n == s.lastN {
-		if r, ok := c.m.CheckpointStatus(job, writer, n); ok {
-			return r, nil
+		// Only a true retry is idempotent: records written since would
+		// otherwise go silently into a later checkpoint, and another state
+		// would be acknowledged without being stored.
+		if s.dirty || len(s.open) > 0 {
+			if err := s.usable(); err != nil {
+				return CheckpointResult{}, err // those records were aborted: reopen
+			}
+			return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s is complete and records were written since; they need a checkpoint greater than %d",
+				ErrCheckpointOrder, n, job, writer, n)
 		}
-		return *s.last, nil
+		if maphash.Bytes(stateSeed, state) != s.lastSum {
+			return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s was completed with another state; a retry must repeat the state",
+				ErrCheckpointOrder, n, job, writer)
+		}
+		r := *s.last
+		if cur, ok := c.m.CheckpointStatus(job, writer, n); ok {
+			r = cur
+		}
+		return r, checkpointLoss(job, writer, r)
 	}
 	if err := s.usable(); err != nil {
 		return CheckpointResult{}, err
@@ -628,7 +734,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	}
 	c.metrics.CheckpointDone(job, "journal", c.now().Sub(t1))
 	c.failpoint("after-journal")
-	s.lastN = n
+	s.lastN, s.lastSum, s.dirty = n, maphash.Bytes(stateSeed, state), false
 
 	if !auto || len(obs) == 0 {
 		c.mu.Lock()
@@ -657,7 +763,23 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	c.finish(context.WithoutCancel(ctx), fin)
 	r, _ := c.m.CheckpointStatus(job, writer, n)
 	s.last = &r
-	return r, nil
+	return r, checkpointLoss(job, writer, r)
+}
+
+// checkpointLoss returns an error wrapping ErrDataLoss, naming the sinks,
+// when r reports data loss; nil otherwise.
+func checkpointLoss(job, writer string, r CheckpointResult) error {
+	if r.Status != StatusDataLoss {
+		return nil
+	}
+	var sinks []string
+	for _, b := range r.Branches {
+		if b.Status == StatusDataLoss {
+			sinks = append(sinks, b.Sink)
+		}
+	}
+	return fmt.Errorf("%w: checkpoint %d of %s/%s was decided to commit, but sink %s had aborted it",
+		ErrDataLoss, r.Checkpoint, job, writer, strings.Join(sinks, ", "))
 }
 
 func branchInfosOf(jbs []JournalBranch, status string) []BranchInfo {
@@ -816,6 +938,10 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 		}
 		return p.Checkpoint == n && p.Decision == decisionAbort
 	}
+	// What this call finishes is noted before: a branch resolved as
+	// data_loss is no longer pending, so "nothing pending" afterwards would
+	// read as committed. The status comes from the journal instead.
+	scope := c.decidedCommits(job, inScope)
 	c.finishDecided(context.WithoutCancel(ctx), inScope)
 	out := CommitResult{Checkpoint: n, Status: StatusCommitted, Writers: res.Decided}
 	if !commit {
@@ -832,6 +958,37 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 			}
 			break
 		}
+	}
+	if !commit {
+		return out, nil
+	}
+	// A repeated call decides nothing new: checkpoint n itself is in its
+	// scope too, so a retry of a call that met a loss reports it again.
+	if j, ok := c.m.JobInfo(job); ok {
+		for _, w := range j.Writers {
+			if !slices.Contains(scope[w.Name], n) {
+				scope[w.Name] = append(scope[w.Name], n)
+			}
+		}
+	}
+	var lost []string
+	for _, w := range sortedKeys(scope) {
+		cps := slices.Clone(scope[w])
+		slices.Sort(cps)
+		for _, cp := range cps {
+			if r, ok := c.m.CheckpointStatus(job, w, cp); ok && r.Status == StatusDataLoss {
+				if out.DataLoss == nil {
+					out.DataLoss = map[string][]int64{}
+				}
+				out.DataLoss[w] = append(out.DataLoss[w], cp)
+				lost = append(lost, fmt.Sprintf("%s@%d", w, cp))
+			}
+		}
+	}
+	if len(lost) > 0 {
+		out.Status = StatusDataLoss
+		return out, fmt.Errorf("%w: commit of %s up to checkpoint %d: a sink had aborted writer@checkpoint %s",
+			ErrDataLoss, job, n, strings.Join(lost, ", "))
 	}
 	return out, nil
 }

@@ -2,9 +2,11 @@ package twopc_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,6 +23,7 @@ type env struct {
 	c     *twopc.Coordinator
 	point atomic.Value // failpoint name that panics with crash{}
 	lost  atomic.Int64
+	hook  atomic.Pointer[func(point string)] // called at every failpoint
 }
 
 type crash struct{}
@@ -50,6 +53,9 @@ func (e *env) start() {
 		RetryInterval: 5 * time.Millisecond,
 		Metrics:       countMetrics{e},
 		Failpoint: func(p string) {
+			if h := e.hook.Load(); h != nil {
+				(*h)(p)
+			}
 			if e.point.Load() == p {
 				panic(crash{})
 			}
@@ -154,7 +160,7 @@ func TestAutoModeCommitsAndRestores(t *testing.T) {
 	if r := e.checkpoint("j", "0", 1, 2, "offset=3b"); r.Status != twopc.StatusCommitted {
 		t.Fatalf("empty checkpoint: got %s", r.Status)
 	}
-	if r := e.checkpoint("j", "0", 1, 2, "ignored"); r.Checkpoint != 2 || r.Status != twopc.StatusCommitted {
+	if r := e.checkpoint("j", "0", 1, 2, "offset=3b"); r.Checkpoint != 2 || r.Status != twopc.StatusCommitted {
 		t.Fatalf("repeat: got %+v", r)
 	}
 	for _, n := range []int64{1, 0, -3} {
@@ -177,12 +183,17 @@ func TestSeqAndFencing(t *testing.T) {
 	e.job("j", twopc.ModeAuto, "a")
 	e.open("j", "w", nil)
 	ctx := context.Background()
-	seq := func(n int64) *int64 { return &n }
+	// The digest stands for the body; the API hashes the raw bytes.
+	seq := func(n int64) *twopc.Seq { return &twopc.Seq{N: n, Digest: uint64(1000 + n)} }
 	if r, err := e.c.Write(ctx, "j", "w", 1, seq(1), recs("a", "x")); err != nil || r.Accepted != 1 {
 		t.Fatalf("got %+v %v", r, err)
 	}
 	if r, err := e.c.Write(ctx, "j", "w", 1, seq(1), recs("a", "x")); err != nil || !r.Duplicate {
 		t.Fatalf("repeat seq: got %+v %v, want duplicate", r, err)
+	}
+	other := &twopc.Seq{N: 1, Digest: 7}
+	if r, err := e.c.Write(ctx, "j", "w", 1, other, recs("a", "x2")); !errors.Is(err, twopc.ErrSeqConflict) {
+		t.Fatalf("repeat seq with another body: got %+v %v, want ErrSeqConflict", r, err)
 	}
 	if _, err := e.c.Write(ctx, "j", "w", 1, seq(0), recs("a", "y")); !errors.Is(err, twopc.ErrSeqConflict) {
 		t.Fatalf("lower seq: got %v, want ErrSeqConflict", err)
@@ -409,24 +420,164 @@ func TestExternalAbortAndRestoreAborts(t *testing.T) {
 	}
 }
 
+// expire aborts every prepared branch of s, as a broker's transaction
+// timeout would.
+func expire(s *twopctest.Sink) {
+	for _, id := range s.Branches(twopctest.Prepared) {
+		s.Expire(id)
+	}
+}
+
 func TestDataLossIsReported(t *testing.T) {
+	ctx := context.Background()
+	t.Run("external commit", func(t *testing.T) {
+		e := newEnv(t, 2)
+		e.job("x", twopc.ModeExternal, "a")
+		e.open("x", "0", nil)
+		e.write("x", "0", 1, recs("a", "doomed"))
+		e.checkpoint("x", "0", 1, 1, "")
+		expire(e.a)
+		for i := range 2 { // a retry of the call must not read as committed
+			r, err := e.c.Commit(ctx, "x", 1)
+			if !errors.Is(err, twopc.ErrDataLoss) || r.Status != twopc.StatusDataLoss || !slices.Equal(r.DataLoss["0"], []int64{1}) {
+				t.Fatalf("commit (call %d): got %+v %v, want data_loss of 0@1 and ErrDataLoss", i+1, r, err)
+			}
+		}
+		cps, _ := e.c.Checkpoints("x")
+		if len(cps) != 1 || cps[0].Status != twopc.StatusDataLoss {
+			t.Fatalf("got %+v, want one data_loss checkpoint", cps)
+		}
+		if e.lost.Load() != 1 {
+			t.Fatalf("got %d data-loss events, want 1", e.lost.Load())
+		}
+	})
+	t.Run("auto checkpoint", func(t *testing.T) {
+		e := newEnv(t, 2)
+		e.job("j", twopc.ModeAuto)
+		e.open("j", "0", nil)
+		e.write("j", "0", 1, append(recs("a", "lost"), recs("b", "kept")...))
+		h := func(p string) {
+			if p == "after-journal" {
+				expire(e.a)
+			}
+		}
+		e.hook.Store(&h)
+		r, err := e.c.Checkpoint(ctx, "j", "0", 1, 1, []byte("s1"), "")
+		e.hook.Store(nil)
+		if !errors.Is(err, twopc.ErrDataLoss) || r.Status != twopc.StatusDataLoss || len(r.Branches) != 2 ||
+			r.Branches[0].Status != twopc.StatusDataLoss || r.Branches[1].Status != twopc.StatusCommitted {
+			t.Fatalf("checkpoint: got %+v %v, want data_loss in a, committed in b, and ErrDataLoss", r, err)
+		}
+		r, err = e.c.Checkpoint(ctx, "j", "0", 1, 1, []byte("s1"), "")
+		if !errors.Is(err, twopc.ErrDataLoss) || r.Status != twopc.StatusDataLoss {
+			t.Fatalf("repeated checkpoint: got %+v %v, want data_loss again", r, err)
+		}
+		s := e.open("j", "0", nil)
+		if s.Checkpoint != 1 || s.Status != twopc.StatusDataLoss || !slices.Equal(s.DataLoss, []int64{1}) {
+			t.Fatalf("reopen: got %+v, want checkpoint 1 with status data_loss", s)
+		}
+	})
+	t.Run("restore", func(t *testing.T) {
+		e := newEnv(t, 2)
+		e.job("x", twopc.ModeExternal, "a")
+		if s := e.open("x", "0", nil); s.Status != twopc.StatusNone || len(s.DataLoss) != 0 {
+			t.Fatalf("fresh open: got %+v, want status none", s)
+		}
+		e.write("x", "0", 1, recs("a", "v1"))
+		e.checkpoint("x", "0", 1, 1, "s1")
+		e.write("x", "0", 1, recs("a", "v2"))
+		e.checkpoint("x", "0", 1, 2, "s2")
+		expire(e.a) // both prepared branches
+		one := int64(1)
+		s := e.open("x", "0", &one) // decides 1 commit (lost), 2 abort
+		if s.Checkpoint != 1 || s.Status != twopc.StatusDataLoss || !slices.Equal(s.DataLoss, []int64{1}) {
+			t.Fatalf("restore 1: got %+v, want checkpoint 1 with status data_loss", s)
+		}
+		// The next open restores the same lost checkpoint: still said.
+		if s := e.open("x", "0", nil); s.Status != twopc.StatusDataLoss || !slices.Equal(s.DataLoss, []int64{1}) {
+			t.Fatalf("second open: got %+v, want data_loss", s)
+		}
+	})
+	t.Run("clean restore", func(t *testing.T) {
+		e := newEnv(t, 2)
+		e.job("x", twopc.ModeExternal, "a")
+		e.open("x", "0", nil)
+		e.write("x", "0", 1, recs("a", "v1"))
+		e.checkpoint("x", "0", 1, 1, "s1")
+		one := int64(1)
+		if s := e.open("x", "0", &one); s.Checkpoint != 1 || s.Status != twopc.StatusCommitted || len(s.DataLoss) != 0 {
+			t.Fatalf("restore 1: got %+v, want committed", s)
+		}
+		// A sink that cannot be reached leaves the restored checkpoint
+		// decided but unconfirmed.
+		e.write("x", "0", 2, recs("a", "v2"))
+		e.checkpoint("x", "0", 2, 2, "s2")
+		e.a.FailCommit, e.a.FailResolve = twopctest.ErrInjected, twopctest.ErrInjected
+		two := int64(2)
+		if s := e.open("x", "0", &two); s.Checkpoint != 2 || s.Status != twopc.StatusCommitting {
+			t.Fatalf("restore 2: got %+v, want committing", s)
+		}
+	})
+}
+
+func TestRepeatedCheckpoint(t *testing.T) {
 	e := newEnv(t, 2)
-	e.job("x", twopc.ModeExternal, "a")
-	e.open("x", "0", nil)
-	e.write("x", "0", 1, recs("a", "doomed"))
-	e.checkpoint("x", "0", 1, 1, "")
-	for _, id := range e.a.Branches(twopctest.Prepared) {
-		e.a.Expire(id) // the broker's transaction timeout
+	e.job("j", twopc.ModeAuto, "a")
+	ctx := context.Background()
+	e.open("j", "0", nil)
+	e.write("j", "0", 1, recs("a", "v1"))
+	e.checkpoint("j", "0", 1, 1, "s1")
+	if r := e.checkpoint("j", "0", 1, 1, "s1"); r.Status != twopc.StatusCommitted || r.Checkpoint != 1 {
+		t.Fatalf("retry: got %+v, want committed", r)
 	}
-	if _, err := e.c.Commit(context.Background(), "x", 1); err != nil {
-		t.Fatal(err)
+	if _, err := e.c.Checkpoint(ctx, "j", "0", 1, 1, []byte("other"), ""); !errors.Is(err, twopc.ErrCheckpointOrder) {
+		t.Fatalf("repeat with another state: got %v, want ErrCheckpointOrder", err)
 	}
-	cps, _ := e.c.Checkpoints("x")
-	if len(cps) != 1 || cps[0].Status != twopc.StatusDataLoss {
-		t.Fatalf("got %+v, want one data_loss checkpoint", cps)
+	e.write("j", "0", 1, recs("a", "v2"))
+	if _, err := e.c.Checkpoint(ctx, "j", "0", 1, 1, []byte("s1"), ""); !errors.Is(err, twopc.ErrCheckpointOrder) {
+		t.Fatalf("repeat after a write: got %v, want ErrCheckpointOrder", err)
 	}
-	if e.lost.Load() != 1 {
-		t.Fatalf("got %d data-loss events, want 1", e.lost.Load())
+	wantValues(t, e.a, "v1")
+	// The refused repeats changed nothing: the record goes into 2.
+	e.checkpoint("j", "0", 1, 2, "s2")
+	wantValues(t, e.a, "v1", "v2")
+	if s := e.open("j", "0", nil); s.Checkpoint != 2 || string(s.State) != "s2" {
+		t.Fatalf("reopen: got %+v, want checkpoint 2 with s2", s)
+	}
+	// A write that failed after checkpoint 3 aborted the session's records:
+	// the repeat of 3 says to reopen, not that all is well.
+	e.checkpoint("j", "0", 2, 3, "s3")
+	e.a.FailWrite = twopctest.ErrInjected
+	if _, err := e.c.Write(ctx, "j", "0", 2, nil, recs("a", "v4")); !errors.Is(err, twopc.ErrSinkFailure) {
+		t.Fatalf("failing write: got %v, want ErrSinkFailure", err)
+	}
+	e.a.FailWrite = nil
+	if _, err := e.c.Checkpoint(ctx, "j", "0", 2, 3, []byte("s3"), ""); !errors.Is(err, twopc.ErrSinkFailure) {
+		t.Fatalf("repeat after a failed write: got %v, want ErrSinkFailure", err)
+	}
+}
+
+func TestModeChange(t *testing.T) {
+	e := newEnv(t, 2)
+	ctx := context.Background()
+	e.job("j", twopc.ModeAuto, "a")
+	e.open("j", "0", nil)
+	e.job("j", twopc.ModeAuto, "a") // the same spec again is fine
+	if _, err := e.c.PutJob(ctx, twopc.JobSpec{Name: "j", Commit: twopc.ModeExternal, Sinks: []string{"a"}}); !errors.Is(err, twopc.ErrModeConflict) {
+		t.Fatalf("mode change with an open session: got %v, want ErrModeConflict", err)
+	}
+	if j, _ := e.c.Job("j"); j.Commit != twopc.ModeAuto {
+		t.Fatalf("mode after the refused change: got %s, want auto", j.Commit)
+	}
+	// Another job's sessions do not count.
+	e.job("k", twopc.ModeAuto, "a")
+	e.job("k", twopc.ModeExternal, "a")
+	// A restarted sidecar has no open sessions.
+	e.j = e.j.Reopen()
+	e.start()
+	e.job("j", twopc.ModeExternal, "a")
+	if j, _ := e.c.Job("j"); j.Commit != twopc.ModeExternal {
+		t.Fatalf("mode after restart: got %s, want external", j.Commit)
 	}
 }
 
@@ -453,5 +604,80 @@ func TestBadJobs(t *testing.T) {
 	e.j.Fail = twopctest.ErrInjected
 	if _, err := e.c.OpenSession(ctx, "j", "0", nil); !errors.Is(err, twopc.ErrUnavailable) {
 		t.Fatalf("no journal: got %v, want ErrUnavailable", err)
+	}
+}
+
+// recordingJournal keeps the ops of the entries the machine accepted, in
+// order.
+type recordingJournal struct {
+	*twopctest.Journal
+	mu  sync.Mutex
+	ops []string // "open_session", or "put_job:<mode>"
+}
+
+func (r *recordingJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+	r.mu.Lock() // one at a time, so ops are in the journal's order
+	defer r.mu.Unlock()
+	v, err := r.Journal.Propose(ctx, cmd)
+	if err != nil {
+		return v, err
+	}
+	if res, ok := v.(twopc.ApplyResult); !ok || res.Err != nil || res.Duplicate {
+		return v, err
+	}
+	var c twopc.Command
+	if err := json.Unmarshal(cmd, &c); err != nil {
+		return nil, err
+	}
+	switch c.Op {
+	case twopc.OpOpenSession:
+		r.ops = append(r.ops, string(c.Op))
+	case twopc.OpPutJob:
+		r.ops = append(r.ops, string(c.Op)+":"+string(c.Spec.Commit))
+	}
+	return v, nil
+}
+
+// TestModeChangeRacesSessionOpen: a mode change racing a session open
+// either wins (journaled before the open) or is refused; it is never
+// journaled after a session of the job was opened.
+func TestModeChangeRacesSessionOpen(t *testing.T) {
+	ctx := context.Background()
+	for round := range 50 {
+		j := &recordingJournal{Journal: twopctest.NewJournal(twopc.NewMachine())}
+		c, err := twopc.NewCoordinator(twopc.Config{Node: "n1", Journal: j, Machine: j.Machine(),
+			Sinks: map[string]twopc.Sink{"a": twopctest.NewSink("a", 1)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.PutJob(ctx, twopc.JobSpec{Name: "j", Commit: twopc.ModeAuto}); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if _, err := c.OpenSession(ctx, "j", "w", nil); err != nil {
+				t.Errorf("open: %v", err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			_, err := c.PutJob(ctx, twopc.JobSpec{Name: "j", Commit: twopc.ModeExternal})
+			if err != nil && !errors.Is(err, twopc.ErrModeConflict) {
+				t.Errorf("mode change: got %v, want success or ErrModeConflict", err)
+			}
+		}()
+		wg.Wait()
+		c.Close()
+		opened := false
+		for _, op := range j.ops {
+			switch {
+			case op == string(twopc.OpOpenSession):
+				opened = true
+			case opened && op == string(twopc.OpPutJob)+":"+string(twopc.ModeExternal):
+				t.Fatalf("round %d: the mode changed after a session was opened (journal %v)", round, j.ops)
+			}
+		}
 	}
 }

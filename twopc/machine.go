@@ -126,6 +126,9 @@ type writerState struct {
 	MaxCheckpoint int64  `json:"max_checkpoint"`
 	LastCommitted int64  `json:"last_committed"`
 	LastState     []byte `json:"last_state,omitempty"`
+	// LastLost: a branch of LastCommitted was resolved as data_loss. Kept
+	// with the writer because the checkpoint itself may leave Recent.
+	LastLost bool `json:"last_lost,omitempty"`
 	// Open: checkpoints with at least one unresolved branch, or undecided.
 	Open map[int64]*checkpointState `json:"open"`
 	// Recent: finished checkpoints, newest last, at most recentPerWriter.
@@ -267,6 +270,7 @@ func (m *Machine) decideCheckpoint(w *writerState, cp *checkpointState, d string
 	if d == decisionCommit && cp.N > w.LastCommitted {
 		w.LastCommitted = cp.N
 		w.LastState = slices.Clone(cp.State)
+		w.LastLost = false
 	}
 	m.finishIfDone(w, cp)
 }
@@ -349,6 +353,9 @@ func (m *Machine) resolved(c Command) ApplyResult {
 			b := &cp.Branches[i]
 			if b.ID.Sink == o.Sink && b.ID.Seq == o.Seq && b.ID.Epoch == o.Epoch && b.Outcome == "" {
 				b.Outcome = o.Outcome
+				if o.Outcome == OutcomeDataLoss && cp.N == w.LastCommitted {
+					w.LastLost = true
+				}
 			}
 		}
 		m.finishIfDone(w, cp)
@@ -573,6 +580,25 @@ func (m *Machine) CheckpointStatus(job, writer string, n int64) (CheckpointResul
 		}
 	}
 	return CheckpointResult{}, false
+}
+
+// CommittedStatus returns the status of a writer's checkpoint n that was
+// decided to commit: from the journal while it knows the checkpoint, and for
+// the writer's last committed one also after it left the recent list. A
+// checkpoint the journal no longer knows otherwise finished committed or
+// lost; only the last committed one keeps which, so others read committed.
+func (m *Machine) CommittedStatus(job, writer string, n int64) string {
+	if r, ok := m.CheckpointStatus(job, writer, n); ok {
+		return r.Status
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if j := m.st.Jobs[job]; j != nil {
+		if w := j.Writers[writer]; w != nil && w.LastCommitted == n && w.LastLost {
+			return StatusDataLoss
+		}
+	}
+	return StatusCommitted
 }
 
 // Checkpoints lists unresolved and recent checkpoints of a job.

@@ -184,6 +184,34 @@ func TestMachineCommands(t *testing.T) {
 		if st.Status != StatusDataLoss {
 			t.Fatalf("got %s, want data_loss", st.Status)
 		}
+		// The last committed checkpoint keeps its loss after it leaves the
+		// recent list, pushed out by later aborted checkpoints.
+		if got := m.CommittedStatus("j", "0", 1); got != StatusDataLoss {
+			t.Fatalf("committed status of 1: got %s, want data_loss", got)
+		}
+		apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "x", Commit: ModeExternal, Sinks: []string{"k"}}})
+		apply(t, m, Command{Op: OpOpenSession, Job: "x", Writer: "0"})
+		apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: "0", Epoch: 1, Checkpoint: 1, Branches: []JournalBranch{jb("x", "0", "k", 1, 1, 0)}})
+		apply(t, m, Command{Op: OpDecide, Job: "x", Checkpoint: 1, Commit: true})
+		apply(t, m, Command{Op: OpResolved, Job: "x", Outcomes: []BranchOutcome{{Writer: "0", Checkpoint: 1, Sink: "k", Epoch: 1, Seq: 1, Outcome: OutcomeDataLoss}}})
+		for n := int64(2); n <= recentPerWriter+2; n++ {
+			apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: "0", Epoch: 1, Checkpoint: n, Branches: []JournalBranch{jb("x", "0", "k", 1, uint64(n), 0)}})
+			apply(t, m, Command{Op: OpDecide, Job: "x", Checkpoint: n, Commit: false})
+			apply(t, m, Command{Op: OpResolved, Job: "x", Outcomes: []BranchOutcome{{Writer: "0", Checkpoint: n, Sink: "k", Epoch: 1, Seq: uint64(n), Outcome: OutcomeAborted}}})
+		}
+		if _, ok := m.CheckpointStatus("x", "0", 1); ok {
+			t.Fatal("checkpoint 1 is still in the recent list; the test needs it gone")
+		}
+		if got := m.CommittedStatus("x", "0", 1); got != StatusDataLoss {
+			t.Fatalf("committed status of evicted 1: got %s, want data_loss", got)
+		}
+		// A later commit clears it: the loss belonged to checkpoint 1.
+		apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: "0", Epoch: 1, Checkpoint: 20, Branches: []JournalBranch{jb("x", "0", "k", 1, 20, 0)}})
+		apply(t, m, Command{Op: OpDecide, Job: "x", Checkpoint: 20, Commit: true})
+		apply(t, m, Command{Op: OpResolved, Job: "x", Outcomes: []BranchOutcome{{Writer: "0", Checkpoint: 20, Sink: "k", Epoch: 1, Seq: 20, Outcome: OutcomeCommitted}}})
+		if got := m.CommittedStatus("x", "0", 20); got != StatusCommitted {
+			t.Fatalf("committed status of 20: got %s, want committed", got)
+		}
 	})
 }
 

@@ -40,6 +40,22 @@ type SessionInfo struct {
 	Checkpoint int64 `json:"checkpoint"`
 	// State is that checkpoint's state; nil when Checkpoint is 0.
 	State []byte `json:"state"`
+	// Status is the restored checkpoint's status after the open finished
+	// what it could: StatusNone (nothing restored), StatusCommitted,
+	// StatusCommitting (decided; some sink has not confirmed yet, the
+	// sidecar retries) or StatusDataLoss (a sink had aborted it).
+	Status string `json:"status"`
+	// DataLoss lists the writer's checkpoints that ended in data_loss: the
+	// restored one, and any the open decided or finished. Empty when none.
+	DataLoss []int64 `json:"data_loss"`
+}
+
+// Seq identifies a write call for retries: N is the call's per-session
+// number, Digest a hash of its body. A repeat of the last N with the same
+// Digest is a duplicate; with another Digest it is a conflict.
+type Seq struct {
+	N      int64
+	Digest uint64
 }
 
 // WriteResult is the result of appending records.
@@ -66,6 +82,7 @@ const (
 	StatusCommitted  = "committed"
 	StatusAborted    = "aborted"
 	StatusDataLoss   = "data_loss" // decided commit, the sink had aborted it
+	StatusNone       = "none"      // session open: nothing was restored
 )
 
 // CheckpointResult is the result of a checkpoint call.
@@ -89,6 +106,9 @@ type CommitResult struct {
 	Status     string `json:"status"`
 	// Writers lists, per writer, the checkpoints this call decided.
 	Writers map[string][]int64 `json:"writers"`
+	// DataLoss lists, per writer, the checkpoints in the call's scope that
+	// ended in data_loss (then Status is StatusDataLoss); nil when none.
+	DataLoss map[string][]int64 `json:"data_loss,omitempty"`
 }
 
 // CheckpointInfo describes one unresolved or recent checkpoint of a writer.

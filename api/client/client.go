@@ -66,12 +66,25 @@ func newClient(base string, t *http.Transport, opts []Option) *Client {
 	return c
 }
 
-// Error is a problem answer (RFC 9457) or another non-2xx response.
+// Error is a problem answer (RFC 9457) or another non-2xx response, or a
+// session opened over a data loss (Status 200, Code "data_loss").
+//
+// errors.Is(err, twopc.ErrDataLoss) reports a data_loss answer: a sink had
+// aborted a checkpoint the journal decided to commit. Then Checkpoint and
+// Commit also return the call's result (status "data_loss"), and
+// OpenSession returns the opened session, whose DataLoss lists the lost
+// checkpoints. The records of those checkpoints are not in the sink: stop
+// and let an operator decide; do not simply go on.
 type Error struct {
 	Status int    // HTTP status
 	Code   string // stable problem code, e.g. "session_fenced" (see api.Code*)
 	Title  string
 	Detail string
+}
+
+// Is makes errors.Is(err, twopc.ErrDataLoss) true for a data_loss answer.
+func (e *Error) Is(target error) bool {
+	return target == twopc.ErrDataLoss && e.Code == api.CodeDataLoss
 }
 
 func (e *Error) Error() string {
@@ -115,7 +128,11 @@ func (c *Client) Job(ctx context.Context, job string) (twopc.JobInfo, error) {
 }
 
 // OpenSession opens a new session of a writer; restore (external mode) is
-// the checkpoint the application restored, nil for none.
+// the checkpoint the application restored, nil for none. When checkpoints
+// of the writer lost data (out.DataLoss not empty) the session is open and
+// returned, together with an *Error for which errors.Is(err,
+// twopc.ErrDataLoss) holds, so that a caller cannot take it for a clean
+// restore by accident.
 func (c *Client) OpenSession(ctx context.Context, job, writer string, restore *int64) (twopc.SessionInfo, error) {
 	var out twopc.SessionInfo
 	var body any
@@ -123,6 +140,11 @@ func (c *Client) OpenSession(ctx context.Context, job, writer string, restore *i
 		body = api.SessionRequest{Restore: restore}
 	}
 	err := c.doJSON(ctx, http.MethodPost, writerPath(job, writer)+"/session", nil, body, &out)
+	if err == nil && (len(out.DataLoss) > 0 || out.Status == twopc.StatusDataLoss) {
+		err = &Error{Status: http.StatusOK, Code: api.CodeDataLoss, Title: "Data loss",
+			Detail: fmt.Sprintf("session of %s/%s opened (epoch %d), restoring checkpoint %d (%s); checkpoints %v lost data in a sink",
+				job, writer, out.Epoch, out.Checkpoint, out.Status, out.DataLoss)}
+	}
 	return out, err
 }
 
@@ -150,7 +172,9 @@ func (c *Client) WriteNDJSON(ctx context.Context, job, writer string, epoch uint
 }
 
 // Checkpoint completes checkpoint n of the writer with state. wait ""
-// means committed.
+// means committed. On a data_loss answer it returns the result (status
+// "data_loss", the lost branches marked) and an error matching
+// twopc.ErrDataLoss.
 func (c *Client) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait) (twopc.CheckpointResult, error) {
 	q := url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}
 	var out twopc.CheckpointResult
@@ -161,7 +185,8 @@ func (c *Client) Checkpoint(ctx context.Context, job, writer string, epoch uint6
 
 // Commit commits every writer's prepared checkpoints ≤ n (external mode).
 // Status "committing" (HTTP 202) means durable but not yet confirmed by
-// every sink.
+// every sink. On a data_loss answer it returns the result (status
+// "data_loss", DataLoss per writer) and an error matching twopc.ErrDataLoss.
 func (c *Client) Commit(ctx context.Context, job string, n int64) (twopc.CommitResult, error) {
 	var out twopc.CommitResult
 	err := c.doJSON(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(job)+"/checkpoints/"+strconv.FormatInt(n, 10)+"/commit", nil, nil, &out)
@@ -245,7 +270,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, ct s
 		resp.Body.Close()
 	}()
 	if resp.StatusCode >= 300 {
-		return readError(resp)
+		return readError(resp, out)
 	}
 	if out == nil {
 		return nil
@@ -256,12 +281,19 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, ct s
 	return nil
 }
 
-func readError(resp *http.Response) error {
+// readError decodes an error answer; a data_loss problem's result goes to
+// out, so the caller sees which checkpoints lost data.
+func readError(resp *http.Response, out any) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	e := &Error{Status: resp.StatusCode}
 	var p api.Problem
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") && json.Unmarshal(b, &p) == nil {
 		e.Code, e.Title, e.Detail = p.Code, p.Title, p.Detail
+		if out != nil && len(p.Result) > 0 && p.Code == api.CodeDataLoss {
+			if err := json.Unmarshal(p.Result, out); err != nil {
+				return fmt.Errorf("%w (its result could not be decoded: %v)", e, err)
+			}
+		}
 		return e
 	}
 	e.Title = http.StatusText(resp.StatusCode)

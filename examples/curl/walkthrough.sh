@@ -127,6 +127,7 @@ step "2. Open a session for writer 0: a new epoch, nothing to restore"
 call 200 -X POST "$W/session"
 expect '"checkpoint":0'
 expect '"state":null'
+expect '"status":"none"'
 E1=$(json_num epoch)
 [[ -n $E1 ]] || fail "no epoch in the answer"
 echo "epoch is $E1"
@@ -165,6 +166,9 @@ E2=$(json_num epoch)
 ((E2 > E1)) || fail "epoch $E2, want more than $E1"
 expect '"checkpoint":1'
 expect "\"state\":\"$S1\""
+# A clean restore: committed, nothing lost (a non-empty data_loss means stop).
+expect '"status":"committed"'
+expect '"data_loss":[]'
 echo "epoch is $E2; the state decodes to: $(base64 -d <<<"$S1")"
 
 step "10. The old session (epoch $E1) is fenced"

@@ -21,7 +21,9 @@ import (
 )
 
 // errDataLoss: the sidecar reported that a sink aborted a checkpoint it
-// had decided to commit. The app stops (exit 3) rather than count on.
+// had decided to commit (502 data_loss on a checkpoint, or a session that
+// restored over lost checkpoints: the client then returns an error with
+// code data_loss). The app stops (exit 3) rather than count on.
 var errDataLoss = errors.New("the sidecar reported data loss")
 
 type countConfig struct {
@@ -131,7 +133,7 @@ func count(ctx context.Context, c countConfig, out io.Writer) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if client.Code(err) == "data_loss" || errors.Is(err, errDataLoss) {
+		if errors.Is(err, twopc.ErrDataLoss) || errors.Is(err, errDataLoss) {
 			// The sidecar could not commit a decided checkpoint: said loudly.
 			fmt.Fprintf(out, "writer %s: DATA LOSS reported by the sidecar: %v\n", a.name, err)
 			return exitCode(3)

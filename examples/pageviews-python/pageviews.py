@@ -137,12 +137,23 @@ def fatal(status, body, what):
     sys.exit(1)
 
 
+def data_loss(body, what):
+    """The sidecar could not commit a checkpoint it had decided to commit (a sink
+    had aborted it): its records are not in the sink. Say so loudly and stop
+    (exit 3); counting on would hide it."""
+    print(f"pageviews: DATA LOSS reported by the sidecar: {what}", file=sys.stderr)
+    print(json.dumps(body, indent=2), file=sys.stderr)
+    sys.exit(3)
+
+
 def check(status, body, what, ok=(200,)):
     """Returns the body of a good answer; raises Reopen on an answer that means
-    "reopen the session"; exits on anything else."""
+    "reopen the session"; exits on anything else (3 on data loss)."""
+    code = body.get("code", "") if isinstance(body, dict) else ""
+    if status == 502 and code == "data_loss":
+        data_loss(body, what)
     if status in ok:
         return body
-    code = body.get("code", "") if isinstance(body, dict) else ""
     if (status, code) in REOPEN or status == 503:
         raise Reopen(f"{what}: {status} {code or 'unavailable'}")
     if status == 400 and code == "unknown_sink":
@@ -222,6 +233,10 @@ class Job:
                 continue
             if st != 200:
                 fatal(st, body, f"POST {self.wbase}/session")
+            # The session is open, but a restore over lost checkpoints is not
+            # a clean one: the counts of those checkpoints are missing.
+            if body.get("data_loss") or body.get("status") == "data_loss":
+                data_loss(body, f"POST {self.wbase}/session: checkpoints {body.get('data_loss')} lost data")
             state = body["state"]
             line = json.loads(base64.b64decode(state))["line"] if state else 0
             return body["epoch"], body["checkpoint"], line
@@ -278,6 +293,8 @@ class Job:
         st, res = self.sc.call("POST", path, {"state": b64json({"line": end})})
         # 200 committed; 202 committing: the commit decision is durable, the sidecar finishes it.
         res = check(st, res, f"POST {path}", ok=(200, 202))
+        if res.get("status") == "data_loss":
+            data_loss(res, f"POST {path}")
         if res.get("status") not in ("committed", "committing"):
             fatal(st, res, f"POST {path}: status {res.get('status')!r}, want committed")
         views = ", ".join(f"{a} +{counts[a]}" for a in sorted(counts))
