@@ -5,13 +5,16 @@ GO       ?= go
 BIN      := bin
 PKGS     := ./...
 DATA_DIR ?= ./data
+# The version "sidecar version" prints (without git: the build info's).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS  := -X main.version=$(VERSION)
 # go test flags; CI adds -race on the fast packages.
 TESTFLAGS ?= -count=1 -timeout 15m
 
 .PHONY: build run dev test test-race lint bench chaos ci clean tools
 
 build:
-	$(GO) build -o $(BIN)/sidecar ./cmd/sidecar
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/sidecar ./cmd/sidecar
 	$(GO) build -o $(BIN)/kafkabroker ./internal/cmd/kafkabroker
 
 # The self-contained dev sidecar: embedded Kafka-protocol broker on

@@ -21,13 +21,10 @@ const usage = `usage: sidecar <command> [flags]
 commands:
   run --config FILE   run with a YAML config (see examples/txsink.yaml)
   dev                 self-contained dev node: embedded Kafka broker, sample sinks
-  version             print the version
+  version, --version  print the version
 
 Run "sidecar <command> -h" for the flags of a command.
 `
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -50,8 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runConfig(ctx, args[1:], stdout, stderr)
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "txsink", version)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "txsink", versionString())
 		return nil
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
