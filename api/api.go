@@ -53,6 +53,19 @@ type ClusterStatus struct {
 	Members []Member `json:"members"`
 	// LastIndex is the last index in this node's log.
 	LastIndex uint64 `json:"last_index"`
+	// Sinks lists the configured sinks, for operators (nil: not reported).
+	Sinks []SinkStatus `json:"sinks,omitempty"`
+}
+
+// SinkStatus describes one configured sink in GET /v1/cluster.
+type SinkStatus struct {
+	Name string `json:"name"`
+	// Kind is the sink's kind: kafka or mysql.
+	Kind string `json:"kind"`
+	// TransactionTimeoutSeconds is the Kafka transaction timeout in effect
+	// (0 for sinks without one): a prepared branch older than this has
+	// been aborted by the broker, and committing it is data loss.
+	TransactionTimeoutSeconds float64 `json:"transaction_timeout_seconds,omitempty"`
 }
 
 // Member is one server of the Raft configuration.

@@ -23,6 +23,13 @@ commands:
   dev                 self-contained dev node: embedded Kafka broker, sample sinks
   version, --version  print the version
 
+operator commands (over the HTTP API, see -h of each):
+  status              node, role, leader, members, readiness, jobs, in-doubt count
+  jobs                every job and writer
+  checkpoints JOB     a job's checkpoints, unresolved first, with their age
+  commit JOB N        commit checkpoints <= N of an external-mode job
+  abort JOB N         abort checkpoint N of an external-mode job
+
 Run "sidecar <command> -h" for the flags of a command.
 `
 
@@ -30,10 +37,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "sidecar:", err)
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
 		}
-		os.Exit(2)
+		fmt.Fprintln(os.Stderr, "sidecar:", err)
+		os.Exit(exitCode(err))
 	}
 }
 
@@ -50,6 +58,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "txsink", versionString())
 		return nil
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
+	case "jobs":
+		return runJobs(ctx, args[1:], stdout, stderr)
+	case "checkpoints":
+		return runCheckpoints(ctx, args[1:], stdout, stderr)
+	case "commit", "abort":
+		return runDecide(ctx, args[0], args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

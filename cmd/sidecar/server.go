@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -243,7 +244,23 @@ func (sc *sidecar) clusterStatus(context.Context) (api.ClusterStatus, error) {
 	for _, m := range st.Members {
 		out.Members = append(out.Members, api.Member{ID: m.ID, Address: m.Addr, Voter: m.Voter})
 	}
+	out.Sinks = sinkStatuses(sc.cfg, sc.sinks)
 	return out, nil
+}
+
+// sinkStatuses lists the sinks sorted by name, with the Kafka transaction
+// timeout each one actually uses (asked from the broker when not set).
+func sinkStatuses(cfg Config, sinks map[string]twopc.Sink) []api.SinkStatus {
+	out := make([]api.SinkStatus, 0, len(sinks))
+	for name, s := range sinks {
+		st := api.SinkStatus{Name: name, Kind: cfg.Sinks[name].Kind}
+		if t, ok := s.(interface{ TransactionTimeout() time.Duration }); ok {
+			st.TransactionTimeoutSeconds = t.TransactionTimeout().Seconds()
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b api.SinkStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // ready: the journal has a leader and every sink answers.
