@@ -169,13 +169,14 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	}
 	met := newMetrics(machine, sc.node)
 	sc.coord, err = twopc.NewCoordinator(twopc.Config{
-		Node: cfg.NodeID, Journal: sc.node, Machine: machine, Sinks: sc.sinks,
+		Node: cfg.NodeID, Journal: met.journal(sc.node), Machine: machine, Sinks: met.wrapSinks(sc.sinks),
 		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Logger: log.With("component", "coordinator"), Metrics: met, Failpoint: failpoint,
 	})
 	if err != nil {
 		return nil, err
 	}
+	met.watchSessions(sc.coord.Sessions)
 	// Recovery before serving: nothing a dead process left may linger.
 	if err := sc.coord.Recover(ctx); err != nil {
 		// Decisions are durable; the loop retries. Fencing failures mean a
@@ -199,6 +200,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		Token: tokenFromFile, Logger: log.With("component", "api"),
 		Cluster: sc.clusterStatus, Ready: sc.ready,
 		Metrics: promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
+		Observe: met.observeRequest,
 	})
 	if err != nil {
 		return nil, err
