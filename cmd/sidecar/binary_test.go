@@ -314,6 +314,8 @@ func TestBinaryOperatorCommandsAndMetrics(t *testing.T) {
 		{"txsink_records_total", []string{"job", "ext", "sink", "events"}, eq(3), "3"},
 		{"txsink_record_bytes_total", []string{"job", "ext", "sink", "events"}, eq(6), "6 (a, bb, ccc)"},
 		{"txsink_sessions", nil, eq(1), "1"},
+		{"txsink_data_loss_total", []string{"job", "ext", "sink", "events"}, eq(0), "0 (present from the first write)"},
+		{"txsink_commit_retries_total", []string{"sink", "events"}, eq(0), "0"},
 		{"txsink_sink_errors_total", []string{"sink", "events", "op", "prepare"}, eq(0), "0"},
 		{"txsink_sink_errors_total", []string{"sink", "events", "op", "fence"}, eq(0), "0"},
 		{"txsink_journal_apply_seconds", nil, atLeast(4), ">= 4 (job, session, checkpoint, decision)"},

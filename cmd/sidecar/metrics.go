@@ -116,6 +116,9 @@ func (x *metrics) Records(job, sink string, n, bytes int) {
 	x.mu.RUnlock()
 	if !ok {
 		c = recCounters{x.records.WithLabelValues(job, sink), x.bytes.WithLabelValues(job, sink)}
+		// Data loss starts at 0 for every job and sink that wrote: a
+		// series that first appears at 1 never shows an increase().
+		x.dataLoss.WithLabelValues(job, sink)
 		x.mu.Lock()
 		x.recs[k] = c
 		x.mu.Unlock()
@@ -184,6 +187,7 @@ func (x *metrics) wrapSinks(sinks map[string]twopc.Sink) map[string]twopc.Sink {
 			ms.errs[op] = x.sinkErrs.WithLabelValues(name, op)
 		}
 		out[name] = ms
+		x.retries.WithLabelValues(name) // 0 from the start, like the errors
 	}
 	return out
 }
