@@ -48,8 +48,9 @@ Connection (every operator command):
   -o table|json      output: aligned tables (default) or the API's JSON
 
 Exit status: 0 done; 1 the sidecar answered with a problem (its code and detail
-are printed) or could not be reached; 2 usage; 3 DATA LOSS (a sink had aborted
-a checkpoint the journal decided to commit).
+are printed) or could not be reached; 2 usage; 3 DATA LOSS: a sink had aborted
+a checkpoint the journal decided to commit (commit met one, or checkpoints
+lists one).
 `
 
 // cliError carries an exit code through run to main.
@@ -376,7 +377,7 @@ func runCheckpoints(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	tw := c.table()
 	fmt.Fprintln(tw, "WRITER\tCHECKPOINT\tEPOCH\tSTATUS\tAGE\tKAFKA TIMEOUT\tBRANCHES")
-	var warnings []string
+	var warnings, lost []string
 	for _, cp := range cps {
 		age := secs(cp.AgeSeconds)
 		// The shortest timeout among the checkpoint's Kafka branches is
@@ -389,7 +390,9 @@ func runCheckpoints(ctx context.Context, args []string, stdout, stderr io.Writer
 			}
 		}
 		timeout := "-"
-		if limit > 0 && unresolved(cp.Status) {
+		if cp.Status == twopc.StatusDataLoss {
+			lost = append(lost, fmt.Sprintf("%s checkpoint %d", cp.Writer, cp.Checkpoint))
+		} else if limit > 0 && unresolved(cp.Status) {
 			frac := age.Seconds() / limit.Seconds()
 			timeout = fmt.Sprintf("%d%% of %s", int(frac*100), fmtDur(limit))
 			if frac >= expiryWarn {
@@ -415,6 +418,9 @@ func runCheckpoints(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	for _, w := range warnings {
 		fmt.Fprintln(c.stderr, w)
+	}
+	if len(lost) > 0 {
+		return c.dataLoss("checkpoints "+job, "checkpoints with status data_loss: "+strings.Join(lost, ", "))
 	}
 	return nil
 }
@@ -446,6 +452,20 @@ func runDecide(ctx context.Context, name string, args []string, stdout, stderr i
 		}
 		return c.dataLoss(what, "the sidecar reports status data_loss")
 	}
+	if name == "commit" {
+		// A sidecar may answer "committed" although a sink had already
+		// aborted a branch: the checkpoint list records it as data_loss.
+		// Never let this command call such a checkpoint committed.
+		lost, err := c.lostCheckpoints(ctx, job, res.Writers)
+		if err != nil {
+			fmt.Fprintf(c.stderr, "warning: %s: could not check the checkpoints for data loss: %v\n", what, err)
+		} else if len(lost) > 0 {
+			if c.json {
+				_ = c.printJSON(res)
+			}
+			return c.dataLoss(what, "the sidecar lists as data_loss: "+strings.Join(lost, ", "))
+		}
+	}
 	if c.json {
 		return c.printJSON(res)
 	}
@@ -471,6 +491,26 @@ func runDecide(ctx context.Context, name string, args []string, stdout, stderr i
 		fmt.Fprintf(tw, "%s\t%s\n", w, int64List(res.Writers[w]))
 	}
 	return tw.Flush()
+}
+
+// lostCheckpoints lists the decided checkpoints whose status is data_loss,
+// as "writer checkpoint N".
+func (c *cli) lostCheckpoints(ctx context.Context, job string, decided map[string][]int64) ([]string, error) {
+	if len(decided) == 0 {
+		return nil, nil
+	}
+	cps, err := c.c.Checkpoints(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	var lost []string
+	for _, cp := range cps {
+		if cp.Status == twopc.StatusDataLoss && slices.Contains(decided[cp.Writer], cp.Checkpoint) {
+			lost = append(lost, fmt.Sprintf("%s checkpoint %d", cp.Writer, cp.Checkpoint))
+		}
+	}
+	slices.Sort(lost)
+	return lost, nil
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

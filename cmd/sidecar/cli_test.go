@@ -429,3 +429,45 @@ func TestCLIAddr(t *testing.T) {
 		t.Errorf("dial(\"\"): got %q, %v; want %s", where, err, defaultAddr)
 	}
 }
+
+// The sidecar of this tree answers a commit whose Kafka branch the broker
+// had already aborted with "committed"; the CLI checks the checkpoint list
+// and must not repeat that.
+func TestCLICommitFindsDataLossInCheckpoints(t *testing.T) {
+	e := newCLIEnv(t, "", nil)
+	ctx := context.Background()
+	if _, err := e.coord.PutJob(ctx, twopc.JobSpec{Name: "ext", Commit: twopc.ModeExternal}); err != nil {
+		t.Fatal(err)
+	}
+	ep := e.session("ext", "w1")
+	e.prepare("ext", "w1", ep, 1)
+	e.prepare("ext", "w1", ep, 2)
+	expired := e.events.Branches(twopctest.Prepared)
+	if len(expired) != 2 {
+		t.Fatalf("events sink: %d prepared branches, want 2", len(expired))
+	}
+	for _, id := range expired {
+		if id.After == 0 { // the branch of checkpoint 1
+			e.events.Expire(id)
+		}
+	}
+	out, errOut, code := cliRun(t, "commit", "ext", "1", "--addr", e.url)
+	if code != exitDataLoss || !strings.Contains(errOut, "DATA LOSS: commit ext 1") ||
+		!strings.Contains(errOut, "data_loss: w1 checkpoint 1") || strings.Contains(out, "committed") {
+		t.Errorf("commit ext 1: exit %d, stdout %q, stderr %q; want exit 3, a banner naming w1 checkpoint 1, nothing called committed",
+			code, out, errOut)
+	}
+	// Checkpoint 2's branches are intact: committing it is fine, although
+	// the list still holds checkpoint 1's data loss.
+	out, errOut, code = cliRun(t, "commit", "ext", "2", "--addr", e.url)
+	if code != 0 || !strings.HasPrefix(out, "commit ext 2: committed") {
+		t.Errorf("commit ext 2: exit %d, stdout %q, stderr %q; want committed", code, out, errOut)
+	}
+	out, errOut, code = cliRun(t, "checkpoints", "ext", "--addr", e.url)
+	if code != exitDataLoss || !strings.Contains(errOut, "data_loss: w1 checkpoint 1") {
+		t.Errorf("checkpoints: exit %d, stderr %q; want exit 3 naming w1 checkpoint 1", code, errOut)
+	}
+	if !regexp.MustCompile(`(?m)^w1 +1 +1 +DATA_LOSS +\S+ +- +db:committed events:data_loss$`).MatchString(out) {
+		t.Errorf("checkpoints: got\n%s\nwant a DATA_LOSS row for checkpoint 1 without a timeout", out)
+	}
+}
