@@ -58,6 +58,19 @@ type ClusterStatus struct {
 	Members []Member `json:"members"`
 	// LastIndex is the last index in this node's log.
 	LastIndex uint64 `json:"last_index"`
+	// Sinks lists the configured sinks, for operators (nil: not reported).
+	Sinks []SinkStatus `json:"sinks,omitempty"`
+}
+
+// SinkStatus describes one configured sink in GET /v1/cluster.
+type SinkStatus struct {
+	Name string `json:"name"`
+	// Kind is the sink's kind: kafka or mysql.
+	Kind string `json:"kind"`
+	// TransactionTimeoutSeconds is the Kafka transaction timeout in effect
+	// (0 for sinks without one): a prepared branch older than this has
+	// been aborted by the broker, and committing it is data loss.
+	TransactionTimeoutSeconds float64 `json:"transaction_timeout_seconds,omitempty"`
 }
 
 // Member is one server of the Raft configuration.
@@ -95,7 +108,18 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// Metrics serves GET /metrics (nil: 404 not_found).
 	Metrics http.Handler
+	// Observe, when set, is called after every request with the route's
+	// mux pattern (e.g. "POST /v1/jobs/{job}/checkpoints/{n}/commit";
+	// UnmatchedRoute when no route matched), the status code and the
+	// time the call took. It gets the pattern, never the raw path, so a
+	// metric labelled with it has a bounded number of values. It runs on
+	// the request's goroutine: keep it cheap.
+	Observe func(route string, code int, d time.Duration)
 }
+
+// UnmatchedRoute is the route Observe gets for a request no route matched
+// (answered 404 not_found or 405 method_not_allowed).
+const UnmatchedRoute = "unmatched"
 
 // DefaultConfig returns a Config with every default filled in.
 func DefaultConfig() Config {
@@ -211,6 +235,21 @@ func ListenUnix(path string) (net.Listener, error) {
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	_, pattern := s.mux.Handler(r)
+	if s.cfg.Observe != nil {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		w = sw
+		// Registered before the recover below, so it runs after it and
+		// sees the 500 a panic was answered with.
+		defer func() {
+			route := pattern
+			if route == "" {
+				route = UnmatchedRoute
+			}
+			s.cfg.Observe(route, sw.status(), time.Since(start))
+		}()
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			if v == http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
@@ -226,7 +265,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			Detail: "this call needs the header Authorization: Bearer <token>"})
 		return
 	}
-	if _, pattern := s.mux.Handler(r); pattern == "" {
+	if pattern == "" {
 		// The mux answers 404 or 405 (with Allow) in plain text; keep its
 		// decision and headers, answer with a problem.
 		s.mux.ServeHTTP(&fallbackWriter{s: s, w: w, r: r}, r)
@@ -284,3 +323,34 @@ func (f *fallbackWriter) Write(b []byte) (int, error) {
 }
 
 var _ io.Writer = (*fallbackWriter)(nil)
+
+// statusWriter remembers the status code written, for Config.Observe.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// status is the code sent; a handler that wrote nothing got 200.
+func (w *statusWriter) status() int {
+	if w.code == 0 {
+		return http.StatusOK
+	}
+	return w.code
+}

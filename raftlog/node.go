@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -45,6 +46,9 @@ type Node struct {
 	stop     chan struct{} // closed after raft shut down: stops watchLeadership
 	wg       sync.WaitGroup
 	leaderCh chan bool // see LeadershipChanges
+	// leaderChanges counts leadership changes of this node (see
+	// LeaderChanges).
+	leaderChanges atomic.Uint64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -221,6 +225,7 @@ func (n *Node) watchLeadership() {
 			return
 		case isLeader := <-in:
 			n.log.Info("raft leadership changed", "leader", isLeader)
+			n.leaderChanges.Add(1)
 			// Sole writer: after the drain the send cannot block.
 			select {
 			case <-n.leaderCh:
@@ -259,6 +264,12 @@ func (n *Node) updateOwnAddress() {
 // intermediate flips but never blocks raft; it is closed by Close. All
 // callers share one channel: use a single reader.
 func (n *Node) LeadershipChanges() <-chan bool { return n.leaderCh }
+
+// LeaderChanges counts this node's leadership changes (gained or lost)
+// since Open, for a metric: a cluster whose leader keeps changing cannot
+// journal reliably. Like LeadershipChanges it sees raft's coalesced
+// notifications, so flips faster than they are delivered count once.
+func (n *Node) LeaderChanges() uint64 { return n.leaderChanges.Load() }
 
 // IsLeader reports whether this node is the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }

@@ -244,6 +244,9 @@ func TestLeadershipChanges(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatalf("no leadership change within %v", waitFor)
 	}
+	if got := n.LeaderChanges(); got != 1 {
+		t.Errorf("LeaderChanges() = %d after becoming leader, want 1", got)
+	}
 }
 
 func TestProposeRespectsContext(t *testing.T) {

@@ -1058,6 +1058,13 @@ func (c *Coordinator) warnOld() {
 	}
 }
 
+// Sessions is the number of writer sessions open on this node (a metric).
+func (c *Coordinator) Sessions() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.sessions)
+}
+
 // OldestPrepared is the age of the oldest unresolved branch (a metric).
 func (c *Coordinator) OldestPrepared() time.Duration { return c.m.OldestPrepared(c.now()) }
 

@@ -21,22 +21,27 @@ const usage = `usage: sidecar <command> [flags]
 commands:
   run --config FILE   run with a YAML config (see examples/txsink.yaml)
   dev                 self-contained dev node: embedded Kafka broker, sample sinks
-  version             print the version
+  version, --version  print the version
+
+operator commands (over the HTTP API, see -h of each):
+  status              node, role, leader, members, readiness, jobs, in-doubt count
+  jobs                every job and writer
+  checkpoints JOB     a job's checkpoints, unresolved first, with their age
+  commit JOB N        commit checkpoints <= N of an external-mode job
+  abort JOB N         abort checkpoint N of an external-mode job
 
 Run "sidecar <command> -h" for the flags of a command.
 `
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "sidecar:", err)
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
 		}
-		os.Exit(2)
+		fmt.Fprintln(os.Stderr, "sidecar:", err)
+		os.Exit(exitCode(err))
 	}
 }
 
@@ -50,9 +55,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runConfig(ctx, args[1:], stdout, stderr)
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "txsink", version)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "txsink", versionString())
 		return nil
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
+	case "jobs":
+		return runJobs(ctx, args[1:], stdout, stderr)
+	case "checkpoints":
+		return runCheckpoints(ctx, args[1:], stdout, stderr)
+	case "commit", "abort":
+		return runDecide(ctx, args[0], args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

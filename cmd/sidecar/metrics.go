@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,15 +13,42 @@ import (
 	"github.com/txsink/txsink/twopc"
 )
 
-// metrics implements twopc.Metrics with Prometheus (txsink_ prefix).
+// metrics implements twopc.Metrics with Prometheus (txsink_ prefix) and
+// holds every other family the sidecar exports. The README's "Operating
+// it" section lists them.
 type metrics struct {
-	records  *prometheus.CounterVec
-	bytes    *prometheus.CounterVec
-	phase    *prometheus.HistogramVec
-	retries  *prometheus.CounterVec
-	dataLoss *prometheus.CounterVec
-	reg      *prometheus.Registry
+	records   *prometheus.CounterVec
+	bytes     *prometheus.CounterVec
+	phase     *prometheus.HistogramVec
+	retries   *prometheus.CounterVec
+	dataLoss  *prometheus.CounterVec
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	sinkErrs  *prometheus.CounterVec
+	applyTime prometheus.Histogram
+	reg       *prometheus.Registry
+
+	// Label children cached for the per-call paths, so that recording is
+	// a read-locked map hit and an atomic add, without allocation.
+	mu     sync.RWMutex
+	recs   map[[2]string]recCounters
+	routes map[routeKey]routeMetrics
 }
+
+type recCounters struct{ n, bytes prometheus.Counter }
+
+type routeKey struct {
+	route string
+	code  int
+}
+
+type routeMetrics struct {
+	n   prometheus.Counter
+	lat prometheus.Observer
+}
+
+// Sink operations counted in txsink_sink_errors_total{op}.
+var sinkOps = []string{"begin", "write", "prepare", "commit", "abort", "resolve", "fence"}
 
 func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 	x := &metrics{
@@ -33,9 +63,22 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 			Help: "Commits or aborts of decided branches that failed and will be retried."}, []string{"sink"}),
 		dataLoss: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_data_loss_total",
 			Help: "Decided commits the sink had already aborted (e.g. Kafka transaction timeout). Alert on any."}, []string{"job", "sink"}),
-		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_http_requests_total",
+			Help: "HTTP API requests by route pattern and status code."}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "txsink_http_request_duration_seconds",
+			Help:    "HTTP API request latency by route pattern.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}, []string{"route"}),
+		sinkErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_sink_errors_total",
+			Help: "Errors returned by a sink, by operation: begin, write, prepare, commit, abort, resolve, fence."},
+			[]string{"sink", "op"}),
+		applyTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "txsink_journal_apply_seconds",
+			Help:    "Time from proposing a journal entry to its being applied on this node (successful proposals).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}),
+		reg:    prometheus.NewRegistry(),
+		recs:   map[[2]string]recCounters{},
+		routes: map[routeKey]routeMetrics{},
 	}
-	x.reg.MustRegister(x.records, x.bytes, x.phase, x.retries, x.dataLoss,
+	x.reg.MustRegister(x.records, x.bytes, x.phase, x.retries, x.dataLoss, x.requests, x.latency, x.sinkErrs, x.applyTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	x.reg.MustRegister(&branchCollector{m: m})
 	x.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "txsink_oldest_prepared_branch_seconds",
@@ -51,19 +94,154 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		}))
 		x.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "txsink_raft_last_index",
 			Help: "Last index of this node's Raft log."}, func() float64 { return float64(node.Status().LastIndex) }))
+		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_raft_leader_changes_total",
+			Help: "Times this node gained or lost the journal's leadership. Alert on a rate: a flapping leader stalls checkpoints."},
+			func() float64 { return float64(node.LeaderChanges()) }))
 	}
 	return x
 }
 
-func (x *metrics) Records(job, sink string, n, bytes int) {
-	x.records.WithLabelValues(job, sink).Add(float64(n))
-	x.bytes.WithLabelValues(job, sink).Add(float64(bytes))
+// watchSessions exports the coordinator's open sessions; the coordinator
+// is built after the metrics it reports to.
+func (x *metrics) watchSessions(sessions func() int) {
+	x.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "txsink_sessions",
+		Help: "Writer sessions open on this node."}, func() float64 { return float64(sessions()) }))
 }
+
+// Records implements twopc.Metrics; it runs on every write call.
+func (x *metrics) Records(job, sink string, n, bytes int) {
+	k := [2]string{job, sink}
+	x.mu.RLock()
+	c, ok := x.recs[k]
+	x.mu.RUnlock()
+	if !ok {
+		c = recCounters{x.records.WithLabelValues(job, sink), x.bytes.WithLabelValues(job, sink)}
+		// Data loss starts at 0 for every job and sink that wrote: a
+		// series that first appears at 1 never shows an increase().
+		x.dataLoss.WithLabelValues(job, sink)
+		x.mu.Lock()
+		x.recs[k] = c
+		x.mu.Unlock()
+	}
+	c.n.Add(float64(n))
+	c.bytes.Add(float64(bytes))
+}
+
+// CheckpointDone implements twopc.Metrics.
 func (x *metrics) CheckpointDone(job, phase string, d time.Duration) {
 	x.phase.WithLabelValues(job, phase).Observe(d.Seconds())
 }
-func (x *metrics) CommitRetry(sink string)   { x.retries.WithLabelValues(sink).Inc() }
+
+// CommitRetry implements twopc.Metrics.
+func (x *metrics) CommitRetry(sink string) { x.retries.WithLabelValues(sink).Inc() }
+
+// DataLoss implements twopc.Metrics.
 func (x *metrics) DataLoss(job, sink string) { x.dataLoss.WithLabelValues(job, sink).Inc() }
+
+// observeRequest is api.Config.Observe: route is a mux pattern, so the
+// label values are bounded by the routes times the codes they answer.
+func (x *metrics) observeRequest(route string, code int, d time.Duration) {
+	k := routeKey{route, code}
+	x.mu.RLock()
+	c, ok := x.routes[k]
+	x.mu.RUnlock()
+	if !ok {
+		c = routeMetrics{x.requests.WithLabelValues(route, strconv.Itoa(code)), x.latency.WithLabelValues(route)}
+		x.mu.Lock()
+		x.routes[k] = c
+		x.mu.Unlock()
+	}
+	c.n.Inc()
+	c.lat.Observe(d.Seconds())
+}
+
+// journal wraps the journal to time each proposal until it is applied.
+func (x *metrics) journal(j twopc.Journal) twopc.Journal {
+	return &meteredJournal{j: j, apply: x.applyTime}
+}
+
+type meteredJournal struct {
+	j     twopc.Journal
+	apply prometheus.Observer
+}
+
+func (m *meteredJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+	t0 := time.Now()
+	res, err := m.j.Propose(ctx, cmd)
+	if err == nil {
+		m.apply.Observe(time.Since(t0).Seconds())
+	}
+	return res, err
+}
+
+// wrapSinks returns the sinks with their errors counted by operation. The
+// coordinator gets the wrapped ones; Ping and the other optional methods
+// are used on the originals.
+func (x *metrics) wrapSinks(sinks map[string]twopc.Sink) map[string]twopc.Sink {
+	out := make(map[string]twopc.Sink, len(sinks))
+	for name, s := range sinks {
+		ms := &meteredSink{Sink: s, errs: map[string]prometheus.Counter{}}
+		for _, op := range sinkOps {
+			// Pre-created so every sink shows a 0 for every op before
+			// its first error: a rate() alert then works from the start.
+			ms.errs[op] = x.sinkErrs.WithLabelValues(name, op)
+		}
+		out[name] = ms
+		x.retries.WithLabelValues(name) // 0 from the start, like the errors
+	}
+	return out
+}
+
+// meteredSink counts a sink's errors; errs is read-only after wrapSinks.
+type meteredSink struct {
+	twopc.Sink
+	errs map[string]prometheus.Counter
+}
+
+func (s *meteredSink) count(op string, err error) error {
+	if err != nil {
+		s.errs[op].Inc()
+	}
+	return err
+}
+
+func (s *meteredSink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, error) {
+	b, err := s.Sink.Begin(ctx, id)
+	if err != nil {
+		return nil, s.count("begin", err)
+	}
+	return &meteredBranch{b: b, s: s}, nil
+}
+
+func (s *meteredSink) Resolve(ctx context.Context, id twopc.BranchID, h twopc.Handle, commit bool) error {
+	return s.count("resolve", s.Sink.Resolve(ctx, id, h, commit))
+}
+
+func (s *meteredSink) Fence(ctx context.Context, job, writer string, keep []twopc.BranchID) error {
+	return s.count("fence", s.Sink.Fence(ctx, job, writer, keep))
+}
+
+type meteredBranch struct {
+	b twopc.Branch
+	s *meteredSink
+}
+
+func (b *meteredBranch) Write(ctx context.Context, recs []*twopc.Record) error {
+	return b.s.count("write", b.b.Write(ctx, recs))
+}
+
+func (b *meteredBranch) Prepare(ctx context.Context) (twopc.Handle, error) {
+	h, err := b.b.Prepare(ctx)
+	return h, b.s.count("prepare", err)
+}
+
+func (b *meteredBranch) Commit(ctx context.Context) error {
+	return b.s.count("commit", b.b.Commit(ctx))
+}
+
+func (b *meteredBranch) Abort(ctx context.Context) error {
+	return b.s.count("abort", b.b.Abort(ctx))
+}
 
 // branchCollector reports unresolved branches by state at scrape time.
 type branchCollector struct{ m *twopc.Machine }

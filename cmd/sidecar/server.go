@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -168,13 +169,14 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	}
 	met := newMetrics(machine, sc.node)
 	sc.coord, err = twopc.NewCoordinator(twopc.Config{
-		Node: cfg.NodeID, Journal: sc.node, Machine: machine, Sinks: sc.sinks,
+		Node: cfg.NodeID, Journal: met.journal(sc.node), Machine: machine, Sinks: met.wrapSinks(sc.sinks),
 		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Logger: log.With("component", "coordinator"), Metrics: met, Failpoint: failpoint,
 	})
 	if err != nil {
 		return nil, err
 	}
+	met.watchSessions(sc.coord.Sessions)
 	// Recovery before serving: nothing a dead process left may linger.
 	if err := sc.coord.Recover(ctx); err != nil {
 		// Decisions are durable; the loop retries. Fencing failures mean a
@@ -198,6 +200,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		Token: tokenFromFile, Logger: log.With("component", "api"),
 		Cluster: sc.clusterStatus, Ready: sc.ready,
 		Metrics: promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
+		Observe: met.observeRequest,
 	})
 	if err != nil {
 		return nil, err
@@ -243,7 +246,23 @@ func (sc *sidecar) clusterStatus(context.Context) (api.ClusterStatus, error) {
 	for _, m := range st.Members {
 		out.Members = append(out.Members, api.Member{ID: m.ID, Address: m.Addr, Voter: m.Voter})
 	}
+	out.Sinks = sinkStatuses(sc.cfg, sc.sinks)
 	return out, nil
+}
+
+// sinkStatuses lists the sinks sorted by name, with the Kafka transaction
+// timeout each one actually uses (asked from the broker when not set).
+func sinkStatuses(cfg Config, sinks map[string]twopc.Sink) []api.SinkStatus {
+	out := make([]api.SinkStatus, 0, len(sinks))
+	for name, s := range sinks {
+		st := api.SinkStatus{Name: name, Kind: cfg.Sinks[name].Kind}
+		if t, ok := s.(interface{ TransactionTimeout() time.Duration }); ok {
+			st.TransactionTimeoutSeconds = t.TransactionTimeout().Seconds()
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b api.SinkStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // ready: the journal has a leader and every sink answers.

@@ -12,7 +12,9 @@
 //     `go test ./...` run starts it (a flock on <cache>/lock keeps parallel
 //     package test binaries from racing); later processes reuse it while its
 //     socket answers. It keeps running after the tests so the next run starts
-//     fast; StopShared stops it, or `kill $(cat <cache>/mysqld.pid)`.
+//     fast; StopShared stops it, or `kill $(cat <cache>/mysqld.pid)`. `make
+//     test` runs the tests through internal/cmd/testrun, which gives them a
+//     fresh cache directory and stops its server at the end.
 //  3. If mariadbd is not installed and the process runs as root, it installs
 //     the Debian package mariadb-server with apt-get first.
 //
