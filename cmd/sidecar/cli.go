@@ -444,27 +444,15 @@ func runDecide(ctx context.Context, name string, args []string, stdout, stderr i
 	what := fmt.Sprintf("%s %s %d", name, job, n)
 	res, err := call(ctx, job, n)
 	if err != nil {
-		return c.fail(what, err)
-	}
-	if res.Status == twopc.StatusDataLoss {
-		if c.json {
-			_ = c.printJSON(res)
-		}
-		return c.dataLoss(what, "the sidecar reports status data_loss")
-	}
-	if name == "commit" {
-		// A sidecar may answer "committed" although a sink had already
-		// aborted a branch: the checkpoint list records it as data_loss.
-		// Never let this command call such a checkpoint committed.
-		lost, err := c.lostCheckpoints(ctx, job, res.Writers)
-		if err != nil {
-			fmt.Fprintf(c.stderr, "warning: %s: could not check the checkpoints for data loss: %v\n", what, err)
-		} else if len(lost) > 0 {
+		// A commit that met a data loss answers a data_loss problem that
+		// carries the result: name every lost writer and checkpoint.
+		if errors.Is(err, twopc.ErrDataLoss) && len(res.DataLoss) > 0 {
 			if c.json {
 				_ = c.printJSON(res)
 			}
-			return c.dataLoss(what, "the sidecar lists as data_loss: "+strings.Join(lost, ", "))
+			return c.dataLoss(what, "data_loss: "+lostList(res.DataLoss))
 		}
+		return c.fail(what, err)
 	}
 	if c.json {
 		return c.printJSON(res)
@@ -493,24 +481,16 @@ func runDecide(ctx context.Context, name string, args []string, stdout, stderr i
 	return tw.Flush()
 }
 
-// lostCheckpoints lists the decided checkpoints whose status is data_loss,
-// as "writer checkpoint N".
-func (c *cli) lostCheckpoints(ctx context.Context, job string, decided map[string][]int64) ([]string, error) {
-	if len(decided) == 0 {
-		return nil, nil
-	}
-	cps, err := c.c.Checkpoints(ctx, job)
-	if err != nil {
-		return nil, err
-	}
-	var lost []string
-	for _, cp := range cps {
-		if cp.Status == twopc.StatusDataLoss && slices.Contains(decided[cp.Writer], cp.Checkpoint) {
-			lost = append(lost, fmt.Sprintf("%s checkpoint %d", cp.Writer, cp.Checkpoint))
+// lostList formats per-writer checkpoints as "w checkpoint N, …", sorted.
+func lostList(lost map[string][]int64) string {
+	var out []string
+	for w, ns := range lost {
+		for _, n := range ns {
+			out = append(out, fmt.Sprintf("%s checkpoint %d", w, n))
 		}
 	}
-	slices.Sort(lost)
-	return lost, nil
+	slices.Sort(out)
+	return strings.Join(out, ", ")
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

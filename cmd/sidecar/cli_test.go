@@ -430,10 +430,10 @@ func TestCLIAddr(t *testing.T) {
 	}
 }
 
-// The sidecar of this tree answers a commit whose Kafka branch the broker
-// had already aborted with "committed"; the CLI checks the checkpoint list
-// and must not repeat that.
-func TestCLICommitFindsDataLossInCheckpoints(t *testing.T) {
+// A commit whose Kafka branch the broker had already aborted answers a
+// data_loss problem carrying the result; the CLI names each lost writer and
+// checkpoint, exits 3 and never calls it committed.
+func TestCLICommitReportsDataLoss(t *testing.T) {
 	e := newCLIEnv(t, "", nil)
 	ctx := context.Background()
 	if _, err := e.coord.PutJob(ctx, twopc.JobSpec{Name: "ext", Commit: twopc.ModeExternal}); err != nil {
