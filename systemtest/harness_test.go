@@ -42,16 +42,39 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freeAddr reserves a loopback port. The port is released before use; the
-// kernel does not hand it out again soon, which is enough for a test.
+// handedOut remembers every port freeAddr returned in this test process:
+// the kernel may hand a just-released port out again (a run once got the
+// same port for a sidecar's Raft and HTTP addresses), so freeAddr never
+// returns one twice.
+var handedOut struct {
+	sync.Mutex
+	ports map[string]bool
+}
+
+// freeAddr reserves a loopback port that no earlier call returned. The port
+// is released before use; another process could take it in between, which
+// is rare enough for a test.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[string]bool{}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if !handedOut.ports[addr] {
+			handedOut.ports[addr] = true
+			return addr
+		}
+	}
+	t.Fatal("freeAddr: 100 tries returned ports handed out before")
+	return ""
 }
 
 // syncBuf is a bytes.Buffer safe for the process's writer goroutine.

@@ -265,7 +265,12 @@ func TestCommitFailureIsRetried(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { e.c.Run(ctx); close(done) }()
-	waitFor(t, func() bool { return len(e.a.Committed()) == 1 })
+	// The sink commits before the journal learns it (RESOLVED): wait for
+	// both, or the repeat below can still read committing.
+	waitFor(t, func() bool {
+		r, ok := e.j.Machine().CheckpointStatus("j", "0", 1)
+		return len(e.a.Committed()) == 1 && ok && r.Status == twopc.StatusCommitted
+	})
 	cancel()
 	select {
 	case <-done:
