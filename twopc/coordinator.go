@@ -882,6 +882,7 @@ func (c *Coordinator) Run(ctx context.Context) {
 			continue
 		}
 		c.finishDecided(ctx, func(PendingBranch) bool { return true })
+		c.failExpired(ctx)
 		c.warnOld()
 	}
 }

@@ -9,7 +9,9 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/txsink/txsink/twopc"
@@ -30,6 +32,7 @@ type branch struct {
 	id      twopc.BranchID
 	sl      *slot
 	promise func(*kgo.Record, error)
+	begun   time.Time    // when Begin ran, no later than the broker's timer start
 	pending atomic.Int64 // records produced whose promise has not run yet
 
 	// mu guards what the produce promises record. kgo calls promises
@@ -87,11 +90,55 @@ func (b *branch) failf(format string, args ...any) error {
 	return fmt.Errorf("%w: kafka sink %q: branch %v: %s", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, fmt.Sprintf(format, args...))
 }
 
+// Expired returns an error wrapping twopc.ErrSinkFailure and ErrExpired
+// once the open branch is older than the sink's MaxOpen. The coordinator
+// asks it in its background loop to fail such a session early, so the
+// branch releases its slot before the broker aborts it.
+func (b *branch) Expired() error {
+	if b.state != stateOpen {
+		return nil
+	}
+	age := time.Since(b.begun)
+	if age <= b.s.maxOpen {
+		return nil
+	}
+	return fmt.Errorf("%w: kafka sink %q: branch %v (%s): %w: open for %v, longer than %v (expire_share %v of the transaction timeout %v); reopen the session and replay from its checkpoint",
+		twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.sl.txnID, ErrExpired, age.Round(time.Millisecond), b.s.maxOpen, b.s.cfg.ExpireShare, b.s.timeout)
+}
+
+// checkAlive asks the transaction coordinator whether the branch's
+// transaction is still ongoing with our producer id and epoch: a broker that
+// timed it out (or lost it) has bumped the epoch or ended it. A failed
+// request is only logged: the age check in Expired is the guarantee, this
+// one catches what the age cannot see (e.g. a broker restarted without its
+// open transactions).
+func (b *branch) checkAlive(ctx context.Context, pid int64, epoch int16) error {
+	d, err := kadm.NewClient(b.s.admin).DescribeTransactions(ctx, b.sl.txnID)
+	if err == nil {
+		if dt, ok := d[b.sl.txnID]; !ok {
+			err = errors.New("not in the answer")
+		} else {
+			err = dt.Err
+			if err == nil && (dt.State != "Ongoing" || dt.ProducerID != pid || dt.ProducerEpoch != epoch) {
+				return fmt.Errorf("%w: kafka sink %q: branch %v (%s): %w: the broker has it %s with producer id/epoch %d/%d, ours is %d/%d; reopen the session and replay from its checkpoint",
+					twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.sl.txnID, ErrExpired, dt.State, dt.ProducerID, dt.ProducerEpoch, pid, epoch)
+			}
+		}
+	}
+	if err != nil {
+		b.s.log.Warn("cannot ask the broker whether a transaction is still open; relying on its age", "branch", b.id.String(), "transactional_id", b.sl.txnID, "err", err)
+	}
+	return nil
+}
+
 // Write produces recs asynchronously into the open transaction; produce
 // errors surface here on a later call, and at the latest in Prepare.
 func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	if b.state != stateOpen {
 		return b.failf("write to a branch that is not open")
+	}
+	if err := b.Expired(); err != nil {
+		return err
 	}
 	if err := b.firstErr(); err != nil {
 		return fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
@@ -121,6 +168,9 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	if b.state != stateOpen {
 		return nil, b.failf("prepare of a branch that is not open")
+	}
+	if err := b.Expired(); err != nil {
+		return nil, err
 	}
 	cl := b.s.client(b)
 	if cl == nil {
@@ -174,6 +224,14 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 			return nil, b.failf("producer id/epoch %d/%d differs from the records' %d/%d", pid, epoch, recPID, recEpoch)
 		}
 		th.ProducerID, th.Epoch = pid, epoch
+		if err := b.checkAlive(ctx, pid, epoch); err != nil {
+			return nil, err
+		}
+	}
+	// Checked again after the flush: the age the handle is journaled at
+	// is what must leave the broker time to see the commit.
+	if err := b.Expired(); err != nil {
+		return nil, err
 	}
 	h, err := json.Marshal(th)
 	if err != nil {

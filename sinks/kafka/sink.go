@@ -25,8 +25,17 @@ import (
 	"github.com/txsink/txsink/twopc"
 )
 
-// ErrClosed is returned by calls on a closed Sink.
-var ErrClosed = errors.New("kafka: sink closed")
+// Errors of the sink; both are returned wrapped in twopc.ErrSinkFailure.
+var (
+	// ErrClosed is returned by calls on a closed Sink.
+	ErrClosed = errors.New("kafka: sink closed")
+	// ErrExpired means a branch was open longer than Config.ExpireShare of
+	// the transaction timeout (or the broker no longer has it open): it
+	// must not be prepared, because the broker may abort it before the
+	// journaled decision commits it. The session replays from its last
+	// checkpoint.
+	ErrExpired = errors.New("kafka: transaction expired")
+)
 
 // retryBudget bounds how long Resolve and Fence retry retriable coordinator
 // errors (CONCURRENT_TRANSACTIONS, NOT_COORDINATOR, ...) when the caller's
@@ -41,6 +50,7 @@ type Sink struct {
 	cfg      Config
 	log      *slog.Logger
 	timeout  time.Duration
+	maxOpen  time.Duration // ExpireShare of timeout: the age at which a branch expires
 	allowAll bool
 	allowed  map[string]struct{}
 	versions *kversion.Versions // EndTxn capped at endTxnVersion
@@ -124,7 +134,8 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		kgo.AllowAutoTopicCreation(),
 	)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.log.Info("kafka sink ready", "brokers", cfg.Brokers, "transaction_timeout", s.timeout, "max_inflight", cfg.MaxInflight)
+	s.maxOpen = time.Duration(float64(s.timeout) * cfg.ExpireShare)
+	s.log.Info("kafka sink ready", "brokers", cfg.Brokers, "transaction_timeout", s.timeout, "max_open", s.maxOpen, "max_inflight", cfg.MaxInflight)
 	return s, nil
 }
 
@@ -175,6 +186,10 @@ func (s *Sink) MaxInflight() int { return s.cfg.MaxInflight }
 // warns when a prepared branch reaches half of it.
 func (s *Sink) TransactionTimeout() time.Duration { return s.timeout }
 
+// MaxOpen is how long a branch may stay open before it expires
+// (Config.ExpireShare of TransactionTimeout).
+func (s *Sink) MaxOpen() time.Duration { return s.maxOpen }
+
 // Close closes every client. Open and prepared transactions stay open in
 // Kafka (franz-go's Close does not abort): prepared ones are finished by
 // Resolve, open ones by the next Fence or the transaction timeout.
@@ -215,7 +230,10 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 	if id.Slot < 0 || id.Slot >= s.cfg.MaxInflight {
 		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: slot not in 0..%d", twopc.ErrInvalid, s.cfg.Name, id, s.cfg.MaxInflight-1)
 	}
-	b := &branch{s: s, id: id, pid: -1, epoch: -1}
+	// The broker's timer starts when the transaction adds its first
+	// partition, which is never before Begin: measuring from here errs on
+	// the safe side.
+	b := &branch{s: s, id: id, pid: -1, epoch: -1, begun: time.Now()}
 	b.promise = b.onProduced
 	txnID := s.txnID(id.Job, id.Writer, id.Slot)
 

@@ -79,6 +79,9 @@ type Sink struct {
 	FailWrite, FailPrepare, FailCommit, FailResolve error
 	// Topics, when set, is the allow-list checked by Validate.
 	Topics []string
+	// expire, when set, is what every open branch's Expired returns
+	// (set with ExpireOpen).
+	expire error
 }
 
 type tx struct {
@@ -199,6 +202,15 @@ func (s *Sink) Expire(id twopc.BranchID) {
 	}
 }
 
+// ExpireOpen makes every open branch report err from Expired, and fail its
+// Write and Prepare with it, as a Kafka branch open too long does; nil
+// ends that.
+func (s *Sink) ExpireOpen(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expire = err
+}
+
 // Branches lists the ids of transactions in a state.
 func (s *Sink) Branches(state string) []twopc.BranchID {
 	s.mu.Lock()
@@ -225,6 +237,9 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	if b.s.FailWrite != nil {
 		return b.s.FailWrite
 	}
+	if b.t.state == Open && b.s.expire != nil {
+		return b.s.expire
+	}
 	if b.t.state != Open {
 		return fmt.Errorf("fake: write to %s %s", b.t.state, b.t.id)
 	}
@@ -244,11 +259,24 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	if b.s.FailPrepare != nil {
 		return nil, b.s.FailPrepare
 	}
+	if b.t.state == Open && b.s.expire != nil {
+		return nil, b.s.expire
+	}
 	if b.t.state != Open {
 		return nil, fmt.Errorf("fake: prepare of %s %s", b.t.state, b.t.id)
 	}
 	b.t.state = Prepared
 	return twopc.Handle(handleOf(b.t.id)), nil
+}
+
+// Expired reports the error set with ExpireOpen while the branch is open.
+func (b *branch) Expired() error {
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	if b.t.state != Open {
+		return nil
+	}
+	return b.s.expire
 }
 
 func (b *branch) Commit(ctx context.Context) error {
