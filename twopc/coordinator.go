@@ -416,7 +416,7 @@ func (c *Coordinator) validateRecords(job string, recs []*Record) error {
 			lastName, last = r.Sink, c.cfg.Sinks[r.Sink]
 		}
 		if err := last.Validate(r); err != nil {
-			return fmt.Errorf("record %d: %w", i+1, err)
+			return &RecordError{Line: i + 1, Err: err}
 		}
 	}
 	return nil
@@ -462,9 +462,12 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 			return WriteResult{}, err
 		}
 	}
-	for _, name := range order {
+	for i, name := range order {
 		ob := s.open[name]
 		if err := ob.br.Write(ctx, groups[name]); err != nil {
+			if errors.Is(err, ErrRecordRejected) {
+				return WriteResult{}, c.rejected(ctx, s, recs, name, i > 0, err)
+			}
 			return WriteResult{}, c.fail(ctx, s, fmt.Errorf("write to sink %s: %w", name, err))
 		}
 		c.metrics.Records(job, name, len(groups[name]), recordBytes(groups[name]))

@@ -72,6 +72,9 @@ type Error struct {
 	Code   string // stable problem code, e.g. "session_fenced" (see api.Code*)
 	Title  string
 	Detail string
+	// Record is the 1-based index in the write call of the record the
+	// problem is about, or 0.
+	Record int
 }
 
 func (e *Error) Error() string {
@@ -261,7 +264,7 @@ func readError(resp *http.Response) error {
 	e := &Error{Status: resp.StatusCode}
 	var p api.Problem
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") && json.Unmarshal(b, &p) == nil {
-		e.Code, e.Title, e.Detail = p.Code, p.Title, p.Detail
+		e.Code, e.Title, e.Detail, e.Record = p.Code, p.Title, p.Detail, p.Record
 		return e
 	}
 	e.Title = http.StatusText(resp.StatusCode)

@@ -82,6 +82,8 @@ type Sink struct {
 	// expire, when set, is what every open branch's Expired returns
 	// (set with ExpireOpen).
 	expire error
+	// reject is a value Write refuses for good (set with RejectValue).
+	reject string
 }
 
 type tx struct {
@@ -211,6 +213,16 @@ func (s *Sink) ExpireOpen(err error) {
 	s.expire = err
 }
 
+// RejectValue makes Write refuse every record with value v (compared with
+// the record's raw value) as a database refuses a duplicate key: a
+// *twopc.RecordError wrapping twopc.ErrRecordRejected, and the branch keeps
+// none of the call's records. "" ends that.
+func (s *Sink) RejectValue(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reject = v
+}
+
 // Branches lists the ids of transactions in a state.
 func (s *Sink) Branches(state string) []twopc.BranchID {
 	s.mu.Lock()
@@ -243,13 +255,17 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	if b.t.state != Open {
 		return fmt.Errorf("fake: write to %s %s", b.t.state, b.t.id)
 	}
-	for _, r := range recs {
-		v := string(r.Value)
+	vals := make([]string, len(recs))
+	for i, r := range recs {
+		vals[i] = string(r.Value)
 		if len(r.ValueB64) > 0 {
-			v = string(r.ValueB64)
+			vals[i] = string(r.ValueB64)
 		}
-		b.t.vals = append(b.t.vals, v)
+		if b.s.reject != "" && vals[i] == b.s.reject {
+			return &twopc.RecordError{Line: i + 1, Err: fmt.Errorf("%w: fake: value %s refused", twopc.ErrRecordRejected, vals[i])}
+		}
 	}
+	b.t.vals = append(b.t.vals, vals...)
 	return nil
 }
 
