@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/txsink/txsink/twopc"
@@ -39,6 +40,9 @@ type branch struct {
 	// serially, so mu is only contended by Prepare.
 	mu         sync.Mutex
 	err        error // first produce error
+	errRec     TopicPartition
+	errKey     string // first 64 bytes of the failed record's key
+	errSize    int    // its key and value bytes
 	parts      map[TopicPartition]struct{}
 	last       TopicPartition
 	pid        int64 // producer id and epoch of the produced records
@@ -58,6 +62,9 @@ func (b *branch) onProduced(r *kgo.Record, err error) {
 	if err != nil {
 		if b.err == nil {
 			b.err = err
+			b.errRec = TopicPartition{Topic: r.Topic, Partition: r.Partition}
+			b.errKey = string(r.Key[:min(len(r.Key), 64)])
+			b.errSize = len(r.Key) + len(r.Value)
 		}
 	} else {
 		if b.parts == nil || r.Topic != b.last.Topic || r.Partition != b.last.Partition {
@@ -131,6 +138,34 @@ func (b *branch) checkAlive(ctx context.Context, pid int64, epoch int16) error {
 	return nil
 }
 
+// produceErr wraps the branch's first produce error. One that the broker
+// (or franz-go, for the broker's limits) would answer every replay of the
+// record with also wraps twopc.ErrRecordRejected, so the app learns the
+// record is poison instead of replaying it forever. The record cannot be
+// taken out of a Kafka transaction, so it stays a sink failure too: the
+// session fails and the app replays without the record.
+func (b *branch) produceErr(err error) error {
+	b.mu.Lock()
+	tp, key, size := b.errRec, b.errKey, b.errSize
+	b.mu.Unlock()
+	if recordRejected(err) {
+		return fmt.Errorf("%w: %w: kafka sink %q: branch %v: the broker refused a record of topic %q partition %d (key %q, %d bytes): %w",
+			twopc.ErrRecordRejected, twopc.ErrSinkFailure, b.s.cfg.Name, b.id, tp.Topic, tp.Partition, key, size, err)
+	}
+	return fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+}
+
+// recordRejected reports whether a produce error is about the record
+// itself, so a retry gets it again.
+func recordRejected(err error) bool {
+	for _, e := range []error{kerr.MessageTooLarge, kerr.InvalidRecord, kerr.RecordListTooLarge, kerr.InvalidTimestamp} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // Write produces recs asynchronously into the open transaction; produce
 // errors surface here on a later call, and at the latest in Prepare.
 func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
@@ -141,7 +176,7 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 		return err
 	}
 	if err := b.firstErr(); err != nil {
-		return fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+		return b.produceErr(err)
 	}
 	cl := b.s.client(b)
 	if cl == nil {
@@ -207,7 +242,7 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	recPID, recEpoch := b.pid, b.epoch
 	b.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+		return nil, b.produceErr(err)
 	}
 	if mixed {
 		return nil, b.failf("records were produced with different producer epochs")

@@ -66,6 +66,11 @@ type Sink struct {
 	cancel context.CancelFunc
 
 	created sync.Map // topics created or found by ensureTopics
+	topics  topicCache
+
+	// maxMessage is the broker's message.max.bytes, the limit of topics
+	// that do not set their own.
+	maxMessage int32
 
 	mu     sync.Mutex
 	slots  map[string]*slot // by transactional id
@@ -121,30 +126,37 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		s.admin.Close()
 		return nil, fmt.Errorf("%w: kafka sink %q: brokers %v do not answer: %w", twopc.ErrSinkFailure, cfg.Name, cfg.Brokers, err)
 	}
+	brokerTimeout, maxMessage := s.brokerConfigs(ctx)
+	s.maxMessage = maxMessage
 	s.timeout = cfg.TransactionTimeout
 	if s.timeout == 0 {
-		s.timeout = s.brokerMaxTimeout(ctx)
+		s.timeout = brokerTimeout
 	}
 	s.slotOpts = append(base,
 		kgo.MaxVersions(s.versions),
 		kgo.TransactionTimeout(s.timeout),
 		kgo.RecordPartitioner(newPartitioner()),
+		kgo.ProducerBatchMaxBytesFn(s.batchMaxBytes),
 		// Like the Java producer: ask for auto-creation; a broker with
 		// auto.create.topics.enable=false ignores it.
 		kgo.AllowAutoTopicCreation(),
 	)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.maxOpen = time.Duration(float64(s.timeout) * cfg.ExpireShare)
-	s.log.Info("kafka sink ready", "brokers", cfg.Brokers, "transaction_timeout", s.timeout, "max_open", s.maxOpen, "max_inflight", cfg.MaxInflight)
+	s.log.Info("kafka sink ready", "brokers", cfg.Brokers, "transaction_timeout", s.timeout, "max_open", s.maxOpen,
+		"message_max_bytes", s.maxMessage, "max_inflight", cfg.MaxInflight)
 	return s, nil
 }
 
-// brokerMaxTimeout reads transaction.max.timeout.ms from one broker.
-func (s *Sink) brokerMaxTimeout(ctx context.Context) time.Duration {
+// brokerConfigs reads transaction.max.timeout.ms and message.max.bytes
+// from one broker, each with Kafka's default when it cannot be read.
+func (s *Sink) brokerConfigs(ctx context.Context) (txnTimeout time.Duration, maxMessage int32) {
+	txnTimeout, maxMessage = FallbackTransactionTimeout, defaultMaxMessageBytes
 	adm := kadm.NewClient(s.admin)
-	fallback := func(err error) time.Duration {
-		s.log.Warn("cannot read transaction.max.timeout.ms; assuming Kafka's default", "err", err, "timeout", FallbackTransactionTimeout)
-		return FallbackTransactionTimeout
+	fallback := func(err error) (time.Duration, int32) {
+		s.log.Warn("cannot read the broker's config; assuming Kafka's defaults", "err", err,
+			"transaction.max.timeout.ms", FallbackTransactionTimeout, "message.max.bytes", defaultMaxMessageBytes)
+		return FallbackTransactionTimeout, defaultMaxMessageBytes
 	}
 	brokers, err := adm.ListBrokers(ctx)
 	if err != nil {
@@ -157,22 +169,40 @@ func (s *Sink) brokerMaxTimeout(ctx context.Context) time.Duration {
 	if err != nil {
 		return fallback(err)
 	}
+	var seenTimeout, seenMax bool
 	for _, rc := range rcs {
 		if rc.Err != nil {
 			return fallback(rc.Err)
 		}
 		for _, c := range rc.Configs {
-			if c.Key != "transaction.max.timeout.ms" || c.Value == nil {
+			if c.Value == nil {
 				continue
 			}
-			ms, err := strconv.ParseInt(*c.Value, 10, 64)
-			if err != nil || ms <= 0 {
-				return fallback(fmt.Errorf("transaction.max.timeout.ms = %q", *c.Value))
+			switch c.Key {
+			case "transaction.max.timeout.ms":
+				ms, err := strconv.ParseInt(*c.Value, 10, 64)
+				if err != nil || ms <= 0 {
+					s.log.Warn("bad transaction.max.timeout.ms; assuming Kafka's default", "value", *c.Value, "timeout", FallbackTransactionTimeout)
+					continue
+				}
+				txnTimeout, seenTimeout = time.Duration(ms)*time.Millisecond, true
+			case "message.max.bytes":
+				n, err := strconv.ParseInt(*c.Value, 10, 32)
+				if err != nil || n < 512 {
+					s.log.Warn("bad message.max.bytes; assuming Kafka's default", "value", *c.Value, "bytes", defaultMaxMessageBytes)
+					continue
+				}
+				maxMessage, seenMax = int32(n), true
 			}
-			return time.Duration(ms) * time.Millisecond
 		}
 	}
-	return fallback(errors.New("transaction.max.timeout.ms not in broker config"))
+	if !seenTimeout {
+		s.log.Warn("transaction.max.timeout.ms not in broker config; assuming Kafka's default", "timeout", FallbackTransactionTimeout)
+	}
+	if !seenMax {
+		s.log.Warn("message.max.bytes not in broker config; assuming Kafka's default", "bytes", defaultMaxMessageBytes)
+	}
+	return txnTimeout, maxMessage
 }
 
 // Name is the sink's configured name.
