@@ -33,8 +33,12 @@ type branch struct {
 	id      twopc.BranchID
 	sl      *slot
 	promise func(*kgo.Record, error)
-	begun   time.Time    // when Begin ran, no later than the broker's timer start
 	pending atomic.Int64 // records produced whose promise has not run yet
+	// begun is when the branch handed its first record to franz-go (Begin
+	// until then): the broker's timer starts when the transaction adds its
+	// first partition, which franz-go asks for only after that.
+	begun    time.Time
+	produced int // records handed to franz-go; 0: no transaction in the broker yet
 
 	// mu guards what the produce promises record. kgo calls promises
 	// serially, so mu is only contended by Prepare.
@@ -102,8 +106,8 @@ func (b *branch) failf(format string, args ...any) error {
 // asks it in its background loop to fail such a session early, so the
 // branch releases its slot before the broker aborts it.
 func (b *branch) Expired() error {
-	if b.state != stateOpen {
-		return nil
+	if b.state != stateOpen || b.produced == 0 {
+		return nil // nothing in the broker that could time out
 	}
 	age := time.Since(b.begun)
 	if age <= b.s.maxOpen {
@@ -187,6 +191,10 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 			return err
 		}
 	}
+	if b.produced == 0 && len(recs) > 0 {
+		b.begun = time.Now()
+	}
+	b.produced += len(recs)
 	// Records outlive this call: they are buffered until Prepare flushes
 	// them, so they produce under the sink's lifetime context, not ctx
 	// (an HTTP request's context ends when the write call answers).

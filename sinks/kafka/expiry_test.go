@@ -62,6 +62,12 @@ func TestExpiredBranchIsNotPrepared(t *testing.T) {
 			if err := b.(expirer).Expired(); err != nil {
 				t.Fatalf("fresh branch: got %v, want not expired", err)
 			}
+			// A branch that never produced has no transaction in the
+			// broker: it does not expire however old it is.
+			idle, err := s.Begin(ctx, bid("w0", 2, 1))
+			if err != nil {
+				t.Fatal(err)
+			}
 			if err := b.Write(ctx, records(t, s, "events", "old", 3)); err != nil {
 				t.Fatalf("Write: %v", err)
 			}
@@ -84,8 +90,14 @@ func TestExpiredBranchIsNotPrepared(t *testing.T) {
 			if err := b.Abort(ctx); err != nil {
 				t.Fatalf("Abort: %v", err)
 			}
+			if err := idle.(expirer).Expired(); err != nil {
+				t.Fatalf("branch without records, older than MaxOpen: got %v, want not expired", err)
+			}
+			if err := idle.Abort(ctx); err != nil {
+				t.Fatalf("Abort idle: %v", err)
+			}
 			// The slot is free again and a fresh branch commits.
-			b2, _ := prepared(t, s, bid("w0", 2, 0), "events", "new", 2)
+			b2, _ := prepared(t, s, bid("w0", 3, 0), "events", "new", 2)
 			if err := b2.Commit(ctx); err != nil {
 				t.Fatalf("Commit: %v", err)
 			}

@@ -260,9 +260,6 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 	if id.Slot < 0 || id.Slot >= s.cfg.MaxInflight {
 		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: slot not in 0..%d", twopc.ErrInvalid, s.cfg.Name, id, s.cfg.MaxInflight-1)
 	}
-	// The broker's timer starts when the transaction adds its first
-	// partition, which is never before Begin: measuring from here errs on
-	// the safe side.
 	b := &branch{s: s, id: id, pid: -1, epoch: -1, begun: time.Now()}
 	b.promise = b.onProduced
 	txnID := s.txnID(id.Job, id.Writer, id.Slot)
