@@ -46,11 +46,11 @@ type Config struct {
 	// branch should live as long as the broker allows.
 	TransactionTimeout time.Duration
 	// ExpireShare is the share of the transaction timeout (0 < share < 1,
-	// default 0.5) a branch may stay open, counted from its first Write. Past it the
-	// branch is expired: Write and Prepare fail with ErrExpired, so no
-	// checkpoint ever journals a transaction the broker may abort before
-	// it is committed. The rest of the timeout is the margin left for
-	// journaling and committing.
+	// default 0.5) a branch may stay open, counted from its first Write.
+	// Past it the branch is expired: Write and Prepare fail with
+	// ErrExpired, so no checkpoint ever journals a transaction the broker
+	// may abort before it is committed. The rest of the timeout is the
+	// margin left for journaling and committing.
 	ExpireShare float64
 	// CreateTopics makes the sink create a topic with CreateTopics (the
 	// broker's default partitions and replication) the first time a record
