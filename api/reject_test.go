@@ -90,3 +90,23 @@ func countOf(s []string, v string) int {
 	}
 	return n
 }
+
+// A rejection found only at prepare answers the checkpoint with 422, as the
+// spec lists it for the checkpoint call.
+func TestRecordRejectedAtCheckpoint(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.ts[0].c
+	must[twopc.JobInfo](t)(c.PutJob(ctx, "j", "", []string{"other"}))
+	ep := must[twopc.SessionInfo](t)(c.OpenSession(ctx, "j", "w", nil)).Epoch
+	must[twopc.WriteResult](t)(c.WriteNDJSON(ctx, "j", "w", ep, nil, []byte(`{"value":"a"}`)))
+	e.other.FailPrepare = fmt.Errorf("%w: %w: fake: the broker refused a record", twopc.ErrRecordRejected, twopc.ErrSinkFailure)
+	_, err := c.Checkpoint(ctx, "j", "w", ep, 1, nil, "")
+	e.other.FailPrepare = nil
+	wantCode(t, err, 422, api.CodeRecordRejected)
+	if got := committed(e.other); len(got) != 0 {
+		t.Fatalf("committed %v, want nothing", got)
+	}
+	_, err = c.WriteNDJSON(ctx, "j", "w", ep, nil, []byte(`{"value":"b"}`))
+	wantCode(t, err, 502, api.CodeSinkFailure)
+}

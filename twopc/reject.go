@@ -31,6 +31,10 @@ func (c *Coordinator) rejected(ctx context.Context, s *session, recs []*Record, 
 		c.log.Info("record rejected; the write call changed nothing", "job", s.job, "writer", s.writer, "err", err)
 		return err
 	}
+	why := "records of this call were already written to another sink"
+	if !wroteOthers {
+		why = "the sink could not undo the call"
+	}
 	_ = c.fail(ctx, s, err)
-	return fmt.Errorf("%w; records of this call were already written, so the session failed and its open branches were aborted: reopen, resume from the last checkpoint and replay without this record", err)
+	return fmt.Errorf("%w; %s, so the session failed and its open branches were aborted: reopen, resume from the last checkpoint and replay without this record", err, why)
 }

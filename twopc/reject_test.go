@@ -3,6 +3,7 @@ package twopc_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -72,4 +73,29 @@ func TestRecordRejected(t *testing.T) {
 			t.Fatalf("got %v, want ErrInvalid naming record 2", err)
 		}
 	})
+}
+
+// A sink that finds a poison record only at prepare (Kafka: the broker
+// refused a produce) fails the checkpoint as a rejection: nothing is
+// journaled, every branch is aborted, the session must reopen.
+func TestRecordRejectedAtPrepare(t *testing.T) {
+	e := newEnv(t, 2)
+	e.job("j", twopc.ModeAuto, "a", "b")
+	e.open("j", "0", nil)
+	e.write("j", "0", 1, append(recs("a", "a1"), recs("b", "b1")...))
+	e.b.FailPrepare = fmt.Errorf("%w: %w: fake: broker refused a record", twopc.ErrRecordRejected, twopc.ErrSinkFailure)
+	_, err := e.c.Checkpoint(context.Background(), "j", "0", 1, 1, nil, "")
+	e.b.FailPrepare = nil
+	if !errors.Is(err, twopc.ErrRecordRejected) {
+		t.Fatalf("checkpoint: got %v, want ErrRecordRejected", err)
+	}
+	if _, ok := e.j.Machine().CheckpointStatus("j", "0", 1); ok {
+		t.Fatal("checkpoint 1 was journaled")
+	}
+	if n := len(e.a.Branches(twopctest.Aborted)) + len(e.b.Branches(twopctest.Aborted)); n != 2 {
+		t.Fatalf("aborted branches: got %d, want 2", n)
+	}
+	if _, err := e.c.Write(context.Background(), "j", "0", 1, nil, recs("a", "a2")); !errors.Is(err, twopc.ErrSinkFailure) {
+		t.Fatalf("write after the failed checkpoint: got %v, want ErrSinkFailure (reopen)", err)
+	}
 }

@@ -153,7 +153,8 @@ func (b *branch) produceErr(err error) error {
 	tp, key, size := b.errRec, b.errKey, b.errSize
 	b.mu.Unlock()
 	if recordRejected(err) {
-		return fmt.Errorf("%w: %w: kafka sink %q: branch %v: the broker refused a record of topic %q partition %d (key %q, %d bytes): %w",
+		return fmt.Errorf("%w: %w: kafka sink %q: branch %v: the broker refused a record of topic %q partition %d (key %q, %d bytes): %w; "+
+			"a Kafka transaction cannot drop one record, so the session failed: reopen, resume from the last checkpoint and replay without this record",
 			twopc.ErrRecordRejected, twopc.ErrSinkFailure, b.s.cfg.Name, b.id, tp.Topic, tp.Partition, key, size, err)
 	}
 	return fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
