@@ -48,10 +48,10 @@ func TestExpiredBranchIsNotPrepared(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := kafkatest.NewCluster(t, kfake.SeedTopics(1, "events"),
-				kfake.BrokerConfigs(map[string]string{"transaction.max.timeout.ms": "3000"}))
+				kfake.BrokerConfigs(map[string]string{"transaction.max.timeout.ms": "10000"}))
 			addr := kafkatest.Addr(c)
 			ctx := ctxT(t)
-			s := newSink(t, addr, func(c *kafka.Config) { c.TransactionTimeout = 2 * time.Second; c.ExpireShare = 0.25 })
+			s := newSink(t, addr, func(c *kafka.Config) { c.TransactionTimeout = 4 * time.Second; c.ExpireShare = 0.125 })
 			if got, want := s.MaxOpen(), 500*time.Millisecond; got != want {
 				t.Fatalf("MaxOpen: got %v, want %v", got, want)
 			}
@@ -76,8 +76,8 @@ func TestExpiredBranchIsNotPrepared(t *testing.T) {
 			if !errors.Is(eerr, kafka.ErrExpired) || !errors.Is(eerr, twopc.ErrSinkFailure) {
 				t.Fatalf("Expired: got %v, want ErrExpired wrapped in ErrSinkFailure", eerr)
 			}
-			// The broker has not aborted it yet: we expire first.
-			if time.Since(start) < time.Second {
+			// The broker (4s) has not aborted it yet: we expire first.
+			if time.Since(start) < 2*time.Second {
 				adm := kadm.NewClient(mustClient(t, addr))
 				if st := txnState(t, adm, kafka.TransactionalID("txsink", "job", "w0", 0)); st != "Ongoing" {
 					t.Fatalf("broker state at expiry: got %q, want Ongoing", st)
