@@ -29,7 +29,7 @@ var allCodes = []string{
 	api.CodeUnauthorized, api.CodeJobNotFound, api.CodeNotFound, api.CodeMethodNotAllowed,
 	api.CodeSessionFenced, api.CodeSessionLost, api.CodeNoSession, api.CodeSeqConflict,
 	api.CodeCheckpointOrder, api.CodeModeConflict, api.CodeBodyTooLarge, api.CodeUnsupportedMediaType,
-	api.CodeBackpressure, api.CodeInternal, api.CodeSinkFailure, api.CodeDataLoss, api.CodeUnavailable,
+	api.CodeBackpressure, api.CodeInternal, api.CodeRecordRejected, api.CodeSinkFailure, api.CodeDataLoss, api.CodeUnavailable,
 }
 
 // TestMain runs the suite, then (on a full run) checks that every operation

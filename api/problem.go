@@ -32,6 +32,7 @@ const (
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
 	CodeBackpressure         = "backpressure"           // 429: too many checkpoints in flight
 	CodeInternal             = "internal"               // 500
+	CodeRecordRejected       = "record_rejected"        // 422: a sink refused a record for good; fix or skip it
 	CodeSinkFailure          = "sink_failure"           // 502: a sink failed; the checkpoint was aborted
 	CodeDataLoss             = "data_loss"              // 502: a sink aborted a transaction decided to commit
 	CodeUnavailable          = "unavailable"            // 503: no journal leader, not ready, timed out
@@ -52,6 +53,9 @@ type Problem struct {
 	// call would have returned (a CheckpointResult or CommitResult), so a
 	// client sees which writer, sink and checkpoint lost data.
 	Result json.RawMessage `json:"result,omitempty"`
+	// Record is the 1-based index in the write call of the record the
+	// problem is about (400 invalid_request, 422 record_rejected).
+	Record int `json:"record,omitempty"`
 }
 
 // apiErr is an error answer decided by the API itself.
@@ -60,6 +64,7 @@ type apiErr struct {
 	Code   string
 	Detail string
 	Result any // Problem.Result; nil: none
+	Record int // Problem.Record
 }
 
 func (e *apiErr) Error() string { return e.Code + ": " + e.Detail }
@@ -86,6 +91,7 @@ var twopcErrors = []struct {
 	{twopc.ErrJobNotFound, http.StatusNotFound, CodeJobNotFound},
 	{twopc.ErrUnknownSink, http.StatusBadRequest, CodeUnknownSink},
 	{twopc.ErrInvalid, http.StatusBadRequest, CodeInvalidRequest},
+	{twopc.ErrRecordRejected, http.StatusUnprocessableEntity, CodeRecordRejected},
 	{twopc.ErrSinkFailure, http.StatusBadGateway, CodeSinkFailure},
 	{twopc.ErrUnavailable, http.StatusServiceUnavailable, CodeUnavailable},
 	{context.DeadlineExceeded, http.StatusServiceUnavailable, CodeUnavailable},
@@ -101,7 +107,11 @@ func toAPIErr(err error) *apiErr {
 	}
 	for _, m := range twopcErrors {
 		if errors.Is(err, m.err) {
-			return &apiErr{Status: m.status, Code: m.code, Detail: err.Error()}
+			e := &apiErr{Status: m.status, Code: m.code, Detail: err.Error()}
+			if re, ok := errors.AsType[*twopc.RecordError](err); ok {
+				e.Record = re.Line
+			}
+			return e
 		}
 	}
 	return &apiErr{Status: http.StatusInternalServerError, Code: CodeInternal, Detail: err.Error()}
@@ -144,6 +154,7 @@ func (s *Server) problem(w http.ResponseWriter, r *http.Request, e *apiErr) {
 		Detail:   e.Detail,
 		Code:     e.Code,
 		Instance: r.URL.Path,
+		Record:   e.Record,
 	}
 	if e.Result != nil {
 		rb, err := json.Marshal(e.Result)

@@ -451,8 +451,10 @@ func TestMySQLKafkaKillBetweenSinkCommits(t *testing.T) {
 }
 
 // 3b. A statement error in MySQL (duplicate on UNIQUE v) in a checkpoint
-// that also wrote to Kafka: 502 sink_failure, and neither sink shows any
-// record of that checkpoint; the reopened writer replays and commits.
+// that also wrote to Kafka: the record is poison (422 record_rejected naming
+// it), and because the call's Kafka records were already produced the
+// session failed: neither sink shows any record of that checkpoint; the
+// reopened writer replays without the poison record and commits.
 func TestMySQLKafkaStatementErrorAbortsBoth(t *testing.T) {
 	broker := startBroker(t)
 	m := newMDB(t, mysqltest.DSN(t), tableT)
@@ -466,7 +468,10 @@ func TestMySQLKafkaStatementErrorAbortsBoth(t *testing.T) {
 	mustWriteRecs(t, c, m.job, "0", s.Epoch, bothSinks(values(10, 20)))
 	bad := append(records(values(20, 25)), insRecords("db", []string{"v0020", "v0003"})...)
 	_, err := c.Write(tctx(t), m.job, "0", s.Epoch, nil, bad)
-	wantProblem(t, "write with a duplicate key", err, 502, "sink_failure")
+	wantProblem(t, "write with a duplicate key", err, 422, "record_rejected")
+	if e, _ := errors.AsType[*client.Error](err); e.Record != 7 || !strings.Contains(e.Detail, "session failed") {
+		t.Fatalf("write with a duplicate key: got record %d (%s), want record 7 and the session failed", e.Record, e.Detail)
+	}
 	// the failed session takes nothing more
 	if _, err := c.Checkpoint(tctx(t), m.job, "0", s.Epoch, 2, []byte("s2"), ""); err == nil {
 		t.Fatal("checkpoint after a sink failure succeeded; want an error (the writer must reopen)")
@@ -750,4 +755,25 @@ func TestMySQLBadInput(t *testing.T) {
 	mustWriteRecs(t, c, m.job, "0", s.Epoch, insRecords("db", []string{"ok"}))
 	mustCheckpoint(t, c, m.job, "0", s.Epoch, 1, twopc.StatusCommitted)
 	m.wantRows([]string{"ok"})
+}
+
+// 3c. A poison record in a MySQL-only call (issue 9): 422 record_rejected
+// naming its line, the call changes nothing, and the same session goes on
+// without it; the checkpoint commits every other record exactly once.
+func TestMySQLPoisonRecordIsNamed(t *testing.T) {
+	m := newMDB(t, mysqltest.DSN(t), tableT)
+	n := newNode(t, m.sinkYAML("db", 0, insStmts))
+	c := n.start()
+	s := openJob(t, c, m.job, twopc.ModeAuto, "0")
+	mustWriteRecs(t, c, m.job, "0", s.Epoch, insRecords("db", values(0, 10)))
+	bad := insRecords("db", []string{"v0010", "v0011", "v0003", "v0012"})
+	_, err := c.Write(tctx(t), m.job, "0", s.Epoch, nil, bad)
+	wantProblem(t, "write with a duplicate key", err, 422, "record_rejected")
+	if e, _ := errors.AsType[*client.Error](err); e.Record != 3 || !strings.Contains(e.Detail, "Duplicate entry") {
+		t.Fatalf("got record %d (%s), want record 3 and the server's message", e.Record, e.Detail)
+	}
+	// the app dead-letters record 3 and sends the call again without it
+	mustWriteRecs(t, c, m.job, "0", s.Epoch, insRecords("db", []string{"v0010", "v0011", "v0012"}))
+	mustCheckpoint(t, c, m.job, "0", s.Epoch, 1, twopc.StatusCommitted)
+	m.wantRows(values(0, 13))
 }

@@ -497,7 +497,7 @@ func (c *Coordinator) validateRecords(job string, recs []*Record) error {
 			lastName, last = r.Sink, c.cfg.Sinks[r.Sink]
 		}
 		if err := last.Validate(r); err != nil {
-			return fmt.Errorf("record %d: %w", i+1, err)
+			return &RecordError{Line: i + 1, Err: err}
 		}
 	}
 	return nil
@@ -550,10 +550,18 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 		}
 	}
 	// From here on a sink may hold records of this call, even if it fails.
+	wasDirty := s.dirty
 	s.dirty = s.dirty || len(recs) > 0
-	for _, name := range order {
+	for i, name := range order {
 		ob := s.open[name]
 		if err := ob.br.Write(ctx, groups[name]); err != nil {
+			if errors.Is(err, ErrRecordRejected) {
+				err = c.rejected(ctx, s, recs, name, i > 0, err)
+				if s.failed == nil {
+					s.dirty = wasDirty // the rejected call changed nothing
+				}
+				return WriteResult{}, err
+			}
 			return WriteResult{}, c.fail(ctx, s, fmt.Errorf("write to sink %s: %w", name, err))
 		}
 		c.metrics.Records(job, name, len(groups[name]), recordBytes(groups[name]))
@@ -1039,6 +1047,7 @@ func (c *Coordinator) Run(ctx context.Context) {
 			continue
 		}
 		c.finishDecided(ctx, func(PendingBranch) bool { return true })
+		c.failExpired(ctx)
 		c.warnOld()
 	}
 }

@@ -37,7 +37,26 @@ var (
 	// decided to commit (e.g. Kafka's transaction timeout expired). It is
 	// reported loudly: error log, metric, checkpoint status "data_loss".
 	ErrDataLoss = errors.New("twopc: data loss: sink aborted a decided transaction")
+	// ErrRecordRejected means a sink refused a record for a reason that
+	// does not go away on a retry (duplicate key, value out of range or
+	// too long, message over the broker's limit, ...). The app must fix
+	// or skip the record; replaying it would fail again.
+	ErrRecordRejected = errors.New("twopc: record rejected") // 422 record_rejected
 )
+
+// RecordError names the record of a write call that an error is about.
+// Line is its 1-based index in the call (in the body: its NDJSON line or
+// array element). It unwraps to Err, which wraps ErrInvalid (400) or
+// ErrRecordRejected (422).
+type RecordError struct {
+	Line int
+	Err  error
+}
+
+func (e *RecordError) Error() string { return fmt.Sprintf("record %d: %v", e.Line, e.Err) }
+
+// Unwrap returns Err.
+func (e *RecordError) Unwrap() error { return e.Err }
 
 // nameRe is the rule for job, writer and sink names (docs/DESIGN.md §3).
 var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -148,7 +167,12 @@ type Sink interface {
 // Branch is one open transaction in a sink, owned by one session.
 // Calls on a branch are serialised by the coordinator.
 type Branch interface {
-	// Write appends validated records to the open transaction.
+	// Write appends validated records to the open transaction. A record
+	// the sink refuses deterministically is a *RecordError (Line indexes
+	// recs) wrapping ErrRecordRejected; the branch must then be as it was
+	// before the call, so the session goes on without the record. A sink
+	// that cannot undo the call's earlier records also wraps
+	// ErrSinkFailure, and the coordinator fails the session.
 	Write(ctx context.Context, recs []*Record) error
 	// Prepare makes the branch durable and returns its handle
 	// (Kafka: flush and check every produce; MySQL: XA END + XA PREPARE).

@@ -80,6 +80,9 @@ type Error struct {
 	Code   string // stable problem code, e.g. "session_fenced" (see api.Code*)
 	Title  string
 	Detail string
+	// Record is the 1-based index in the write call of the record the
+	// problem is about, or 0.
+	Record int
 }
 
 // Is makes errors.Is(err, twopc.ErrDataLoss) true for a data_loss answer.
@@ -288,7 +291,7 @@ func readError(resp *http.Response, out any) error {
 	e := &Error{Status: resp.StatusCode}
 	var p api.Problem
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") && json.Unmarshal(b, &p) == nil {
-		e.Code, e.Title, e.Detail = p.Code, p.Title, p.Detail
+		e.Code, e.Title, e.Detail, e.Record = p.Code, p.Title, p.Detail, p.Record
 		if out != nil && len(p.Result) > 0 && p.Code == api.CodeDataLoss {
 			if err := json.Unmarshal(p.Result, out); err != nil {
 				return fmt.Errorf("%w (its result could not be decoded: %v)", e, err)

@@ -56,6 +56,7 @@ type SinkConfig struct {
 	Topics                []string      `yaml:"topics"`
 	TransactionalIDPrefix string        `yaml:"transactional_id_prefix"`
 	TransactionTimeout    time.Duration `yaml:"transaction_timeout"`
+	ExpireShare           float64       `yaml:"expire_share"`
 	CreateTopics          bool          `yaml:"create_topics"`
 	// MySQL
 	DSN         string            `yaml:"dsn"`

@@ -58,7 +58,7 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*kafka.Sink, error) {
 				return kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
 					TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
-					TransactionTimeout: sc.TransactionTimeout, CreateTopics: sc.CreateTopics, Logger: l})
+					TransactionTimeout: sc.TransactionTimeout, ExpireShare: sc.ExpireShare, CreateTopics: sc.CreateTopics, Logger: l})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))

@@ -9,7 +9,10 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/txsink/txsink/twopc"
@@ -31,11 +34,19 @@ type branch struct {
 	sl      *slot
 	promise func(*kgo.Record, error)
 	pending atomic.Int64 // records produced whose promise has not run yet
+	// begun is when the branch handed its first record to franz-go (Begin
+	// until then): the broker's timer starts when the transaction adds its
+	// first partition, which franz-go asks for only after that.
+	begun    time.Time
+	produced int // records handed to franz-go; 0: no transaction in the broker yet
 
 	// mu guards what the produce promises record. kgo calls promises
 	// serially, so mu is only contended by Prepare.
 	mu         sync.Mutex
 	err        error // first produce error
+	errRec     TopicPartition
+	errKey     string // first 64 bytes of the failed record's key
+	errSize    int    // its key and value bytes
 	parts      map[TopicPartition]struct{}
 	last       TopicPartition
 	pid        int64 // producer id and epoch of the produced records
@@ -55,6 +66,9 @@ func (b *branch) onProduced(r *kgo.Record, err error) {
 	if err != nil {
 		if b.err == nil {
 			b.err = err
+			b.errRec = TopicPartition{Topic: r.Topic, Partition: r.Partition}
+			b.errKey = string(r.Key[:min(len(r.Key), 64)])
+			b.errSize = len(r.Key) + len(r.Value)
 		}
 	} else {
 		if b.parts == nil || r.Topic != b.last.Topic || r.Partition != b.last.Partition {
@@ -87,14 +101,87 @@ func (b *branch) failf(format string, args ...any) error {
 	return fmt.Errorf("%w: kafka sink %q: branch %v: %s", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, fmt.Sprintf(format, args...))
 }
 
+// Expired returns an error wrapping twopc.ErrSinkFailure and ErrExpired
+// once the open branch is older than the sink's MaxOpen. The coordinator
+// asks it in its background loop to fail such a session early, so the
+// branch releases its slot before the broker aborts it.
+func (b *branch) Expired() error {
+	if b.state != stateOpen || b.produced == 0 {
+		return nil // nothing in the broker that could time out
+	}
+	age := time.Since(b.begun)
+	if age <= b.s.maxOpen {
+		return nil
+	}
+	return fmt.Errorf("%w: kafka sink %q: branch %v (%s): %w: open for %v, longer than %v (expire_share %v of the transaction timeout %v); reopen the session and replay from its checkpoint",
+		twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.sl.txnID, ErrExpired, age.Round(time.Millisecond), b.s.maxOpen, b.s.cfg.ExpireShare, b.s.timeout)
+}
+
+// checkAlive asks the transaction coordinator whether the branch's
+// transaction is still ongoing with our producer id and epoch: a broker that
+// timed it out (or lost it) has bumped the epoch or ended it. A failed
+// request is only logged: the age check in Expired is the guarantee, this
+// one catches what the age cannot see (e.g. a broker restarted without its
+// open transactions).
+func (b *branch) checkAlive(ctx context.Context, pid int64, epoch int16) error {
+	d, err := kadm.NewClient(b.s.admin).DescribeTransactions(ctx, b.sl.txnID)
+	if err == nil {
+		if dt, ok := d[b.sl.txnID]; !ok {
+			err = errors.New("not in the answer")
+		} else {
+			err = dt.Err
+			if err == nil && (dt.State != "Ongoing" || dt.ProducerID != pid || dt.ProducerEpoch != epoch) {
+				return fmt.Errorf("%w: kafka sink %q: branch %v (%s): %w: the broker has it %s with producer id/epoch %d/%d, ours is %d/%d; reopen the session and replay from its checkpoint",
+					twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.sl.txnID, ErrExpired, dt.State, dt.ProducerID, dt.ProducerEpoch, pid, epoch)
+			}
+		}
+	}
+	if err != nil {
+		b.s.log.Warn("cannot ask the broker whether a transaction is still open; relying on its age", "branch", b.id.String(), "transactional_id", b.sl.txnID, "err", err)
+	}
+	return nil
+}
+
+// produceErr wraps the branch's first produce error. One that the broker
+// (or franz-go, for the broker's limits) would answer every replay of the
+// record with also wraps twopc.ErrRecordRejected, so the app learns the
+// record is poison instead of replaying it forever. The record cannot be
+// taken out of a Kafka transaction, so it stays a sink failure too: the
+// session fails and the app replays without the record.
+func (b *branch) produceErr(err error) error {
+	b.mu.Lock()
+	tp, key, size := b.errRec, b.errKey, b.errSize
+	b.mu.Unlock()
+	if recordRejected(err) {
+		return fmt.Errorf("%w: %w: kafka sink %q: branch %v: the broker refused a record of topic %q partition %d (key %q, %d bytes): %w; "+
+			"a Kafka transaction cannot drop one record, so the session failed: reopen, resume from the last checkpoint and replay without this record",
+			twopc.ErrRecordRejected, twopc.ErrSinkFailure, b.s.cfg.Name, b.id, tp.Topic, tp.Partition, key, size, err)
+	}
+	return fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+}
+
+// recordRejected reports whether a produce error is about the record
+// itself, so a retry gets it again.
+func recordRejected(err error) bool {
+	for _, e := range []error{kerr.MessageTooLarge, kerr.InvalidRecord, kerr.RecordListTooLarge, kerr.InvalidTimestamp} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // Write produces recs asynchronously into the open transaction; produce
 // errors surface here on a later call, and at the latest in Prepare.
 func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	if b.state != stateOpen {
 		return b.failf("write to a branch that is not open")
 	}
+	if err := b.Expired(); err != nil {
+		return err
+	}
 	if err := b.firstErr(); err != nil {
-		return fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+		return b.produceErr(err)
 	}
 	cl := b.s.client(b)
 	if cl == nil {
@@ -105,6 +192,10 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 			return err
 		}
 	}
+	if b.produced == 0 && len(recs) > 0 {
+		b.begun = time.Now()
+	}
+	b.produced += len(recs)
 	// Records outlive this call: they are buffered until Prepare flushes
 	// them, so they produce under the sink's lifetime context, not ctx
 	// (an HTTP request's context ends when the write call answers).
@@ -121,6 +212,9 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	if b.state != stateOpen {
 		return nil, b.failf("prepare of a branch that is not open")
+	}
+	if err := b.Expired(); err != nil {
+		return nil, err
 	}
 	cl := b.s.client(b)
 	if cl == nil {
@@ -157,7 +251,7 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	recPID, recEpoch := b.pid, b.epoch
 	b.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: produce: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
+		return nil, b.produceErr(err)
 	}
 	if mixed {
 		return nil, b.failf("records were produced with different producer epochs")
@@ -174,6 +268,14 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 			return nil, b.failf("producer id/epoch %d/%d differs from the records' %d/%d", pid, epoch, recPID, recEpoch)
 		}
 		th.ProducerID, th.Epoch = pid, epoch
+		if err := b.checkAlive(ctx, pid, epoch); err != nil {
+			return nil, err
+		}
+	}
+	// Checked again after the flush: the age the handle is journaled at
+	// is what must leave the broker time to see the commit.
+	if err := b.Expired(); err != nil {
+		return nil, err
 	}
 	h, err := json.Marshal(th)
 	if err != nil {

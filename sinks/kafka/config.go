@@ -17,6 +17,9 @@ const (
 	// and the broker does not tell us its transaction.max.timeout.ms
 	// (Kafka's default maximum).
 	FallbackTransactionTimeout = 15 * time.Minute
+	// DefaultExpireShare is the share of the transaction timeout after
+	// which an open branch counts as expired.
+	DefaultExpireShare = 0.5
 )
 
 // Config configures a Sink. The zero value of every field except Name,
@@ -42,6 +45,13 @@ type Config struct {
 	// broker for transaction.max.timeout.ms (fallback 15m): a prepared
 	// branch should live as long as the broker allows.
 	TransactionTimeout time.Duration
+	// ExpireShare is the share of the transaction timeout (0 < share < 1,
+	// default 0.5) a branch may stay open, counted from its first Write.
+	// Past it the branch is expired: Write and Prepare fail with
+	// ErrExpired, so no checkpoint ever journals a transaction the broker
+	// may abort before it is committed. The rest of the timeout is the
+	// margin left for journaling and committing.
+	ExpireShare float64
 	// CreateTopics makes the sink create a topic with CreateTopics (the
 	// broker's default partitions and replication) the first time a record
 	// names it, instead of relying on the broker's auto-creation. For
@@ -58,6 +68,7 @@ func DefaultConfig() Config {
 	return Config{
 		TransactionalIDPrefix: DefaultTransactionalIDPrefix,
 		MaxInflight:           DefaultMaxInflight,
+		ExpireShare:           DefaultExpireShare,
 	}
 }
 
@@ -68,6 +79,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = DefaultMaxInflight
+	}
+	if c.ExpireShare == 0 {
+		c.ExpireShare = DefaultExpireShare
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -111,6 +125,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("negative transaction timeout %v", c.TransactionTimeout))
 	} else if c.TransactionTimeout > 0 && c.TransactionTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("transaction timeout %v below 1s", c.TransactionTimeout))
+	}
+	if c.ExpireShare < 0 || c.ExpireShare >= 1 {
+		errs = append(errs, fmt.Errorf("expire share %v not in (0, 1)", c.ExpireShare))
 	}
 	if len(errs) == 0 {
 		return nil

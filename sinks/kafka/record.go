@@ -14,7 +14,9 @@ import (
 // Validate checks one record and normalises it in place so that Write has
 // nothing left to decide: Topic is filled with the default topic, Key and
 // Value are converted to bytes in KeyB64 and ValueB64 (and cleared).
-// Validating a normalised record again is a no-op.
+// Validating a normalised record again is a no-op. It also refuses what the
+// broker would refuse for good (too large, a partition the topic lacks),
+// asking the broker about a topic the first time it sees it.
 func (s *Sink) Validate(r *twopc.Record) error {
 	if r.Stmt != "" || len(r.Args) > 0 {
 		return fmt.Errorf("%w: kafka sink %q: stmt/args are MySQL fields", twopc.ErrInvalid, s.cfg.Name)
@@ -50,7 +52,7 @@ func (s *Sink) Validate(r *twopc.Record) error {
 		}
 		r.Value, r.ValueB64 = nil, b
 	}
-	return nil
+	return s.checkRecord(r)
 }
 
 func (s *Sink) topicAllowed(t string) bool {

@@ -25,8 +25,17 @@ import (
 	"github.com/txsink/txsink/twopc"
 )
 
-// ErrClosed is returned by calls on a closed Sink.
-var ErrClosed = errors.New("kafka: sink closed")
+// Errors of the sink; both are returned wrapped in twopc.ErrSinkFailure.
+var (
+	// ErrClosed is returned by calls on a closed Sink.
+	ErrClosed = errors.New("kafka: sink closed")
+	// ErrExpired means a branch was open longer than Config.ExpireShare of
+	// the transaction timeout (or the broker no longer has it open): it
+	// must not be prepared, because the broker may abort it before the
+	// journaled decision commits it. The session replays from its last
+	// checkpoint.
+	ErrExpired = errors.New("kafka: transaction expired")
+)
 
 // retryBudget bounds how long Resolve and Fence retry retriable coordinator
 // errors (CONCURRENT_TRANSACTIONS, NOT_COORDINATOR, ...) when the caller's
@@ -41,6 +50,7 @@ type Sink struct {
 	cfg      Config
 	log      *slog.Logger
 	timeout  time.Duration
+	maxOpen  time.Duration // ExpireShare of timeout: the age at which a branch expires
 	allowAll bool
 	allowed  map[string]struct{}
 	versions *kversion.Versions // EndTxn capped at endTxnVersion
@@ -56,6 +66,11 @@ type Sink struct {
 	cancel context.CancelFunc
 
 	created sync.Map // topics created or found by ensureTopics
+	topics  topicCache
+
+	// maxMessage is the broker's message.max.bytes, the limit of topics
+	// that do not set their own.
+	maxMessage int32
 
 	mu     sync.Mutex
 	slots  map[string]*slot // by transactional id
@@ -111,29 +126,37 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		s.admin.Close()
 		return nil, fmt.Errorf("%w: kafka sink %q: brokers %v do not answer: %w", twopc.ErrSinkFailure, cfg.Name, cfg.Brokers, err)
 	}
+	brokerTimeout, maxMessage := s.brokerConfigs(ctx)
+	s.maxMessage = maxMessage
 	s.timeout = cfg.TransactionTimeout
 	if s.timeout == 0 {
-		s.timeout = s.brokerMaxTimeout(ctx)
+		s.timeout = brokerTimeout
 	}
 	s.slotOpts = append(base,
 		kgo.MaxVersions(s.versions),
 		kgo.TransactionTimeout(s.timeout),
 		kgo.RecordPartitioner(newPartitioner()),
+		kgo.ProducerBatchMaxBytesFn(s.batchMaxBytes),
 		// Like the Java producer: ask for auto-creation; a broker with
 		// auto.create.topics.enable=false ignores it.
 		kgo.AllowAutoTopicCreation(),
 	)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.log.Info("kafka sink ready", "brokers", cfg.Brokers, "transaction_timeout", s.timeout, "max_inflight", cfg.MaxInflight)
+	s.maxOpen = time.Duration(float64(s.timeout) * cfg.ExpireShare)
+	s.log.Info("kafka sink ready", "brokers", cfg.Brokers, "transaction_timeout", s.timeout, "max_open", s.maxOpen,
+		"message_max_bytes", s.maxMessage, "max_inflight", cfg.MaxInflight)
 	return s, nil
 }
 
-// brokerMaxTimeout reads transaction.max.timeout.ms from one broker.
-func (s *Sink) brokerMaxTimeout(ctx context.Context) time.Duration {
+// brokerConfigs reads transaction.max.timeout.ms and message.max.bytes
+// from one broker, each with Kafka's default when it cannot be read.
+func (s *Sink) brokerConfigs(ctx context.Context) (txnTimeout time.Duration, maxMessage int32) {
+	txnTimeout, maxMessage = FallbackTransactionTimeout, defaultMaxMessageBytes
 	adm := kadm.NewClient(s.admin)
-	fallback := func(err error) time.Duration {
-		s.log.Warn("cannot read transaction.max.timeout.ms; assuming Kafka's default", "err", err, "timeout", FallbackTransactionTimeout)
-		return FallbackTransactionTimeout
+	fallback := func(err error) (time.Duration, int32) {
+		s.log.Warn("cannot read the broker's config; assuming Kafka's defaults", "err", err,
+			"transaction.max.timeout.ms", FallbackTransactionTimeout, "message.max.bytes", defaultMaxMessageBytes)
+		return FallbackTransactionTimeout, defaultMaxMessageBytes
 	}
 	brokers, err := adm.ListBrokers(ctx)
 	if err != nil {
@@ -146,22 +169,40 @@ func (s *Sink) brokerMaxTimeout(ctx context.Context) time.Duration {
 	if err != nil {
 		return fallback(err)
 	}
+	var seenTimeout, seenMax bool
 	for _, rc := range rcs {
 		if rc.Err != nil {
 			return fallback(rc.Err)
 		}
 		for _, c := range rc.Configs {
-			if c.Key != "transaction.max.timeout.ms" || c.Value == nil {
+			if c.Value == nil {
 				continue
 			}
-			ms, err := strconv.ParseInt(*c.Value, 10, 64)
-			if err != nil || ms <= 0 {
-				return fallback(fmt.Errorf("transaction.max.timeout.ms = %q", *c.Value))
+			switch c.Key {
+			case "transaction.max.timeout.ms":
+				ms, err := strconv.ParseInt(*c.Value, 10, 64)
+				if err != nil || ms <= 0 {
+					s.log.Warn("bad transaction.max.timeout.ms; assuming Kafka's default", "value", *c.Value, "timeout", FallbackTransactionTimeout)
+					continue
+				}
+				txnTimeout, seenTimeout = time.Duration(ms)*time.Millisecond, true
+			case "message.max.bytes":
+				n, err := strconv.ParseInt(*c.Value, 10, 32)
+				if err != nil || n < 512 {
+					s.log.Warn("bad message.max.bytes; assuming Kafka's default", "value", *c.Value, "bytes", defaultMaxMessageBytes)
+					continue
+				}
+				maxMessage, seenMax = int32(n), true
 			}
-			return time.Duration(ms) * time.Millisecond
 		}
 	}
-	return fallback(errors.New("transaction.max.timeout.ms not in broker config"))
+	if !seenTimeout {
+		s.log.Warn("transaction.max.timeout.ms not in broker config; assuming Kafka's default", "timeout", FallbackTransactionTimeout)
+	}
+	if !seenMax {
+		s.log.Warn("message.max.bytes not in broker config; assuming Kafka's default", "bytes", defaultMaxMessageBytes)
+	}
+	return txnTimeout, maxMessage
 }
 
 // Name is the sink's configured name.
@@ -174,6 +215,10 @@ func (s *Sink) MaxInflight() int { return s.cfg.MaxInflight }
 // aborts a transaction (prepared or not) that is older. The coordinator
 // warns when a prepared branch reaches half of it.
 func (s *Sink) TransactionTimeout() time.Duration { return s.timeout }
+
+// MaxOpen is how long a branch may stay open before it expires
+// (Config.ExpireShare of TransactionTimeout).
+func (s *Sink) MaxOpen() time.Duration { return s.maxOpen }
 
 // Close closes every client. Open and prepared transactions stay open in
 // Kafka (franz-go's Close does not abort): prepared ones are finished by
@@ -215,7 +260,7 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 	if id.Slot < 0 || id.Slot >= s.cfg.MaxInflight {
 		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: slot not in 0..%d", twopc.ErrInvalid, s.cfg.Name, id, s.cfg.MaxInflight-1)
 	}
-	b := &branch{s: s, id: id, pid: -1, epoch: -1}
+	b := &branch{s: s, id: id, pid: -1, epoch: -1, begun: time.Now()}
 	b.promise = b.onProduced
 	txnID := s.txnID(id.Job, id.Writer, id.Slot)
 

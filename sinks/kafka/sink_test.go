@@ -524,9 +524,13 @@ func TestPartitionOutOfRangeFailsPrepare(t *testing.T) {
 	ctx := ctxT(t)
 	p := int32(7)
 	r := &twopc.Record{Value: json.RawMessage(`"v"`), Partition: &p}
-	if err := s.Validate(r); err != nil {
-		t.Fatal(err)
+	// Validate knows the topic's partitions and refuses it (400) ...
+	if err := s.Validate(r); !errors.Is(err, twopc.ErrInvalid) || !strings.Contains(err.Error(), "no partition 7") {
+		t.Fatalf("Validate: got %v, want ErrInvalid naming partition 7", err)
 	}
+	// ... and a record that gets past it (a stale cache: the topic was
+	// recreated with fewer partitions) still fails the prepare.
+	r = &twopc.Record{Topic: "events", ValueB64: []byte("v"), Partition: &p}
 	b, err := s.Begin(ctx, bid("w0", 1, 0))
 	if err != nil {
 		t.Fatal(err)

@@ -100,6 +100,8 @@ func TestConfigValidate(t *testing.T) {
 		"bad prefix":    func(c *kafka.Config) { c.TransactionalIDPrefix = ".x" },
 		"inflight":      func(c *kafka.Config) { c.MaxInflight = -1 },
 		"short timeout": func(c *kafka.Config) { c.TransactionTimeout = 10 },
+		"share 1":       func(c *kafka.Config) { c.ExpireShare = 1 },
+		"share < 0":     func(c *kafka.Config) { c.ExpireShare = -0.1 },
 	} {
 		c := ok
 		mod(&c)

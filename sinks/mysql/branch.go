@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -78,15 +79,21 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	// statements are joined with a newline and ";" and sent together (the driver
 	// interpolates every argument), in chunks well below the server's
 	// max_allowed_packet (16 MiB by default in MariaDB 10.11). A failing
-	// statement stops its chunk; the branch is then failed and aborted.
+	// statement stops its chunk. Each chunk starts with a savepoint, the
+	// first one also with the call's, so a record the server refuses for
+	// good can be found and the call undone (see DESIGN.md "Poison
+	// records"); any other failure fails the branch.
 	var q strings.Builder
 	args := make([]any, 0, 2*min(len(recs), maxBatchStmts))
-	n, size, prev := 0, 0, ""
-	flush := func() error {
+	n, size, prev, first := 0, 0, "", 0
+	flush := func(end int) error {
 		if n == 0 {
 			return nil
 		}
 		if _, err := b.conn.ExecContext(ctx, q.String(), args...); err != nil {
+			if rejected(err) {
+				return b.reject(ctx, recs, first, end, err)
+			}
 			what := fmt.Sprintf("statement %q", prev)
 			if n > 1 {
 				what = fmt.Sprintf("one of %d records sent together", n)
@@ -94,10 +101,10 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 			return b.fail(what, err)
 		}
 		q.Reset()
-		args, n, size, prev = args[:0], 0, 0, ""
+		args, n, size, prev, first = args[:0], 0, 0, "", end
 		return nil
 	}
-	for _, r := range recs {
+	for i, r := range recs {
 		stmt, ok := b.s.sql[r.Stmt]
 		if !ok {
 			b.state = stateFailed
@@ -108,7 +115,7 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 			recSize += len(a) + 8
 		}
 		if n == maxBatchStmts || (n > 0 && size+recSize > maxBatchBytes) {
-			if err := flush(); err != nil {
+			if err := flush(i); err != nil {
 				return err
 			}
 		}
@@ -128,13 +135,87 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 			q.WriteString("\n;")
 			q.WriteString(stmt)
 		default:
+			if i == 0 {
+				q.WriteString(savepointCall + "\n;")
+			}
+			q.WriteString(savepointChunk + "\n;")
 			q.WriteString(stmt)
 		}
 		prev = r.Stmt
 		n++
 		size += recSize
 	}
-	return flush()
+	return flush(len(recs))
+}
+
+// Savepoints of a Write call: the call's (set before its first record) and
+// the current chunk's. MariaDB keeps an XA branch ACTIVE when a statement
+// fails with one of the errors of rejected (only that statement is rolled
+// back), and ROLLBACK TO SAVEPOINT works inside XA branches.
+const (
+	savepointCall  = "SAVEPOINT txsink_call"
+	savepointChunk = "SAVEPOINT txsink_chunk"
+)
+
+// reject handles a deterministic error of the chunk recs[first:end]: it
+// undoes the chunk, runs its records one at a time to find the one the
+// server refuses, then undoes the whole call, so the branch is as it was
+// before the call and stays usable. The answer is a *twopc.RecordError
+// wrapping twopc.ErrRecordRejected. If the branch cannot be restored it
+// is failed and the error wraps twopc.ErrSinkFailure as well.
+func (b *branch) reject(ctx context.Context, recs []*twopc.Record, first, end int, chunkErr error) error {
+	line, cause := 0, chunkErr
+	if _, err := b.conn.ExecContext(ctx, "ROLLBACK TO SAVEPOINT txsink_chunk"); err != nil {
+		return b.fail("rollback to the chunk's savepoint after a rejected record", err)
+	}
+	for i := first; i < end && line == 0; i++ {
+		r := recs[i]
+		args := make([]any, len(r.Args))
+		for j, a := range r.Args {
+			args[j], _ = argValue(a) // checked when the chunk was built
+		}
+		if _, err := b.conn.ExecContext(ctx, b.s.sql[r.Stmt], args...); err != nil {
+			if !rejected(err) {
+				return b.fail(fmt.Sprintf("statement %q (finding the rejected record)", r.Stmt), err)
+			}
+			line, cause = i+1, err
+		}
+	}
+	var what string
+	if line > 0 {
+		what = fmt.Sprintf("statement %q", recs[line-1].Stmt)
+	} else {
+		// No record fails alone (e.g. a trigger that depends on the
+		// batch): name the chunk's first record and its range.
+		line = first + 1
+		what = fmt.Sprintf("one of records %d..%d sent together", first+1, end)
+	}
+	rej := &twopc.RecordError{Line: line, Err: fmt.Errorf("%w: mysql sink %q: %s: %w",
+		twopc.ErrRecordRejected, b.s.cfg.Name, what, cause)}
+	if _, err := b.conn.ExecContext(ctx, "ROLLBACK TO SAVEPOINT txsink_call"); err != nil {
+		return errors.Join(rej, b.fail("rollback to the call's savepoint after a rejected record", err))
+	}
+	return rej
+}
+
+// rejected reports whether err is a server error that the same statement
+// with the same arguments would get again: the record is poison, not the
+// connection or the moment.
+func rejected(err error) bool {
+	switch errNumber(err) {
+	case 1048, // column cannot be null
+		1062, 1586, // duplicate key
+		1216, 1217, 1451, 1452, // foreign key
+		1264, 1690, // out of range
+		1265, 1292, 1366, 1367, 1411, // data truncated, incorrect or illegal value
+		1364, // field has no default value
+		1365, // division by 0
+		1406, // data too long
+		3819, // check constraint (MySQL)
+		4025: // CONSTRAINT_FAILED (MariaDB)
+		return true
+	}
+	return false
 }
 
 // Bounds of one multi-statement round trip in Write.

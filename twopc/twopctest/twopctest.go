@@ -79,6 +79,11 @@ type Sink struct {
 	FailWrite, FailPrepare, FailCommit, FailResolve error
 	// Topics, when set, is the allow-list checked by Validate.
 	Topics []string
+	// expire, when set, is what every open branch's Expired returns
+	// (set with ExpireOpen).
+	expire error
+	// reject is a value Write refuses for good (set with RejectValue).
+	reject string
 }
 
 type tx struct {
@@ -199,6 +204,25 @@ func (s *Sink) Expire(id twopc.BranchID) {
 	}
 }
 
+// ExpireOpen makes every open branch report err from Expired, and fail its
+// Write and Prepare with it, as a Kafka branch open too long does; nil
+// ends that.
+func (s *Sink) ExpireOpen(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expire = err
+}
+
+// RejectValue makes Write refuse every record with value v (compared with
+// the record's raw value) as a database refuses a duplicate key: a
+// *twopc.RecordError wrapping twopc.ErrRecordRejected, and the branch keeps
+// none of the call's records. "" ends that.
+func (s *Sink) RejectValue(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reject = v
+}
+
 // Branches lists the ids of transactions in a state.
 func (s *Sink) Branches(state string) []twopc.BranchID {
 	s.mu.Lock()
@@ -225,16 +249,23 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	if b.s.FailWrite != nil {
 		return b.s.FailWrite
 	}
+	if b.t.state == Open && b.s.expire != nil {
+		return b.s.expire
+	}
 	if b.t.state != Open {
 		return fmt.Errorf("fake: write to %s %s", b.t.state, b.t.id)
 	}
-	for _, r := range recs {
-		v := string(r.Value)
+	vals := make([]string, len(recs))
+	for i, r := range recs {
+		vals[i] = string(r.Value)
 		if len(r.ValueB64) > 0 {
-			v = string(r.ValueB64)
+			vals[i] = string(r.ValueB64)
 		}
-		b.t.vals = append(b.t.vals, v)
+		if b.s.reject != "" && vals[i] == b.s.reject {
+			return &twopc.RecordError{Line: i + 1, Err: fmt.Errorf("%w: fake: value %s refused", twopc.ErrRecordRejected, vals[i])}
+		}
 	}
+	b.t.vals = append(b.t.vals, vals...)
 	return nil
 }
 
@@ -244,11 +275,24 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	if b.s.FailPrepare != nil {
 		return nil, b.s.FailPrepare
 	}
+	if b.t.state == Open && b.s.expire != nil {
+		return nil, b.s.expire
+	}
 	if b.t.state != Open {
 		return nil, fmt.Errorf("fake: prepare of %s %s", b.t.state, b.t.id)
 	}
 	b.t.state = Prepared
 	return twopc.Handle(handleOf(b.t.id)), nil
+}
+
+// Expired reports the error set with ExpireOpen while the branch is open.
+func (b *branch) Expired() error {
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	if b.t.state != Open {
+		return nil
+	}
+	return b.s.expire
 }
 
 func (b *branch) Commit(ctx context.Context) error {
