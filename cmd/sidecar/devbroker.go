@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -127,8 +128,16 @@ func writeBrokerState(path string, st brokerState) error {
 	return nil
 }
 
-// pidAlive reports whether a process with this pid exists.
+// pidAlive reports whether a process with this pid exists and is not a
+// zombie (a broker whose sidecar died is reaped by init, which in some
+// containers never happens).
 func pidAlive(pid int) bool {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// "pid (comm) S ...": the state follows the last ')'.
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
+			return false
+		}
+	}
 	if pid <= 0 {
 		return false
 	}
