@@ -204,7 +204,9 @@ func ensureDevBroker(ctx context.Context, log *slog.Logger, kdir, addr string) (
 		return nil, err
 	}
 	defer logf.Close()
-	bcfg := kafkabroker.Config{Addr: addr, DataDir: kdir, Partitions: 1, Topics: []string{"events"}}
+	// Partitions 0 keeps what dev always had: events with 1 partition,
+	// kfake's default for new topics. TxnMaxTimeout 0: kfake's 15 min.
+	bcfg := kafkabroker.Config{Addr: addr, DataDir: kdir, Topics: []string{"events"}}
 	cmd := exec.Command(exe, append([]string{"dev-broker", "--state", statePath}, bcfg.Args()...)...)
 	// A file, not a pipe: the broker outlives this process, and a write
 	// to a pipe nobody reads any more would kill it.

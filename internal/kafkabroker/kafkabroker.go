@@ -31,7 +31,8 @@ type Config struct {
 	Addr string
 	// DataDir persists the log (fsync on every write); empty: memory only.
 	DataDir string
-	// Partitions of seeded and auto-created topics (>= 1).
+	// Partitions of seeded and auto-created topics; 0: kfake's default (10)
+	// for new topics and 1 for the seeded ones, as `sidecar dev` always had.
 	Partitions int
 	// Topics are created at start.
 	Topics []string
@@ -49,7 +50,7 @@ func DefaultConfig() Config {
 func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Addr, "addr", c.Addr, "listen address host:port (port 0: any free port)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "persist the log here (fsync every write); empty: memory only")
-	fs.IntVar(&c.Partitions, "partitions", c.Partitions, "partitions of seeded and auto-created topics")
+	fs.IntVar(&c.Partitions, "partitions", c.Partitions, "partitions of seeded and auto-created topics (0: 1 for seeded, kfake's 10 for new ones)")
 	fs.Func("topics", "comma-separated topics to create at start", func(s string) error {
 		c.Topics = nil
 		for _, t := range strings.Split(s, ",") {
@@ -79,8 +80,8 @@ func (c Config) Args() []string {
 
 // Validate reports a config the broker cannot run.
 func (c Config) Validate() error {
-	if c.Partitions < 1 {
-		return fmt.Errorf("partitions %d must be >= 1", c.Partitions)
+	if c.Partitions < 0 {
+		return fmt.Errorf("partitions %d must not be negative", c.Partitions)
 	}
 	if c.TxnMaxTimeout < 0 {
 		return fmt.Errorf("transaction max timeout %v must not be negative", c.TxnMaxTimeout)
@@ -104,11 +105,15 @@ func Run(ctx context.Context, c Config, log *slog.Logger, ready func(addr string
 		kfake.NumBrokers(1),
 		kfake.ListenFn(func(string, string) (net.Listener, error) { return ln, nil }),
 		kfake.AllowAutoTopicCreation(),
-		kfake.DefaultNumPartitions(c.Partitions),
 		kfake.WithLogger(slogLogger{log}),
 	}
+	seedParts := int32(1)
+	if c.Partitions > 0 {
+		opts = append(opts, kfake.DefaultNumPartitions(c.Partitions))
+		seedParts = int32(c.Partitions)
+	}
 	if len(c.Topics) > 0 {
-		opts = append(opts, kfake.SeedTopics(int32(c.Partitions), c.Topics...))
+		opts = append(opts, kfake.SeedTopics(seedParts, c.Topics...))
 	}
 	if c.DataDir != "" {
 		opts = append(opts, kfake.DataDir(c.DataDir), kfake.SyncWrites())
