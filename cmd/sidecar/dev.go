@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -98,6 +99,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			dsn = defaultDevDSN
 		}
 		dbDSN, err := prepareDevDB(ctx, dsn)
+		if err != nil && *mysqlDSN != "" {
+			// A server named explicitly is awaited like any sink's
+			// (sink_wait): it may be restarting, e.g. in make chaos.
+			dbDSN, err = waitDevDB(ctx, log, dsn, cfg.SinkWait, err)
+		}
 		switch {
 		case err == nil:
 			cfg.Sinks["db"] = SinkConfig{Kind: "mysql", DSN: dbDSN, Statements: devStatements}
@@ -122,6 +128,24 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	<-ctx.Done()
 	log.Info("stopping")
 	return nil
+}
+
+// waitDevDB retries prepareDevDB every second until it succeeds, wait
+// has passed or ctx ends; first is the first attempt's error.
+func waitDevDB(ctx context.Context, log *slog.Logger, dsn string, wait time.Duration, first error) (string, error) {
+	log.Warn("MySQL server not ready; waiting for it (sink_wait)", "wait", wait, "err", first)
+	deadline := time.Now().Add(wait)
+	for {
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(time.Second):
+		}
+		dbDSN, err := prepareDevDB(ctx, dsn)
+		if err == nil || time.Now().After(deadline) {
+			return dbDSN, err
+		}
+	}
 }
 
 // prepareDevDB creates database txsink_dev and its tables (events, pv) if
