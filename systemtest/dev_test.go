@@ -143,6 +143,9 @@ func TestDevKill9PageviewsPython(t *testing.T) {
 	db := devDB(t, d.dsn)
 	before := pvViews(t, db, pvApps)
 	brokerPID := d.brokerPID(t)
+	if brokerPID == 0 || !pidAlive(brokerPID) {
+		t.Fatalf("no running broker in broker.json (pid %d)", brokerPID)
+	}
 	input := filepath.Join(t.TempDir(), "clicks.ndjson")
 	app := exec.Command("python3", "examples/pageviews-python/pageviews.py", "--socket", d.socket, "--input", input,
 		"--events", fmt.Sprint(events), "--every", fmt.Sprint(every), "--job", job, "--kafka", d.kafkaAddr)

@@ -215,6 +215,9 @@ func (d *devSidecar) stopBroker(t *testing.T) string {
 // zombie (a broker whose sidecar died is reaped by init, which in some
 // containers never happens).
 func pidAlive(pid int) bool {
+	if pid <= 0 {
+		return false // kill(0, 0) would signal our own process group
+	}
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
 		// "pid (comm) S ...": the state follows the last ')'.
 		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
