@@ -217,7 +217,9 @@ func TestDevKill9PageviewsPython(t *testing.T) {
 	if strings.Contains(d.logs.String(), "DATA LOSS") {
 		t.Errorf("the sidecar logged DATA LOSS:\n%s", grepLines(d.logs.String(), "DATA LOSS"))
 	}
-	t.Logf("%d events, %d kills of the dev sidecar: pv and pageviews exact, broker pid %d throughout", events, kills, brokerPID)
+	if !t.Failed() {
+		t.Logf("%d events, %d kills of the dev sidecar: pv and pageviews exact, broker pid %d throughout", events, kills, brokerPID)
+	}
 }
 
 // TestDevBrokerLifecycle: a restarted dev sidecar reuses its broker; a

@@ -320,7 +320,7 @@ func checkPageviewsKafka(t *testing.T, kafkaAddr, job string, apps []string, eve
 		sums[v.App] += v.Views
 	}
 	if n != wantRecs {
-		t.Errorf("pageviews has %d records of job pageviews-py, want %d", n, wantRecs)
+		t.Errorf("pageviews has %d records of job %s, want %d", n, job, wantRecs)
 	}
 	if !mapsEqual(sums, total) {
 		t.Errorf("Kafka's views per app sum to %v, want %v", sums, total)
