@@ -225,7 +225,8 @@ func TestDevKill9PageviewsPython(t *testing.T) {
 // TestDevBrokerLifecycle: a restarted dev sidecar reuses its broker; a
 // broker on another address than --kafka-addr is a clear error; Ctrl-C
 // (SIGINT) stops the sidecar and the broker; --stop-broker stops a leftover
-// broker; a stale broker.json is replaced.
+// broker and never a process that is no broker; a stale broker.json is
+// replaced.
 func TestDevBrokerLifecycle(t *testing.T) {
 	d := startDev(t)
 	pid := d.brokerPID(t)
@@ -289,9 +290,20 @@ func TestDevBrokerLifecycle(t *testing.T) {
 		t.Errorf("--stop-broker without a broker said %q", out)
 	}
 
+	// A broker.json naming a live process that is no broker (this test)
+	// is stale: --stop-broker leaves that process alone.
+	stateFile := filepath.Join(d.dataDir, "kafka", "broker.json")
+	if err := os.WriteFile(stateFile, []byte(fmt.Sprintf(`{"pid":%d,"addr":%q}`, os.Getpid(), d.kafkaAddr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.CommandContext(ctx, sidecarBin, "dev", "--data-dir", d.dataDir, "--stop-broker").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "no Kafka broker") {
+		t.Errorf("--stop-broker with broker.json naming a non-broker pid: got %v, %q; want no broker", err, out)
+	}
+
 	// A stale broker.json (dead pid) is replaced.
 	stale := fmt.Sprintf(`{"pid":%d,"addr":%q}`, pid2, d.kafkaAddr)
-	if err := os.WriteFile(filepath.Join(d.dataDir, "kafka", "broker.json"), []byte(stale), 0o600); err != nil {
+	if err := os.WriteFile(stateFile, []byte(stale), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d.start(t)

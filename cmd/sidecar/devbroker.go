@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -145,6 +146,19 @@ func pidAlive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
+// isDevBroker reports whether process pid runs "dev-broker", so that a
+// stale broker.json whose pid now belongs to another process never gets
+// that process stopped. Without /proc (not Linux) it cannot tell and
+// trusts the pid.
+func isDevBroker(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		_, statErr := os.Stat("/proc/self/cmdline")
+		return statErr != nil // no /proc at all: trust the pid
+	}
+	return slices.Contains(strings.Split(string(b), "\x00"), "dev-broker")
+}
+
 // kafkaAnswers reports whether addr answers a Kafka request within 3 s.
 func kafkaAnswers(ctx context.Context, addr string) bool {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addr))
@@ -168,7 +182,7 @@ func findDevBroker(ctx context.Context, kdir string) (b *devBroker, ok bool, err
 	case err != nil:
 		return nil, false, err
 	}
-	if !pidAlive(st.PID) || !kafkaAnswers(ctx, st.Addr) {
+	if !pidAlive(st.PID) || !isDevBroker(st.PID) || !kafkaAnswers(ctx, st.Addr) {
 		return nil, false, nil
 	}
 	return &devBroker{brokerState: st}, true, nil

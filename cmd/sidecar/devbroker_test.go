@@ -39,3 +39,11 @@ func TestPidAlive(t *testing.T) {
 		t.Error("pid 0/-1: got alive")
 	}
 }
+
+func TestIsDevBroker(t *testing.T) {
+	// This test binary is alive but is no dev broker: a broker.json naming
+	// its pid must count as stale.
+	if isDevBroker(os.Getpid()) {
+		t.Error("the test process: got a dev broker")
+	}
+}
