@@ -110,6 +110,13 @@ type devSidecar struct {
 // the test failed.
 func startDev(t *testing.T) *devSidecar {
 	t.Helper()
+	return startDevOn(t, mysqltest.ServerDSN(t))
+}
+
+// startDevOn is startDev with the db sink on the MariaDB server of dsn (no
+// database selected).
+func startDevOn(t *testing.T, dsn string) *devSidecar {
+	t.Helper()
 	// A short data dir: the socket path in it must stay below 108 bytes.
 	dir, err := os.MkdirTemp("", "txsink-dev-")
 	if err != nil {
@@ -117,7 +124,7 @@ func startDev(t *testing.T) *devSidecar {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	d := &devSidecar{httpAddr: freeAddr(t), kafkaAddr: freeAddr(t), socket: filepath.Join(dir, "sidecar.sock"),
-		dataDir: dir, dsn: mysqltest.ServerDSN(t), logs: &syncBuf{}}
+		dataDir: dir, dsn: dsn, logs: &syncBuf{}}
 	d.args = []string{"dev", "--data-dir", dir, "--http-addr", d.httpAddr, "--kafka-addr", d.kafkaAddr,
 		"--raft-addr", freeAddr(t), "--mysql-dsn", d.dsn}
 	t.Cleanup(func() {
