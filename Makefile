@@ -18,8 +18,9 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/sidecar ./cmd/sidecar
 	$(GO) build -o $(BIN)/kafkabroker ./internal/cmd/kafkabroker
 
-# The self-contained dev sidecar: embedded Kafka-protocol broker on
-# 127.0.0.1:9092, HTTP API on 127.0.0.1:8470, the db sink if MariaDB answers.
+# The self-contained dev sidecar: its own Kafka-protocol broker process
+# (survives a kill of the sidecar; stop a leftover one with
+# `bin/sidecar dev --stop-broker --data-dir $(DATA_DIR)`) on 127.0.0.1:9092, HTTP API on 127.0.0.1:8470, the db sink if MariaDB answers.
 run: build
 	$(BIN)/sidecar dev --data-dir $(DATA_DIR)
 
@@ -54,7 +55,8 @@ bench: build
 
 # Kills the example app, the sidecar and mariadbd at random, then proves every
 # event was counted exactly once (internal/cmd/chaos). CHAOS_ROUNDS=20 by
-# default; CHAOS_SEED repeats a run's choices.
+# default; CHAOS_SEED repeats a run's choices; CHAOS_MODE=dev runs it
+# against `sidecar dev` and its own broker process.
 chaos:
 	$(GO) run ./internal/cmd/chaos
 

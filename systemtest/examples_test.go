@@ -233,6 +233,38 @@ func TestExamplesPageviewsPython(t *testing.T) {
 
 	// 3. Kafka: one record per app and checkpoint, views = that app's lines in
 	// the checkpoint's range; the ranges tile 1..events once.
+	checkPageviewsKafka(t, dev.kafkaAddr, "pageviews-py", apps, every)
+
+	// 4. The kcat line the example prints (its README's check) sums the same.
+	if _, err := exec.LookPath("kcat"); err != nil {
+		t.Logf("kcat is not installed: not running the printed kcat command")
+		return
+	}
+	var kcatLine string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "kcat ") {
+			kcatLine = strings.TrimSpace(l)
+		}
+	}
+	if kcatLine == "" {
+		t.Fatalf("the output prints no kcat command:\n%s", out)
+	}
+	kout, code := runExample(t, time.Minute, nil, "bash", "-o", "pipefail", "-c", kcatLine)
+	want := fmt.Sprintf("[('android', %d), ('ios', %d), ('tv', %d), ('web', %d)]", total["android"], total["ios"], total["tv"], total["web"])
+	if code != 0 || strings.TrimSpace(kout) != want {
+		t.Errorf("%s\n: exit status %d, output %q; want 0, %q", kcatLine, code, kout, want)
+	}
+}
+
+// checkPageviewsKafka checks topic pageviews for job's records of
+// examples/pageviews-python over apps (the input's lines, checkpoints of
+// every lines): one record per app and checkpoint, views = that app's lines
+// in the checkpoint's range, the ranges tile 1..len(apps) once, and the sums
+// equal the input's counts.
+func checkPageviewsKafka(t *testing.T, kafkaAddr, job string, apps []string, every int) {
+	t.Helper()
+	events := len(apps)
+	total := countApps(apps)
 	wantRecs := 0
 	for from := 0; from < events; from += every {
 		for _, c := range countApps(apps[from:min(from+every, events)]) {
@@ -243,7 +275,7 @@ func TestExamplesPageviewsPython(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	recs := kafkatest.ReadCommittedWith(ctx, t, dev.kafkaAddr, "pageviews", wantRecs, kafkatest.ReadOptions{Timeout: 30 * time.Second})
+	recs := kafkatest.ReadCommittedWith(ctx, t, kafkaAddr, "pageviews", wantRecs, kafkatest.ReadOptions{Timeout: 30 * time.Second})
 	type pvValue struct {
 		App        string `json:"app"`
 		Views      int    `json:"views"`
@@ -262,7 +294,7 @@ func TestExamplesPageviewsPython(t *testing.T) {
 			t.Errorf("pageviews record %s: %v", r.Value, err)
 			continue
 		}
-		if v.Job != "pageviews-py" {
+		if v.Job != job {
 			continue
 		}
 		n++
@@ -288,7 +320,7 @@ func TestExamplesPageviewsPython(t *testing.T) {
 		sums[v.App] += v.Views
 	}
 	if n != wantRecs {
-		t.Errorf("pageviews has %d records of job pageviews-py, want %d", n, wantRecs)
+		t.Errorf("pageviews has %d records of job %s, want %d", n, job, wantRecs)
 	}
 	if !mapsEqual(sums, total) {
 		t.Errorf("Kafka's views per app sum to %v, want %v", sums, total)
@@ -312,25 +344,6 @@ func TestExamplesPageviewsPython(t *testing.T) {
 		t.Errorf("the checkpoints' ranges end at line %d, want %d", next-1, events)
 	}
 
-	// 4. The kcat line the example prints (its README's check) sums the same.
-	if _, err := exec.LookPath("kcat"); err != nil {
-		t.Logf("kcat is not installed: not running the printed kcat command")
-		return
-	}
-	var kcatLine string
-	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(strings.TrimSpace(l), "kcat ") {
-			kcatLine = strings.TrimSpace(l)
-		}
-	}
-	if kcatLine == "" {
-		t.Fatalf("the output prints no kcat command:\n%s", out)
-	}
-	kout, code := runExample(t, time.Minute, nil, "bash", "-o", "pipefail", "-c", kcatLine)
-	want := fmt.Sprintf("[('android', %d), ('ios', %d), ('tv', %d), ('web', %d)]", total["android"], total["ios"], total["tv"], total["web"])
-	if code != 0 || strings.TrimSpace(kout) != want {
-		t.Errorf("%s\n: exit status %d, output %q; want 0, %q", kcatLine, code, kout, want)
-	}
 }
 
 func mapsEqual(a, b map[string]int) bool {

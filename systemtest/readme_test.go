@@ -2,12 +2,17 @@ package systemtest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -88,8 +93,9 @@ func TestReadmeWalkthrough(t *testing.T) {
 // txsink_dev there, shared by the tests of a run and kept between runs).
 type devSidecar struct {
 	httpAddr  string // HTTP API, host:port
-	kafkaAddr string // the embedded broker
+	kafkaAddr string // the dev broker (a process of its own)
 	socket    string // the API's Unix socket
+	dataDir   string // --data-dir
 	dsn       string // the MariaDB server, no database selected
 	logs      *syncBuf
 	args      []string // the command line, for restarts
@@ -99,8 +105,17 @@ type devSidecar struct {
 
 // startDev starts `sidecar dev` as `make run` does, with ports moved to free
 // ones, and waits until it is ready and has the db sink. The test's cleanup
-// stops it (SIGINT, SIGKILL after 20s) and logs its output if the test failed.
+// stops it (SIGINT, SIGKILL after 20s), then any broker left running
+// (`sidecar dev --stop-broker`, checked to be gone), and logs its output if
+// the test failed.
 func startDev(t *testing.T) *devSidecar {
+	t.Helper()
+	return startDevOn(t, mysqltest.ServerDSN(t))
+}
+
+// startDevOn is startDev with the db sink on the MariaDB server of dsn (no
+// database selected).
+func startDevOn(t *testing.T, dsn string) *devSidecar {
 	t.Helper()
 	// A short data dir: the socket path in it must stay below 108 bytes.
 	dir, err := os.MkdirTemp("", "txsink-dev-")
@@ -109,11 +124,12 @@ func startDev(t *testing.T) *devSidecar {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	d := &devSidecar{httpAddr: freeAddr(t), kafkaAddr: freeAddr(t), socket: filepath.Join(dir, "sidecar.sock"),
-		dsn: mysqltest.ServerDSN(t), logs: &syncBuf{}}
+		dataDir: dir, dsn: dsn, logs: &syncBuf{}}
 	d.args = []string{"dev", "--data-dir", dir, "--http-addr", d.httpAddr, "--kafka-addr", d.kafkaAddr,
 		"--raft-addr", freeAddr(t), "--mysql-dsn", d.dsn}
 	t.Cleanup(func() {
 		d.stop()
+		d.stopBroker(t)
 		if t.Failed() {
 			t.Logf("sidecar dev output:\n%s", tail(d.logs, 40))
 		}
@@ -141,7 +157,7 @@ func (d *devSidecar) start(t *testing.T) {
 	}
 }
 
-// kill9 kills the sidecar, and with it its embedded broker, with SIGKILL.
+// kill9 kills the sidecar with SIGKILL; its broker keeps running.
 func (d *devSidecar) kill9() {
 	if d.cmd == nil {
 		return
@@ -163,4 +179,70 @@ func (d *devSidecar) stop() {
 		d.kill9()
 	}
 	d.cmd = nil
+}
+
+// brokerPID is the pid in the data dir's broker.json (0 if there is none).
+func (d *devSidecar) brokerPID(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(d.dataDir, "kafka", "broker.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		PID  int    `json:"pid"`
+		Addr string `json:"addr"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("broker.json %s: %v", b, err)
+	}
+	return st.PID
+}
+
+// stopBroker runs `sidecar dev --stop-broker` for the data dir and fails
+// the test if the broker it named is still alive afterwards.
+func (d *devSidecar) stopBroker(t *testing.T) string {
+	t.Helper()
+	pid := d.brokerPID(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, sidecarBin, "dev", "--data-dir", d.dataDir, "--stop-broker").CombinedOutput()
+	if err != nil {
+		t.Errorf("sidecar dev --stop-broker: %v\n%s", err, out)
+	}
+	if pid != 0 && pidAlive(pid) {
+		t.Errorf("after --stop-broker the broker (pid %d) still runs", pid)
+	}
+	return string(out)
+}
+
+// pidAlive reports whether a process with this pid exists and is not a
+// zombie (a broker whose sidecar died is reaped by init, which in some
+// containers never happens).
+func pidAlive(pid int) bool {
+	if pid <= 0 {
+		return false // kill(0, 0) would signal our own process group
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// "pid (comm) S ...": the state follows the last ')'.
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
+			return false
+		}
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// waitGone polls until process pid is gone, at most within.
+func waitGone(t *testing.T, pid int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for pidAlive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still runs after %v", pid, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

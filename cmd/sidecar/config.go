@@ -99,7 +99,7 @@ func LoadConfig(path string) (Config, error) {
 
 // bindCommon binds the flags shared by run and dev to c.
 func bindCommon(fs *flag.FlagSet, c *Config) {
-	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the journal, the socket and (dev) the embedded broker [TXSINK_DATA_DIR]")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the journal, the socket and (dev) the Kafka broker's data [TXSINK_DATA_DIR]")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "TCP address of the HTTP API [TXSINK_HTTP_ADDR]")
 	fs.StringVar(&c.Socket, "socket", c.Socket, `Unix socket of the HTTP API (default <data-dir>/sidecar.sock; "off" disables) [TXSINK_SOCKET]`)
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "this node's id in the journal [TXSINK_NODE_ID]")

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
-	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // defaultDevDSN is the local MariaDB/MySQL server's socket, as root.
@@ -28,18 +28,21 @@ var devStatements = map[string]string{
 	"upsert_pv":    "INSERT INTO pv(app, views) VALUES (?, ?) ON DUPLICATE KEY UPDATE views = views + VALUES(views)",
 }
 
-// runDev starts a self-contained single node: an embedded Kafka-protocol
-// broker (kfake, persisted under <data-dir>/kafka), the "events" Kafka sink,
-// and the "db" MySQL sink when a server answers.
+// runDev starts a self-contained single node: a Kafka-protocol broker
+// (kfake, persisted under <data-dir>/kafka) in a process of its own that
+// survives a kill of the sidecar, the "events" Kafka sink, and the "db"
+// MySQL sink when a server answers. A clean stop (Ctrl-C) stops the sidecar
+// first, then the broker; --stop-broker stops a broker left running.
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := DefaultConfig()
 	fs := flag.NewFlagSet("sidecar dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	bindCommon(fs, &cfg)
-	kafkaAddr := fs.String("kafka-addr", "127.0.0.1:9092", "address of the embedded Kafka-protocol broker (loopback only) [TXSINK_KAFKA_ADDR]")
+	kafkaAddr := fs.String("kafka-addr", "127.0.0.1:9092", "address of the dev Kafka-protocol broker (loopback only) [TXSINK_KAFKA_ADDR]")
 	mysqlDSN := fs.String("mysql-dsn", "", `MySQL DSN for the "db" sink (default: the local server's socket if it answers; "off" disables) [TXSINK_MYSQL_DSN]`)
 	logFormat := fs.String("log-format", "text", "text or json [TXSINK_LOG_FORMAT]")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error [TXSINK_LOG_LEVEL]")
+	stopBroker := fs.Bool("stop-broker", false, "stop the Kafka broker of --data-dir left running by a killed sidecar, then exit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,27 +54,42 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	host, portStr, err := net.SplitHostPort(*kafkaAddr)
 	if err != nil || (host != "127.0.0.1" && host != "localhost") {
-		return fmt.Errorf("--kafka-addr %q: want 127.0.0.1:<port> (the embedded broker listens on loopback only)", *kafkaAddr)
+		return fmt.Errorf("--kafka-addr %q: want 127.0.0.1:<port> (the dev broker listens on loopback only)", *kafkaAddr)
 	}
 	port, err := strconv.Atoi(portStr)
-	if err != nil {
+	if err != nil || port < 1 || port > 65535 {
 		return fmt.Errorf("--kafka-addr %q: bad port", *kafkaAddr)
 	}
 	kdir := filepath.Join(cfg.DataDir, "kafka")
+	if *stopBroker {
+		return stopDevBroker(ctx, stdout, kdir)
+	}
 	if err := os.MkdirAll(kdir, 0o750); err != nil {
 		return err
 	}
-	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.DataDir(kdir), kfake.SyncWrites(),
-		kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, "events"))
+	broker, err := ensureDevBroker(ctx, log, kdir, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
-		return fmt.Errorf("embedded broker on %s: %w", *kafkaAddr, err)
+		return err
 	}
-	defer broker.Close()
-	brokers := broker.ListenAddrs()
+	// Registered before the sidecar starts, so it runs after sc.close: the
+	// sidecar ends its branches while the broker still answers. A broker
+	// reused from an earlier sidecar is left alone if this one fails to
+	// start (another sidecar may be using it); a clean stop stops it.
+	started := false
+	defer func() {
+		if !started && !broker.started {
+			return
+		}
+		log.Info("stopping the Kafka broker", "pid", broker.PID)
+		if err := broker.stop(context.Background()); err != nil {
+			log.Error("the Kafka broker did not stop; stop it with sidecar dev --stop-broker", "err", err)
+		}
+	}()
+	brokers := []string{broker.Addr}
 	cfg.Sinks = map[string]SinkConfig{
 		// CreateTopics: kfake persists auto-created topics only on a clean
-		// stop; a kill -9 of this process (and so of the broker) would lose
-		// their committed records. Topics made by CreateTopics are persisted.
+		// stop; should the broker itself be killed, their committed records
+		// would be lost. Topics made by CreateTopics are persisted.
 		"events": {Kind: "kafka", Brokers: brokers, DefaultTopic: "events", Topics: []string{"*"}, CreateTopics: true},
 	}
 	mysqlNote := "not configured (no server answered; pass --mysql-dsn)"
@@ -81,6 +99,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			dsn = defaultDevDSN
 		}
 		dbDSN, err := prepareDevDB(ctx, dsn)
+		if err != nil && *mysqlDSN != "" {
+			// A server named explicitly is awaited like any sink's
+			// (sink_wait): it may be restarting, e.g. in make chaos.
+			dbDSN, err = waitDevDB(ctx, log, dsn, cfg.SinkWait, err)
+		}
 		switch {
 		case err == nil:
 			cfg.Sinks["db"] = SinkConfig{Kind: "mysql", DSN: dbDSN, Statements: devStatements}
@@ -99,10 +122,30 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer sc.close()
-	printBanner(stdout, sc.httpAddr, cfg.Socket, brokers[0], mysqlNote, cfg.Sinks["db"].Kind != "")
+	started = true
+	printBanner(stdout, bannerInfo{httpAddr: sc.httpAddr, socket: cfg.Socket, broker: broker.Addr, brokerPID: broker.PID,
+		dataDir: cfg.DataDir, mysqlNote: mysqlNote, withDB: cfg.Sinks["db"].Kind != ""})
 	<-ctx.Done()
 	log.Info("stopping")
 	return nil
+}
+
+// waitDevDB retries prepareDevDB every second until it succeeds, wait
+// has passed or ctx ends; first is the first attempt's error.
+func waitDevDB(ctx context.Context, log *slog.Logger, dsn string, wait time.Duration, first error) (string, error) {
+	log.Warn("MySQL server not ready; waiting for it (sink_wait)", "wait", wait, "err", first)
+	deadline := time.Now().Add(wait)
+	for {
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(time.Second):
+		}
+		dbDSN, err := prepareDevDB(ctx, dsn)
+		if err == nil || time.Now().After(deadline) {
+			return dbDSN, err
+		}
+	}
 }
 
 // prepareDevDB creates database txsink_dev and its tables (events, pv) if
@@ -134,12 +177,42 @@ func prepareDevDB(ctx context.Context, dsn string) (string, error) {
 	return c.FormatDSN(), nil
 }
 
-func printBanner(w io.Writer, httpAddr, socket, broker, mysqlNote string, withDB bool) {
+// stopDevBroker is --stop-broker: it stops the running broker of kdir
+// cleanly, if there is one.
+func stopDevBroker(ctx context.Context, stdout io.Writer, kdir string) error {
+	b, ok, err := findDevBroker(ctx, kdir)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		fmt.Fprintf(stdout, "no Kafka broker of %s is running\n", filepath.Dir(kdir))
+		return nil
+	}
+	if err := b.stop(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "stopped the Kafka broker (pid %d, %s)\n", b.PID, b.Addr)
+	return nil
+}
+
+// bannerInfo is what printBanner shows.
+type bannerInfo struct {
+	httpAddr, socket, broker, dataDir, mysqlNote string
+	brokerPID                                    int
+	withDB                                       bool
+}
+
+func printBanner(w io.Writer, bi bannerInfo) {
 	fmt.Fprintf(w, `
 txsink dev sidecar is ready (single node, data in the --data-dir).
   HTTP API   http://%[1]s   and Unix socket %[2]s
-  Kafka      %[3]s (embedded kfake broker); sink "events", default topic events, any topic allowed
+  Kafka      %[3]s (kfake broker); sink "events", default topic events, any topic allowed
   MySQL      %[4]s
+
+The Kafka broker runs as pid %[5]d, a process of its own: it survives a kill of the sidecar,
+and a restarted "sidecar dev" on the same --data-dir reuses it. Ctrl-C stops the sidecar, then
+the broker. Stop a broker left running by a killed sidecar with:
+  sidecar dev --stop-broker --data-dir %[6]s
 
 Try it (use the epoch the session call returns):
   curl -X PUT %[1]s/v1/jobs/demo -d '{"commit":"auto"}'
@@ -148,13 +221,13 @@ Try it (use the epoch the session call returns):
        --data-binary $'{"sink":"events","key":"k1","value":"hello"}\n{"sink":"events","key":"k2","value":{"n":2}}\n'
   curl -X POST '%[1]s/v1/jobs/demo/writers/0/checkpoints/1?epoch=1' -d '{"state":"b2Zmc2V0PTI="}'
   kcat -C -b %[3]s -t events -X isolation.level=read_committed -e
-`, httpAddr, socket, broker, mysqlNote)
-	if withDB {
+`, bi.httpAddr, bi.socket, bi.broker, bi.mysqlNote, bi.brokerPID, bi.dataDir)
+	if bi.withDB {
 		fmt.Fprintf(w, `  curl -X POST '%[1]s/v1/jobs/demo/writers/0/records?epoch=1' -H 'Content-Type: application/x-ndjson' \
        --data-binary $'{"sink":"db","stmt":"insert_event","args":["k1","hello"]}\n'
   curl -X POST '%[1]s/v1/jobs/demo/writers/0/checkpoints/2?epoch=1' -d '{}'
   mariadb txsink_dev -e 'SELECT * FROM events'
-`, httpAddr)
+`, bi.httpAddr)
 	}
 	fmt.Fprintln(w)
 }

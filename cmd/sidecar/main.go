@@ -2,7 +2,8 @@
 // applications in any language, over HTTP.
 //
 //	sidecar run --config txsink.yaml   # real use
-//	sidecar dev                        # self-contained single node with an embedded broker
+//	sidecar dev                        # self-contained single node with its own Kafka broker
+//	sidecar dev --stop-broker          # stop the dev broker left running by a killed sidecar
 package main
 
 import (
@@ -20,7 +21,7 @@ const usage = `usage: sidecar <command> [flags]
 
 commands:
   run --config FILE   run with a YAML config (see examples/txsink.yaml)
-  dev                 self-contained dev node: embedded Kafka broker, sample sinks
+  dev                 self-contained dev node: a Kafka broker of its own, sample sinks
   version, --version  print the version
 
 operator commands (over the HTTP API, see -h of each):
@@ -55,6 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runConfig(ctx, args[1:], stdout, stderr)
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr)
+	case "dev-broker": // hidden: the broker process that dev starts
+		return runDevBroker(ctx, args[1:], stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "txsink", versionString())
 		return nil

@@ -56,8 +56,8 @@ type Config struct {
 	// broker's default partitions and replication) the first time a record
 	// names it, instead of relying on the broker's auto-creation. For
 	// clusters with auto.create.topics.enable=false, and for the dev
-	// mode's embedded kfake, which persists auto-created topics only on a
-	// clean stop (a kill -9 would lose their committed records).
+	// mode's kfake, which persists auto-created topics only on a clean
+	// stop (a kill -9 of the broker would lose their committed records).
 	CreateTopics bool
 	// Logger receives the sink's and franz-go's logs (nil: discard).
 	Logger *slog.Logger

@@ -21,13 +21,22 @@
 //
 // and it exits non-zero when any of the last three is not 0.
 //
-// Environment: CHAOS_ROUNDS (20), CHAOS_SEED (from the clock), CHAOS_RATE
+// CHAOS_MODE=dev runs `sidecar dev` instead (with --mysql-dsn on the
+// private mariadbd, so the pv table is txsink_dev.pv there): the broker is
+// the one dev starts as a process of its own, and kill -9 of the sidecar
+// must leave it running. Before the check the dev sidecar stops cleanly
+// (which stops its broker) and the checker reads a kafkabroker restarted on
+// the dev broker's data dir. In both modes a "DATA LOSS" line in the
+// sidecar's log is a problem.
+//
+// Environment: CHAOS_MODE (run or dev, default run), CHAOS_ROUNDS (20), CHAOS_SEED (from the clock), CHAOS_RATE
 // (events/s, 1000), CHAOS_EVENTS (rounds × 1500), CHAOS_WRITERS (2),
 // CHAOS_KEEP=1 keeps the work directory (kept anyway on failure).
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -41,11 +50,14 @@ import (
 	"syscall"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
+
 	"github.com/txsink/txsink/api/client"
 	"github.com/txsink/txsink/internal/mysqltest"
 )
 
 type config struct {
+	mode    string // "run" or "dev"
 	rounds  int
 	seed    uint64
 	rate    int
@@ -55,7 +67,13 @@ type config struct {
 }
 
 func configFromEnv() (config, error) {
-	c := config{rounds: 20, rate: 1000, writers: 2, seed: uint64(time.Now().UnixNano())}
+	c := config{mode: "run", rounds: 20, rate: 1000, writers: 2, seed: uint64(time.Now().UnixNano())}
+	if m := os.Getenv("CHAOS_MODE"); m != "" {
+		if m != "run" && m != "dev" {
+			return c, fmt.Errorf("CHAOS_MODE=%q: want run or dev", m)
+		}
+		c.mode = m
+	}
 	for _, v := range []struct {
 		name string
 		dst  *int
@@ -105,8 +123,8 @@ func run(ctx context.Context, cfg config, out io.Writer) int {
 		return 1
 	}
 	d := &driver{cfg: cfg, dir: dir, out: out, rng: rand.New(rand.NewPCG(cfg.seed, 0x74787331))}
-	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), %d rounds, %d events at %d/s, %d writers, work dir %s\n",
-		cfg.seed, cfg.seed, cfg.rounds, cfg.events, cfg.rate, cfg.writers, dir)
+	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), sidecar %s, %d rounds, %d events at %d/s, %d writers, work dir %s\n",
+		cfg.seed, cfg.seed, cfg.mode, cfg.rounds, cfg.events, cfg.rate, cfg.writers, dir)
 	res, err := func() (result, error) {
 		defer d.shutdown() // also on a panic: no process of ours outlives the run
 		return d.run(ctx)
@@ -180,10 +198,20 @@ func (d *driver) run(ctx context.Context) (result, error) {
 		return result{}, err
 	}
 	fmt.Fprintf(d.out, "chaos: all events counted after %s; stopping the sidecar and checking\n", time.Since(start).Round(time.Second))
-	d.sidecar.stop(30 * time.Second)
+	d.sidecar.stop(45 * time.Second)
+	if d.cfg.mode == "dev" {
+		// The dev sidecar's clean stop stopped its broker too: serve the
+		// same data dir again for the checker.
+		if err := d.startBroker(ctx, filepath.Join(d.devDataDir(), "kafka"), "--partitions", "1"); err != nil {
+			return result{}, fmt.Errorf("restart the dev broker's data for the checker: %w", err)
+		}
+	}
 	res, err := check(ctx, d.out, d.brokers, d.dbDSN, int64(d.cfg.events), partitions)
 	if err != nil {
 		return result{}, fmt.Errorf("checker: %w", err)
+	}
+	if n := strings.Count(readFile(d.sidecar.logPath), "DATA LOSS"); n > 0 {
+		res.problems = append(res.problems, fmt.Sprintf("the sidecar logged DATA LOSS %d times (%s)", n, d.sidecar.logPath))
 	}
 	for _, u := range d.unexpected {
 		res.problems = append(res.problems, "unexpected exit: "+u)
@@ -233,27 +261,23 @@ func (d *driver) startAll(ctx context.Context) error {
 	if d.dbDSN, err = createSchema(ctx, d.db.DSN()); err != nil {
 		return err
 	}
-	kafkaAddr, err := freeAddr()
-	if err != nil {
+	if d.brokers, err = freeAddr(); err != nil {
 		return err
 	}
-	d.brokers = kafkaAddr
-	d.broker = newProc("broker", filepath.Join(d.dir, "broker.log"), filepath.Join(d.bin, "kafkabroker"),
-		"--addr", kafkaAddr, "--data-dir", filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(partitions), "--topics", "clicks,pageviews")
-	if err := d.broker.start(); err != nil {
-		return err
+	if d.cfg.mode == "dev" {
+		if err := d.devSidecar(); err != nil {
+			return err
+		}
+	} else {
+		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(partitions), "--topics", "clicks,pageviews"); err != nil {
+			return err
+		}
+		if err := d.writeSidecarConfig(); err != nil {
+			return err
+		}
+		d.sidecar = newProc("sidecar", filepath.Join(d.dir, "sidecar.log"), filepath.Join(d.bin, "sidecar"),
+			"run", "--config", filepath.Join(d.dir, "txsink.yaml"))
 	}
-	if err := waitFor(ctx, 30*time.Second, "broker", d.broker, func() bool {
-		return strings.Contains(tailFile(d.broker.logPath, 5), "listening ")
-	}); err != nil {
-		return err
-	}
-
-	if err := d.writeSidecarConfig(); err != nil {
-		return err
-	}
-	d.sidecar = newProc("sidecar", filepath.Join(d.dir, "sidecar.log"), filepath.Join(d.bin, "sidecar"),
-		"run", "--config", filepath.Join(d.dir, "txsink.yaml"))
 	d.cl = client.New("http://" + d.httpAddr)
 	if err := d.sidecar.start(); err != nil {
 		return err
@@ -278,6 +302,47 @@ func (d *driver) startAll(ctx context.Context) error {
 		}
 		d.apps = append(d.apps, p)
 	}
+	return nil
+}
+
+// startBroker runs kafkabroker on d.brokers with dataDir and waits until it
+// listens.
+func (d *driver) startBroker(ctx context.Context, dataDir string, args ...string) error {
+	argv := append([]string{filepath.Join(d.bin, "kafkabroker"), "--addr", d.brokers, "--data-dir", dataDir}, args...)
+	d.broker = newProc("broker", filepath.Join(d.dir, "broker.log"), argv...)
+	if err := d.broker.start(); err != nil {
+		return err
+	}
+	return waitFor(ctx, 30*time.Second, "broker", d.broker, func() bool {
+		return strings.Contains(tailFile(d.broker.logPath, 5), "listening ")
+	})
+}
+
+// devDataDir is the dev sidecar's --data-dir.
+func (d *driver) devDataDir() string { return filepath.Join(d.dir, "sidecar") }
+
+// devSidecar sets up `sidecar dev` as the sidecar: its own broker on
+// d.brokers, the db sink in database txsink_dev of the private mariadbd.
+// The input topic is created by the generator, the output topic by the
+// dev sink (create_topics).
+func (d *driver) devSidecar() error {
+	var err error
+	if d.httpAddr, err = freeAddr(); err != nil {
+		return err
+	}
+	raftAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	c, err := gomysql.ParseDSN(d.db.DSN())
+	if err != nil {
+		return err
+	}
+	c.DBName = "txsink_dev"
+	d.dbDSN = c.FormatDSN()
+	d.sidecar = newProc("sidecar", filepath.Join(d.dir, "sidecar.log"), filepath.Join(d.bin, "sidecar"),
+		"dev", "--data-dir", d.devDataDir(), "--http-addr", d.httpAddr, "--raft-addr", raftAddr,
+		"--kafka-addr", d.brokers, "--mysql-dsn", d.db.DSN())
 	return nil
 }
 
@@ -374,7 +439,7 @@ func (d *driver) round(ctx context.Context, r int) error {
 		}
 		what = fmt.Sprintf("kill -9 %s (pid %d), restarted after %s", p.name, pid, pause)
 	case roll < 65:
-		pid := d.sidecar.pid()
+		pid, bpid := d.sidecar.pid(), d.devBrokerPID()
 		d.sidecar.kill9()
 		d.countKill("sidecar")
 		if err := d.sleepSupervised(ctx, pause); err != nil {
@@ -385,6 +450,7 @@ func (d *driver) round(ctx context.Context, r int) error {
 			return err
 		}
 		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.ready(ctx) || !d.sidecar.running() })
+		d.checkDevBroker(bpid)
 		what = fmt.Sprintf("kill -9 sidecar (pid %d), restarted after %s, ready in %s", pid, pause, time.Since(t0).Round(time.Millisecond))
 	case roll < 85:
 		pid := d.db.Pid()
@@ -401,7 +467,7 @@ func (d *driver) round(ctx context.Context, r int) error {
 	default:
 		// Both at once, as when their machine dies; the sidecar comes back
 		// first and has to wait for MariaDB (sink_wait).
-		spid, dpid := d.sidecar.pid(), d.db.Pid()
+		spid, dpid, bpid := d.sidecar.pid(), d.db.Pid(), d.devBrokerPID()
 		d.db.Kill9()
 		d.sidecar.kill9()
 		d.countKill("sidecar")
@@ -418,12 +484,40 @@ func (d *driver) round(ctx context.Context, r int) error {
 		}
 		t0 := time.Now()
 		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.ready(ctx) || !d.sidecar.running() })
+		d.checkDevBroker(bpid)
 		what = fmt.Sprintf("kill -9 sidecar (pid %d) and mariadbd (pid %d); sidecar restarted at once, mariadbd after %s; ready %s later",
 			spid, dpid, dbDown.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	}
 	d.supervise()
 	fmt.Fprintf(d.out, "chaos: round %2d/%d  +%-6s %s | %s\n", r, d.cfg.rounds, wait.Round(10*time.Millisecond), what, d.progress(ctx))
 	return nil
+}
+
+// devBrokerPID is the pid in the dev broker's broker.json (0 if not in dev
+// mode or unreadable).
+func (d *driver) devBrokerPID() int {
+	if d.cfg.mode != "dev" {
+		return 0
+	}
+	var st struct {
+		PID int `json:"pid"`
+	}
+	if json.Unmarshal([]byte(readFile(filepath.Join(d.devDataDir(), "kafka", "broker.json"))), &st) != nil {
+		return 0
+	}
+	return st.PID
+}
+
+// checkDevBroker records a problem if the dev broker that ran as pid
+// before the sidecar's kill is not the one the restarted sidecar uses: it
+// must survive the kill.
+func (d *driver) checkDevBroker(before int) {
+	if d.cfg.mode != "dev" {
+		return
+	}
+	if after := d.devBrokerPID(); before == 0 || after != before {
+		d.unexpected = append(d.unexpected, fmt.Sprintf("dev broker: pid %d before the sidecar's kill, %d after (want the same process)", before, after))
+	}
 }
 
 func (d *driver) countKill(name string) {
@@ -576,11 +670,20 @@ func (d *driver) drain(ctx context.Context) error {
 	})
 }
 
-// shutdown stops everything that still runs.
+// shutdown stops everything that still runs, in dev mode also a dev
+// broker that a killed dev sidecar left running.
 func (d *driver) shutdown() {
 	for _, p := range append(d.apps, d.generator, d.sidecar, d.broker) {
 		if p != nil {
-			p.stop(10 * time.Second)
+			p.stop(45 * time.Second)
+		}
+	}
+	if d.cfg.mode == "dev" && d.bin != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := exec.CommandContext(ctx, filepath.Join(d.bin, "sidecar"), "dev", "--data-dir", d.devDataDir(), "--stop-broker").CombinedOutput()
+		cancel()
+		if err != nil {
+			fmt.Fprintf(d.out, "chaos: sidecar dev --stop-broker: %v\n%s", err, out)
 		}
 	}
 	if d.db != nil {

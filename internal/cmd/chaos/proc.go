@@ -140,6 +140,12 @@ func isClosed(ch chan struct{}) bool {
 	}
 }
 
+// readFile returns a file's content ("" if unreadable).
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
 // tailFile returns the last n lines of a log file.
 func tailFile(path string, n int) string {
 	b, err := os.ReadFile(path)
