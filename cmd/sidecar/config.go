@@ -57,6 +57,9 @@ type SinkConfig struct {
 	TransactionalIDPrefix string        `yaml:"transactional_id_prefix"`
 	TransactionTimeout    time.Duration `yaml:"transaction_timeout"`
 	CreateTopics          bool          `yaml:"create_topics"`
+	// IdleClientTimeout closes a free slot's Kafka client after this long
+	// (0: 1m; negative: never).
+	IdleClientTimeout time.Duration `yaml:"idle_client_timeout"`
 	// MySQL
 	DSN         string            `yaml:"dsn"`
 	DSNFile     string            `yaml:"dsn_file"`

@@ -57,7 +57,8 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*kafka.Sink, error) {
 				return kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
 					TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
-					TransactionTimeout: sc.TransactionTimeout, CreateTopics: sc.CreateTopics, Logger: l})
+					TransactionTimeout: sc.TransactionTimeout, CreateTopics: sc.CreateTopics,
+					IdleClientTimeout: sc.IdleClientTimeout, Logger: l})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))
