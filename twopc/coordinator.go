@@ -517,6 +517,11 @@ func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName strin
 	s.nextSeq++
 	id := BranchID{Job: s.job, Writer: s.writer, Sink: sinkName, Epoch: s.epoch, Seq: s.nextSeq, Slot: slot, After: wv.MaxCheckpoint}
 	br, err := sink.Begin(ctx, id)
+	if errors.Is(err, ErrBackpressure) {
+		// The sink is out of a bounded resource (e.g. connections);
+		// nothing was written, so the session stays usable.
+		return nil, err
+	}
 	if err != nil {
 		return nil, c.fail(ctx, s, fmt.Errorf("begin %s: %w", id, err))
 	}

@@ -66,6 +66,11 @@ type SinkConfig struct {
 	Statements  map[string]string `yaml:"statements"`
 	MarkerTable string            `yaml:"marker_table"`
 	MaxConns    int               `yaml:"max_conns"`
+	// ReservedConns is the MySQL sink's separate recovery pool (0: 4).
+	ReservedConns int `yaml:"reserved_conns"`
+	// ConnWait is how long a MySQL branch waits for a connection before
+	// the call answers 429 backpressure (0: 1s).
+	ConnWait time.Duration `yaml:"conn_wait"`
 	// Both
 	MaxInflight int `yaml:"max_inflight"`
 }

@@ -68,7 +68,8 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 		case "mysql":
 			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*mysql.Sink, error) {
 				return mysql.New(ctx, mysql.Config{Name: name, DSN: sc.DSN, DSNFile: sc.DSNFile, Statements: sc.Statements,
-					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l})
+					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l,
+					ReservedConns: sc.ReservedConns, ConnWait: sc.ConnWait})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (mysql): %w", name, err))
