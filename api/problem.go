@@ -30,7 +30,7 @@ const (
 	CodeModeConflict         = "mode_conflict"          // 409: call not allowed in the job's commit mode
 	CodeBodyTooLarge         = "body_too_large"         // 413: body, records per call or state over the limit
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
-	CodeBackpressure         = "backpressure"           // 429: too many checkpoints in flight
+	CodeBackpressure         = "backpressure"           // 429: a limit is reached (checkpoints in flight, connections, writers, sessions); detail names it
 	CodeInternal             = "internal"               // 500
 	CodeSinkFailure          = "sink_failure"           // 502: a sink failed; the checkpoint was aborted
 	CodeDataLoss             = "data_loss"              // 502: a sink aborted a transaction decided to commit

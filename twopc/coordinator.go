@@ -40,6 +40,18 @@ type Config struct {
 	Failpoint func(point string)
 	// Now returns the current time (nil: time.Now).
 	Now func() time.Time
+	// MaxSessions bounds the sessions held on this node (0:
+	// DefaultMaxSessions; negative: no limit). Over it, OpenSession of a
+	// writer without a session is ErrBackpressure.
+	MaxSessions int
+	// MaxWritersPerJob bounds the writers the journal keeps per job (0:
+	// DefaultMaxWritersPerJob; negative: no limit). Over it, OpenSession
+	// of a new writer is ErrBackpressure.
+	MaxWritersPerJob int
+	// SessionIdleTimeout forgets a session that took no call for this long
+	// and holds no open branch (0: DefaultSessionIdleTimeout; negative:
+	// never); its next call answers ErrSessionLost.
+	SessionIdleTimeout time.Duration
 }
 
 // Metrics is what the coordinator reports; cmd/sidecar backs it with
@@ -69,6 +81,7 @@ const finishTimeout = 30 * time.Second
 // calls and so is held across its sink and journal calls on purpose.
 type Coordinator struct {
 	cfg     Config
+	lim     limits
 	m       *Machine
 	log     *slog.Logger
 	metrics Metrics
@@ -104,6 +117,8 @@ type session struct {
 	epoch   uint64
 	fenced  bool  // a newer session was opened, or the coordinator closed
 	failed  error // a sink failed; every branch was aborted; reopen
+	lost    bool  // forgotten as idle (forgetIdle): the next call is ErrSessionLost
+	used    atomic.Int64
 	hasSeq  bool
 	seq     int64
 	lastAcc int
@@ -142,7 +157,7 @@ func NewCoordinator(cfg Config) (*Coordinator, error) {
 		cfg.MaxRecordsPerCall = 100_000
 	}
 	c := &Coordinator{
-		cfg: cfg, m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
+		cfg: cfg, lim: limitsOf(cfg), m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
 		sessions: map[writerKey]*session{}, opening: map[writerKey]*sync.Mutex{},
 		live: map[branchKey]Branch{}, busy: map[branchKey]bool{},
 	}
@@ -280,8 +295,12 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	c.mu.Unlock()
 	om.Lock()
 	defer om.Unlock()
+	if err := c.admitSession(k); err != nil {
+		return SessionInfo{}, err
+	}
 
-	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore})
+	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore,
+		MaxWriters: c.lim.maxWritersPerJob})
 	if err != nil {
 		return SessionInfo{}, err
 	}
@@ -301,6 +320,7 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 		return SessionInfo{}, err
 	}
 	s := &session{job: job, writer: writer, epoch: res.Session.Epoch, open: map[string]*openBranch{}}
+	c.touch(s)
 	c.mu.Lock()
 	c.sessions[k] = s
 	c.mu.Unlock()
@@ -348,9 +368,10 @@ func (c *Coordinator) sessionFor(job, writer string, epoch uint64) (*session, er
 	s := c.sessions[writerKey{job, writer}]
 	c.mu.Unlock()
 	if s == nil || s.epoch != epoch {
-		return nil, fmt.Errorf("%w: %s/%s epoch %d is not open on this node (restarted?); reopen and restore",
+		return nil, fmt.Errorf("%w: %s/%s epoch %d is not open on this node (restarted, or idle too long?); reopen and restore",
 			ErrSessionLost, job, writer, epoch)
 	}
+	c.touch(s)
 	return s, nil
 }
 
@@ -358,6 +379,9 @@ func (c *Coordinator) sessionFor(job, writer string, epoch uint64) (*session, er
 func (s *session) usable() error {
 	if s.fenced {
 		return fmt.Errorf("%w: %s/%s epoch %d", ErrSessionFenced, s.job, s.writer, s.epoch)
+	}
+	if s.lost {
+		return fmt.Errorf("%w: %s/%s epoch %d was idle too long and forgotten; reopen and restore", ErrSessionLost, s.job, s.writer, s.epoch)
 	}
 	if s.failed != nil {
 		return fmt.Errorf("%w: %s/%s epoch %d failed earlier (%v); reopen the session", ErrSinkFailure, s.job, s.writer, s.epoch, s.failed)
@@ -888,6 +912,7 @@ func (c *Coordinator) Run(ctx context.Context) {
 		}
 		c.finishDecided(ctx, func(PendingBranch) bool { return true })
 		c.warnOld()
+		c.forgetIdle()
 	}
 }
 

@@ -68,6 +68,9 @@ type Command struct {
 
 	Node    string `json:"node,omitempty"`    // open_session
 	Restore *int64 `json:"restore,omitempty"` // open_session (external mode)
+	// MaxWriters bounds the job's writers when open_session names a new
+	// one (0: no limit). In the command, so every replica decides alike.
+	MaxWriters int `json:"max_writers,omitempty"`
 
 	Epoch      uint64          `json:"epoch,omitempty"`      // prepared
 	Checkpoint int64           `json:"checkpoint,omitempty"` // prepared, decide
@@ -230,6 +233,10 @@ func (m *Machine) openSession(c Command) ApplyResult {
 		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
 	}
 	w := j.Writers[c.Writer]
+	if w == nil && c.MaxWriters > 0 && len(j.Writers) >= c.MaxWriters {
+		return errResult(fmt.Errorf("%w: job %s has %d writers (limit max_writers_per_job); delete unused writers or raise the limit",
+			ErrBackpressure, c.Job, len(j.Writers)))
+	}
 	if w == nil {
 		w = &writerState{Open: map[int64]*checkpointState{}}
 		j.Writers[c.Writer] = w

@@ -36,6 +36,11 @@ type Config struct {
 	Limits struct {
 		MaxBodyBytes      int64 `yaml:"max_body_bytes"`
 		MaxRecordsPerCall int   `yaml:"max_records_per_call"`
+		// MaxSessions, MaxWritersPerJob and SessionIdleTimeout: see
+		// twopc.Config (0: default; negative: no limit / never).
+		MaxSessions        int           `yaml:"max_sessions"`
+		MaxWritersPerJob   int           `yaml:"max_writers_per_job"`
+		SessionIdleTimeout time.Duration `yaml:"session_idle_timeout"`
 	} `yaml:"limits"`
 	// ShutdownTimeout bounds a graceful stop.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`

@@ -173,6 +173,8 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		Node: cfg.NodeID, Journal: sc.node, Machine: machine, Sinks: sc.sinks,
 		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Logger: log.With("component", "coordinator"), Metrics: met, Failpoint: failpoint,
+		MaxSessions: cfg.Limits.MaxSessions, MaxWritersPerJob: cfg.Limits.MaxWritersPerJob,
+		SessionIdleTimeout: cfg.Limits.SessionIdleTimeout,
 	})
 	if err != nil {
 		return nil, err
