@@ -89,6 +89,8 @@ type Coordinator struct {
 	keyPfx  string
 	keySeq  atomic.Uint64
 	wg      sync.WaitGroup // background commits
+	// unfenced: writers not fenced since start-up (RecoverDecided).
+	unfenced backlog
 
 	mu       sync.Mutex
 	sessions map[writerKey]*session
@@ -283,16 +285,12 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	}
 	k := writerKey{job, writer}
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
 		return SessionInfo{}, fmt.Errorf("%w: sidecar is stopping", ErrUnavailable)
 	}
-	om := c.opening[k]
-	if om == nil {
-		om = &sync.Mutex{}
-		c.opening[k] = om
-	}
-	c.mu.Unlock()
+	om := c.openingLock(k)
 	om.Lock()
 	defer om.Unlock()
 	if err := c.admitSession(k); err != nil {
@@ -319,6 +317,7 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if err := c.fenceWriter(ctx, job, writer, spec.Sinks); err != nil {
 		return SessionInfo{}, err
 	}
+	c.unfenced.done(k) // under om: the background fence will not run for k now
 	s := &session{job: job, writer: writer, epoch: res.Session.Epoch, open: map[string]*openBranch{}}
 	c.touch(s)
 	c.mu.Lock()
@@ -871,19 +870,13 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 // fences every known writer in every sink of its job, so nothing a dead
 // process left open survives. In-doubt (external, undecided) branches stay
 // prepared until the application decides them.
+//
+// It waits for every writer's fence; a sidecar calls RecoverDecided instead
+// and leaves the fences to Run. Writers whose fence failed are retried by
+// Run.
 func (c *Coordinator) Recover(ctx context.Context) error {
-	c.finishDecided(ctx, func(PendingBranch) bool { return true })
-	var errs []error
-	for _, jw := range c.m.Writers() {
-		spec, _ := c.m.JobSpec(jw[0])
-		if err := c.fenceWriter(ctx, jw[0], jw[1], spec.Sinks); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if left := c.countDecided(); left > 0 {
-		c.log.Warn("start-up recovery left decided branches unfinished; retrying in the background", "branches", left)
-	}
-	return errors.Join(errs...)
+	c.RecoverDecided(ctx)
+	return c.fenceBacklog(ctx)
 }
 
 func (c *Coordinator) countDecided() int {
@@ -896,11 +889,16 @@ func (c *Coordinator) countDecided() int {
 	return n
 }
 
-// Run retries unfinished decided branches until ctx ends, and warns when
-// a prepared branch grows old compared with the sinks' transaction timeouts.
+// Run retries unfinished decided branches until ctx ends, fences the writers
+// RecoverDecided left (first thing, then every round until each succeeded),
+// forgets idle sessions, and warns when a prepared branch grows old
+// compared with the sinks' transaction timeouts.
 func (c *Coordinator) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.RetryInterval)
 	defer t.Stop()
+	if c.cfg.IsLeader == nil || c.cfg.IsLeader() {
+		_ = c.fenceBacklog(ctx) // logged; retried below
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -911,6 +909,7 @@ func (c *Coordinator) Run(ctx context.Context) {
 			continue
 		}
 		c.finishDecided(ctx, func(PendingBranch) bool { return true })
+		_ = c.fenceBacklog(ctx)
 		c.warnOld()
 		c.forgetIdle()
 	}

@@ -127,7 +127,7 @@ func TestMaxSessionsAndIdleSessionsForgotten(t *testing.T) {
 // writers).
 func TestSessionMemoryFlat(t *testing.T) {
 	const writers = 200
-	c, clk := limitEnv(t, func(cfg *twopc.Config) { cfg.SessionIdleTimeout = time.Minute })
+	c, clk := limitEnv(t, func(cfg *twopc.Config) { cfg.SessionIdleTimeout, cfg.RetryInterval = time.Minute, 5*time.Millisecond })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	base := restest.Measure()

@@ -179,12 +179,11 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	if err != nil {
 		return nil, err
 	}
-	// Recovery before serving: nothing a dead process left may linger.
-	if err := sc.coord.Recover(ctx); err != nil {
-		// Decisions are durable; the loop retries. Fencing failures mean a
-		// sink is down: sessions will fail to open until it is back.
-		log.Warn("start-up recovery incomplete; retrying in the background", "err", err)
-	}
+	// Before serving: finish what the journal decided. Fencing what a dead
+	// process left open is per writer and runs in the background (Run),
+	// so start-up does not scale with idle writers; a session open fences
+	// its own writer first.
+	sc.coord.RecoverDecided(ctx)
 	for name, j := range cfg.Jobs {
 		if _, err := sc.coord.PutJob(ctx, twopc.JobSpec{Name: name, Commit: j.Commit, Sinks: j.Sinks}); err != nil {
 			return nil, fmt.Errorf("job %s: %w", name, err)
