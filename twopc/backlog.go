@@ -129,9 +129,7 @@ func (c *Coordinator) fenceBacklog(ctx context.Context) error {
 // fenceBacklogged fences one writer of the backlog under its opening mutex,
 // unless a session open did it meanwhile.
 func (c *Coordinator) fenceBacklogged(ctx context.Context, k writerKey) error {
-	om := c.openingLock(k)
-	om.Lock()
-	defer om.Unlock()
+	defer c.opening.lock(k)()
 	if !c.unfenced.has(k) {
 		return nil
 	}
@@ -147,15 +145,47 @@ func (c *Coordinator) fenceBacklogged(ctx context.Context, k writerKey) error {
 	return nil
 }
 
-// openingLock returns the mutex that serialises OpenSession (and the
-// start-up fence) of one writer.
-func (c *Coordinator) openingLock(k writerKey) *sync.Mutex {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	om := c.opening[k]
-	if om == nil {
-		om = &sync.Mutex{}
-		c.opening[k] = om
+// writerLocks serialises OpenSession, DeleteWriter and the start-up fence
+// of one writer. An entry lives only while a caller holds or waits for it,
+// so its memory is bounded by the calls in progress, not by every writer
+// ever seen. Its mu is a leaf; a writer's lock comes before session.mu.
+type writerLocks struct {
+	mu sync.Mutex
+	m  map[writerKey]*writerLock
+}
+
+type writerLock struct {
+	mu   sync.Mutex
+	refs int // holders and waiters; guarded by writerLocks.mu
+}
+
+// lock locks k's mutex and returns its unlock.
+func (l *writerLocks) lock(k writerKey) (unlock func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[writerKey]*writerLock{}
 	}
-	return om
+	wl := l.m[k]
+	if wl == nil {
+		wl = &writerLock{}
+		l.m[k] = wl
+	}
+	wl.refs++
+	l.mu.Unlock()
+	wl.mu.Lock()
+	return func() {
+		wl.mu.Unlock()
+		l.mu.Lock()
+		if wl.refs--; wl.refs == 0 {
+			delete(l.m, k)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// size is the number of writers locked or waited for (for tests).
+func (l *writerLocks) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
 }

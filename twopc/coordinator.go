@@ -76,7 +76,8 @@ const finishTimeout = 30 * time.Second
 
 // Coordinator runs sessions and checkpoints against sinks and the journal.
 //
-// Lock order: session.mu, then Coordinator.mu, then Machine.mu (a leaf). Neither is held while the
+// Lock order: a writer's opening lock, then session.mu, then Coordinator.mu,
+// then Machine.mu (a leaf); writerLocks.mu and backlog.mu are leaves. Neither is held while the
 // journal is proposed to, except session.mu, which serialises one writer's
 // calls and so is held across its sink and journal calls on purpose.
 type Coordinator struct {
@@ -91,12 +92,14 @@ type Coordinator struct {
 	wg      sync.WaitGroup // background commits
 	// unfenced: writers not fenced since start-up (RecoverDecided).
 	unfenced backlog
+	// opening serialises OpenSession, DeleteWriter and start-up fences
+	// per writer; it has its own lock.
+	opening writerLocks
 
 	mu       sync.Mutex
 	sessions map[writerKey]*session
-	opening  map[writerKey]*sync.Mutex // serialises OpenSession per writer
-	live     map[branchKey]Branch      // prepared branches this process still holds a connection for
-	busy     map[branchKey]bool        // branches some goroutine is finishing right now
+	live     map[branchKey]Branch // prepared branches this process still holds a connection for
+	busy     map[branchKey]bool   // branches some goroutine is finishing right now
 	closed   bool
 }
 
@@ -160,8 +163,8 @@ func NewCoordinator(cfg Config) (*Coordinator, error) {
 	}
 	c := &Coordinator{
 		cfg: cfg, lim: limitsOf(cfg), m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
-		sessions: map[writerKey]*session{}, opening: map[writerKey]*sync.Mutex{},
-		live: map[branchKey]Branch{}, busy: map[branchKey]bool{},
+		sessions: map[writerKey]*session{},
+		live:     map[branchKey]Branch{}, busy: map[branchKey]bool{},
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -290,9 +293,7 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if closed {
 		return SessionInfo{}, fmt.Errorf("%w: sidecar is stopping", ErrUnavailable)
 	}
-	om := c.openingLock(k)
-	om.Lock()
-	defer om.Unlock()
+	defer c.opening.lock(k)()
 	if err := c.admitSession(k); err != nil {
 		return SessionInfo{}, err
 	}

@@ -21,9 +21,7 @@ func (c *Coordinator) DeleteWriter(ctx context.Context, job, writer string) (del
 		return false, fmt.Errorf("%w: %s", ErrJobNotFound, job)
 	}
 	k := writerKey{job, writer}
-	om := c.openingLock(k)
-	om.Lock()
-	defer om.Unlock()
+	defer c.opening.lock(k)()
 	if _, ok := c.m.Writer(job, writer); !ok {
 		return false, nil
 	}
