@@ -553,6 +553,9 @@ func TestDeleteWriter(t *testing.T) {
 			if err := json.Unmarshal(r.body, &d); err != nil || r.status != 200 || d.Deleted {
 				t.Fatalf("second delete: got %s, want 200 deleted:false", r)
 			}
+			if deleted, err := c.DeleteWriter(ctx, job, "w"); err != nil || deleted {
+				t.Fatalf("client delete of a deleted writer: got %v, %v, want false, nil", deleted, err)
+			}
 			_, err := c.WriteNDJSON(ctx, job, "w", s.Epoch, nil, []byte(`{"value":"b"}`))
 			wantCode(t, err, 409, api.CodeNoSession)
 			// A new session starts from checkpoint 0; the old epoch stays fenced.

@@ -163,3 +163,40 @@ func TestSessionMemoryFlat(t *testing.T) {
 	after := restest.WaitBelow(t, base, 2, 5*time.Second)
 	t.Logf("%d writers: baseline %v; in use %v (%d sessions); idle %v", writers, base, peak, writers, after)
 }
+
+// fullSink answers backpressure from Begin while full is set, as the MySQL
+// sink does when its connection pool is exhausted.
+type fullSink struct {
+	*twopctest.Sink
+	full bool
+}
+
+func (s *fullSink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, error) {
+	if s.full {
+		return nil, fmt.Errorf("%w: all connections in use (max_conns)", twopc.ErrBackpressure)
+	}
+	return s.Sink.Begin(ctx, id)
+}
+
+// TestSinkBackpressureKeepsSession: a sink out of a bounded resource at
+// Begin answers backpressure; the call changes nothing and the session
+// stays usable (it is not failed like after a sink error).
+func TestSinkBackpressureKeepsSession(t *testing.T) {
+	sink := &fullSink{Sink: twopctest.NewSink("a", 2), full: true}
+	c, _ := limitEnv(t, func(cfg *twopc.Config) { cfg.Sinks = map[string]twopc.Sink{"a": sink} })
+	ctx := context.Background()
+	s, err := c.OpenSession(ctx, "j", "w", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Write(ctx, "j", "w", s.Epoch, nil, recs("a", "x"))
+	wantLimit(t, "write while the sink is full", err, "max_conns")
+	sink.full = false
+	if _, err := c.Write(ctx, "j", "w", s.Epoch, nil, recs("a", "y")); err != nil {
+		t.Fatalf("write after backpressure: %v", err)
+	}
+	if _, err := c.Checkpoint(ctx, "j", "w", s.Epoch, 1, nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	wantValues(t, sink.Sink, "y")
+}
