@@ -318,7 +318,7 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if err := c.fenceWriter(ctx, job, writer, spec.Sinks); err != nil {
 		return SessionInfo{}, err
 	}
-	c.unfenced.done(k) // under om: the background fence will not run for k now
+	c.unfenced.done(k) // under the opening lock: no background fence of k after this
 	s := &session{job: job, writer: writer, epoch: res.Session.Epoch, open: map[string]*openBranch{}}
 	c.touch(s)
 	c.mu.Lock()
