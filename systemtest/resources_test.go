@@ -3,6 +3,8 @@ package systemtest
 import (
 	"bufio"
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/txsink/txsink/api/client"
 	"github.com/txsink/txsink/internal/kafkatest"
+	"github.com/txsink/txsink/internal/mysqltest"
 	"github.com/txsink/txsink/twopc"
 )
 
@@ -218,4 +221,97 @@ func waitLog(t *testing.T, n *node, parts ...string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// threadsConnected is the server's connection count.
+func (m *mdb) threadsConnected() int {
+	m.t.Helper()
+	var name string
+	var n int
+	if err := m.db.QueryRow("SHOW GLOBAL STATUS LIKE 'Threads_connected'").Scan(&name, &n); err != nil {
+		m.t.Fatal(err)
+	}
+	return n
+}
+
+// TestMySQLConnectionsCapped: 200 writers each hold an open branch in a
+// MySQL sink with the default max_conns (64). 64 get a connection; the
+// others answer 429 backpressure naming max_conns instead of a server
+// error, the server's connections stay below max_connections (an
+// administrator still connects), and after the first 64 checkpoint, the
+// refused writers write on the same sessions and commit too.
+func TestMySQLConnectionsCapped(t *testing.T) {
+	const writers, maxConns, reserved = 200, 64, 4
+	m := newMDB(t, mysqltest.DSN(t), tableT)
+	m.db.SetMaxOpenConns(1)
+	n := newNode(t, m.sinkYAML("db", 0, insStmts)+"    conn_wait: 200ms\n")
+	c := n.start()
+	ctx := tctx(t)
+	if _, err := c.PutJob(ctx, m.job, twopc.ModeAuto, nil); err != nil {
+		t.Fatal(err)
+	}
+	serverBase := m.threadsConnected()
+	base := scrape(t, n)
+	var mu sync.Mutex
+	held := map[string]uint64{}
+	refused := map[string]uint64{}
+	forEachWriter(t, writers, func(w string) error {
+		s, err := c.OpenSession(ctx, m.job, w, nil)
+		if err != nil {
+			return err
+		}
+		_, err = c.Write(ctx, m.job, w, s.Epoch, nil, insRecords("db", []string{w}))
+		mu.Lock()
+		defer mu.Unlock()
+		var e *client.Error
+		switch {
+		case err == nil:
+			held[w] = s.Epoch
+		case errors.As(err, &e) && e.Status == 429 && e.Code == "backpressure" && strings.Contains(e.Detail, "max_conns"):
+			refused[w] = s.Epoch
+		default:
+			return err
+		}
+		return nil
+	})
+	serverPeak := m.threadsConnected()
+	peak := scrape(t, n)
+	t.Logf("%d MySQL writers, max_conns %d: %d hold a branch, %d answered 429; server connections %d → %d; sidecar %v → %v",
+		writers, maxConns, len(held), len(refused), serverBase, serverPeak, base, peak)
+	if len(held) != maxConns || len(refused) != writers-maxConns {
+		t.Fatalf("got %d writes through and %d refused, want %d and %d", len(held), len(refused), maxConns, writers-maxConns)
+	}
+	if grew := serverPeak - serverBase; grew > maxConns+reserved {
+		t.Fatalf("server connections grew by %d, want at most max_conns+reserved_conns = %d", grew, maxConns+reserved)
+	}
+	admin, err := sql.Open("mysql", m.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := admin.PingContext(ctx); err != nil {
+		t.Fatalf("an administrator cannot connect while every branch connection is pinned: %v", err)
+	}
+	for w, ep := range held {
+		if _, err := c.Checkpoint(ctx, m.job, w, ep, 1, nil, ""); err != nil {
+			t.Fatalf("checkpoint %s: %v", w, err)
+		}
+	}
+	forEachWriter(t, writers, func(w string) error {
+		ep, ok := refused[w]
+		if !ok {
+			return nil
+		}
+		if _, err := c.Write(ctx, m.job, w, ep, nil, insRecords("db", []string{w})); err != nil {
+			return fmt.Errorf("write after backpressure on the same session: %w", err)
+		}
+		_, err := c.Checkpoint(ctx, m.job, w, ep, 1, nil, "")
+		return err
+	})
+	var want []string
+	for i := range writers {
+		want = append(want, fmt.Sprintf("w%d", i))
+	}
+	slices.Sort(want)
+	m.wantRows(want)
 }
