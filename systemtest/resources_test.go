@@ -62,6 +62,30 @@ func scrape(t *testing.T, n *node) usage {
 	return u
 }
 
+// liveHeapMiB asks the sidecar's pprof listener for a heap profile after a
+// GC and returns its HeapAlloc.
+func liveHeapMiB(t *testing.T, pprofAddr string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/heap?gc=1&debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "# HeapAlloc = "); ok {
+			b, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b / (1 << 20)
+		}
+	}
+	t.Fatalf("no HeapAlloc in the heap profile (%v)", sc.Err())
+	return 0
+}
+
 // forEachWriter runs f for writers w0..w<n-1>, 20 at a time.
 func forEachWriter(t *testing.T, n int, f func(w string) error) {
 	t.Helper()
@@ -98,12 +122,14 @@ func TestResourcesBoundedByConfig(t *testing.T) {
 	const writers = 200
 	broker := startBroker(t)
 	n := newNode(t, kafkaSinkYAML(broker)+"    idle_client_timeout: 500ms\nlimits:\n  session_idle_timeout: 2s\n")
-	c := n.start()
+	pprof := freeAddr(t)
+	c := n.start("TXSINK_PPROF_ADDR=" + pprof)
 	ctx := context.Background()
 	if _, err := c.PutJob(ctx, "j", twopc.ModeAuto, nil); err != nil {
 		t.Fatal(err)
 	}
 	base := scrape(t, n)
+	baseHeap := liveHeapMiB(t, pprof)
 	epochs := sync.Map{}
 	forEachWriter(t, writers, func(w string) error {
 		s, err := c.OpenSession(ctx, "j", w, nil)
@@ -134,6 +160,8 @@ func TestResourcesBoundedByConfig(t *testing.T) {
 	// keep-alive connections (20 at a time), which the server closes after
 	// its IdleTimeout.
 	t.Logf("%d writers (kafka, separate broker): baseline %v; after checkpoints %v; idle %v", writers, base, peak, after)
+	idleHeap := liveHeapMiB(t, pprof)
+	idleSince := time.Now()
 	// The idle sessions are forgotten too (no probe before: a call would
 	// keep a session alive).
 	deadline = time.Now().Add(30 * time.Second)
@@ -142,6 +170,14 @@ func TestResourcesBoundedByConfig(t *testing.T) {
 			t.Fatalf("idle sessions forgotten: got %d, want %d", forgotten(n), writers)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// The live heap (after a GC) does not keep growing while the writers
+	// idle: no client, telemetry push or session is left per writer.
+	laterHeap := liveHeapMiB(t, pprof)
+	t.Logf("live heap after GC: baseline %.1f MiB, clients closed %.1f MiB, sessions forgotten %v later %.1f MiB",
+		baseHeap, idleHeap, time.Since(idleSince).Round(100*time.Millisecond), laterHeap)
+	if laterHeap > idleHeap+1 {
+		t.Fatalf("live heap grew while idle: %.1f → %.1f MiB", idleHeap, laterHeap)
 	}
 	ep, _ := epochs.Load("w0")
 	if _, err := c.Write(ctx, "j", "w0", ep.(uint64), nil, records([]string{"late"})); client.Code(err) != "session_lost" {
