@@ -21,10 +21,11 @@ import (
 )
 
 // usage is the sidecar process's resources as its /metrics reports them.
-type usage struct{ goroutines, fds, rssMiB, heapMiB float64 }
+type usage struct{ goroutines, fds, rssMiB, heapMiB, sessions, slotClients float64 }
 
 func (u usage) String() string {
-	return fmt.Sprintf("goroutines %.0f, fds %.0f, rss %.1f MiB, heap in use %.1f MiB", u.goroutines, u.fds, u.rssMiB, u.heapMiB)
+	return fmt.Sprintf("goroutines %.0f, fds %.0f, rss %.1f MiB, heap in use %.1f MiB, sessions %.0f, kafka slot clients %.0f",
+		u.goroutines, u.fds, u.rssMiB, u.heapMiB, u.sessions, u.slotClients)
 }
 
 func scrape(t *testing.T, n *node) usage {
@@ -54,6 +55,10 @@ func scrape(t *testing.T, n *node) usage {
 			u.rssMiB = v / (1 << 20)
 		case "go_memstats_heap_inuse_bytes":
 			u.heapMiB = v / (1 << 20)
+		case "txsink_sessions":
+			u.sessions = v
+		case `txsink_kafka_slot_clients{sink="events"}`:
+			u.slotClients = v
 		}
 	}
 	if u.goroutines == 0 || u.fds == 0 {
@@ -148,7 +153,7 @@ func TestResourcesBoundedByConfig(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		after = scrape(t, n)
-		if after.goroutines <= base.goroutines+30 && after.fds <= base.fds+30 {
+		if after.goroutines <= base.goroutines+30 && after.fds <= base.fds+30 && after.slotClients == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -170,6 +175,9 @@ func TestResourcesBoundedByConfig(t *testing.T) {
 			t.Fatalf("idle sessions forgotten: got %d, want %d", forgotten(n), writers)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if u := scrape(t, n); u.sessions != 0 {
+		t.Fatalf("txsink_sessions after every session was forgotten: got %.0f, want 0", u.sessions)
 	}
 	// The live heap (after a GC) does not keep growing while the writers
 	// idle: no client, telemetry push or session is left per writer.

@@ -179,6 +179,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	if err != nil {
 		return nil, err
 	}
+	met.registerResourceGauges(sc.coord, sc.sinks)
 	// Before serving: finish what the journal decided. Fencing what a dead
 	// process left open is per writer and runs in the background (Run),
 	// so start-up does not scale with idle writers; a session open fences
