@@ -11,12 +11,13 @@ import (
 	"github.com/txsink/txsink/twopc"
 )
 
-// serverConns counts the server's connections (all of them: the test's own
-// are in both counts).
+// serverConns counts the server's connections to this test's database (the
+// server is shared with other tests and packages; the test's own connection
+// is in both counts).
 func (e *env) serverConns() int {
 	e.t.Helper()
 	var n int
-	if err := e.db.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST").Scan(&n); err != nil {
+	if err := e.db.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()").Scan(&n); err != nil {
 		e.t.Fatal(err)
 	}
 	return n
