@@ -42,6 +42,9 @@ type Service interface {
 	Commit(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
 	Abort(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
 	Checkpoints(job string) ([]twopc.CheckpointInfo, error)
+	// DeleteWriter forgets a writer with nothing in doubt; deleted is
+	// false when it did not exist.
+	DeleteWriter(ctx context.Context, job, writer string) (deleted bool, err error)
 }
 
 // ClusterStatus is the body of GET /v1/cluster.

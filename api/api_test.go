@@ -518,3 +518,63 @@ func TestCurlDefaultContentType(t *testing.T) {
 		}
 	}
 }
+
+func TestDeleteWriter(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for i, tr := range e.ts {
+		t.Run(tr.name, func(t *testing.T) {
+			c := tr.c
+			job := fmt.Sprintf("del-%d", i)
+			must[twopc.JobInfo](t)(c.PutJob(ctx, job, twopc.ModeExternal, []string{"other"}))
+			s := must[twopc.SessionInfo](t)(c.OpenSession(ctx, job, "w", nil))
+			must[twopc.WriteResult](t)(c.WriteNDJSON(ctx, job, "w", s.Epoch, nil, []byte(`{"value":"a"}`)))
+			must[twopc.CheckpointResult](t)(c.Checkpoint(ctx, job, "w", s.Epoch, 1, []byte("st"), ""))
+			path := fmt.Sprintf("/v1/jobs/%s/writers/w", job)
+
+			before := e.snapshot()
+			r := tr.do(t, "DELETE", path, "")
+			if r.status != 409 || r.problem(t).Code != api.CodeWriterInDoubt {
+				t.Fatalf("delete with checkpoint 1 prepared: got %s, want 409 %s", r, api.CodeWriterInDoubt)
+			}
+			if after := e.snapshot(); after != before {
+				t.Fatalf("refused delete changed state:\nbefore %s\nafter  %s", before, after)
+			}
+			must[twopc.CommitResult](t)(c.Commit(ctx, job, 1))
+
+			r = tr.do(t, "DELETE", path, "")
+			var d api.WriterDeleted
+			if err := json.Unmarshal(r.body, &d); err != nil || r.status != 200 || !d.Deleted || d.Job != job || d.Writer != "w" {
+				t.Fatalf("delete: got %s, want 200 deleted", r)
+			}
+			if info := must[twopc.JobInfo](t)(c.Job(ctx, job)); len(info.Writers) != 0 {
+				t.Fatalf("writers after delete: got %+v, want none", info.Writers)
+			}
+			r = tr.do(t, "DELETE", path, "")
+			if err := json.Unmarshal(r.body, &d); err != nil || r.status != 200 || d.Deleted {
+				t.Fatalf("second delete: got %s, want 200 deleted:false", r)
+			}
+			if deleted, err := c.DeleteWriter(ctx, job, "w"); err != nil || deleted {
+				t.Fatalf("client delete of a deleted writer: got %v, %v, want false, nil", deleted, err)
+			}
+			_, err := c.WriteNDJSON(ctx, job, "w", s.Epoch, nil, []byte(`{"value":"b"}`))
+			wantCode(t, err, 409, api.CodeNoSession)
+			// A new session starts from checkpoint 0; the old epoch stays fenced.
+			s2 := must[twopc.SessionInfo](t)(c.OpenSession(ctx, job, "w", nil))
+			if s2.Checkpoint != 0 || s2.State != nil || s2.Epoch <= s.Epoch {
+				t.Fatalf("session after delete: got %+v, want checkpoint 0, no state, epoch > %d", s2, s.Epoch)
+			}
+			_, err = c.WriteNDJSON(ctx, job, "w", s.Epoch, nil, []byte(`{"value":"b"}`))
+			wantCode(t, err, 409, api.CodeSessionFenced)
+
+			r = tr.do(t, "DELETE", "/v1/jobs/nope/writers/w", "")
+			if r.status != 404 || r.problem(t).Code != api.CodeJobNotFound {
+				t.Fatalf("delete in an unknown job: got %s, want 404 job_not_found", r)
+			}
+			r = tr.do(t, "DELETE", "/v1/jobs/"+job+"/writers/.bad", "")
+			if r.status != 400 {
+				t.Fatalf("delete of a bad name: got %s, want 400", r)
+			}
+		})
+	}
+}

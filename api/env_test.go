@@ -28,7 +28,7 @@ var allCodes = []string{
 	api.CodeInvalidRequest, api.CodeInvalidName, api.CodeMalformedBody, api.CodeUnknownSink,
 	api.CodeUnauthorized, api.CodeJobNotFound, api.CodeNotFound, api.CodeMethodNotAllowed,
 	api.CodeSessionFenced, api.CodeSessionLost, api.CodeNoSession, api.CodeSeqConflict,
-	api.CodeCheckpointOrder, api.CodeModeConflict, api.CodeBodyTooLarge, api.CodeUnsupportedMediaType,
+	api.CodeCheckpointOrder, api.CodeModeConflict, api.CodeWriterInDoubt, api.CodeBodyTooLarge, api.CodeUnsupportedMediaType,
 	api.CodeBackpressure, api.CodeInternal, api.CodeRecordRejected, api.CodeSinkFailure, api.CodeDataLoss, api.CodeUnavailable,
 }
 

@@ -32,6 +32,7 @@ func (s *Server) routes() {
 	h("GET /v1/jobs", s.jobs)
 	h("GET /v1/jobs/{job}", s.job)
 	h("POST /v1/jobs/{job}/writers/{writer}/session", s.openSession)
+	h("DELETE /v1/jobs/{job}/writers/{writer}", s.deleteWriter)
 	h("POST /v1/jobs/{job}/writers/{writer}/records", s.write)
 	h("POST /v1/jobs/{job}/writers/{writer}/checkpoints/{n}", s.checkpoint)
 	h("POST /v1/jobs/{job}/checkpoints/{n}/commit", s.commit)
@@ -211,6 +212,31 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request) error {
 		info.DataLoss = []int64{}
 	}
 	s.reply(w, r, http.StatusOK, info)
+	return nil
+}
+
+// WriterDeleted is the body of DELETE /v1/jobs/{job}/writers/{writer}.
+type WriterDeleted struct {
+	Job    string `json:"job"`
+	Writer string `json:"writer"`
+	// Deleted is false when the writer did not exist (nothing changed).
+	Deleted bool `json:"deleted"`
+}
+
+func (s *Server) deleteWriter(w http.ResponseWriter, r *http.Request) error {
+	job, err := pathName(r, "job")
+	if err != nil {
+		return err
+	}
+	writer, err := pathName(r, "writer")
+	if err != nil {
+		return err
+	}
+	deleted, err := s.svc.DeleteWriter(r.Context(), job, writer)
+	if err != nil {
+		return err
+	}
+	s.reply(w, r, http.StatusOK, WriterDeleted{Job: job, Writer: writer, Deleted: deleted})
 	return nil
 }
 

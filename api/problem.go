@@ -28,9 +28,10 @@ const (
 	CodeSeqConflict          = "seq_conflict"           // 409: seq lower than the last one
 	CodeCheckpointOrder      = "checkpoint_order"       // 409: checkpoint not above the last one
 	CodeModeConflict         = "mode_conflict"          // 409: call not allowed in the job's commit mode
+	CodeWriterInDoubt        = "writer_in_doubt"        // 409: the writer has unresolved checkpoints (DELETE)
 	CodeBodyTooLarge         = "body_too_large"         // 413: body, records per call or state over the limit
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
-	CodeBackpressure         = "backpressure"           // 429: too many checkpoints in flight
+	CodeBackpressure         = "backpressure"           // 429: a limit is reached (checkpoints in flight, connections, writers, sessions); detail names it
 	CodeInternal             = "internal"               // 500
 	CodeRecordRejected       = "record_rejected"        // 422: a sink refused a record for good; fix or skip it
 	CodeSinkFailure          = "sink_failure"           // 502: a sink failed; the checkpoint was aborted
@@ -87,6 +88,7 @@ var twopcErrors = []struct {
 	{twopc.ErrSeqConflict, http.StatusConflict, CodeSeqConflict},
 	{twopc.ErrCheckpointOrder, http.StatusConflict, CodeCheckpointOrder},
 	{twopc.ErrModeConflict, http.StatusConflict, CodeModeConflict},
+	{twopc.ErrWriterInDoubt, http.StatusConflict, CodeWriterInDoubt},
 	{twopc.ErrBackpressure, http.StatusTooManyRequests, CodeBackpressure},
 	{twopc.ErrJobNotFound, http.StatusNotFound, CodeJobNotFound},
 	{twopc.ErrUnknownSink, http.StatusBadRequest, CodeUnknownSink},

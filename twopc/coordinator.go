@@ -42,6 +42,18 @@ type Config struct {
 	Failpoint func(point string)
 	// Now returns the current time (nil: time.Now).
 	Now func() time.Time
+	// MaxSessions bounds the sessions held on this node (0:
+	// DefaultMaxSessions; negative: no limit). Over it, OpenSession of a
+	// writer without a session is ErrBackpressure.
+	MaxSessions int
+	// MaxWritersPerJob bounds the writers the journal keeps per job (0:
+	// DefaultMaxWritersPerJob; negative: no limit). Over it, OpenSession
+	// of a new writer is ErrBackpressure.
+	MaxWritersPerJob int
+	// SessionIdleTimeout forgets a session that took no call for this long
+	// and holds no open branch (0: DefaultSessionIdleTimeout; negative:
+	// never); its next call answers ErrSessionLost.
+	SessionIdleTimeout time.Duration
 }
 
 // Metrics is what the coordinator reports; cmd/sidecar backs it with
@@ -66,7 +78,8 @@ const finishTimeout = 30 * time.Second
 
 // Coordinator runs sessions and checkpoints against sinks and the journal.
 //
-// Lock order: session.mu, then Coordinator.mu, then Machine.mu (a leaf). Neither is held while the
+// Lock order: a writer's opening lock, then session.mu, then Coordinator.mu,
+// then Machine.mu (a leaf); writerLocks.mu and backlog.mu are leaves. Neither is held while the
 // journal is proposed to, except session.mu, which serialises one writer's
 // calls and so is held across its sink and journal calls on purpose.
 // OpenSession takes opening[writer], then modeMu (shared), then the old
@@ -74,6 +87,7 @@ const finishTimeout = 30 * time.Second
 // modeMu across journal and sink calls on purpose.
 type Coordinator struct {
 	cfg     Config
+	lim     limits
 	m       *Machine
 	log     *slog.Logger
 	metrics Metrics
@@ -84,12 +98,16 @@ type Coordinator struct {
 	// modeMu: a commit-mode change (exclusive) never overlaps a session
 	// being opened (shared), so the open-session check cannot miss one.
 	modeMu sync.RWMutex
+	// unfenced: writers not fenced since start-up (RecoverDecided).
+	unfenced backlog
+	// opening serialises OpenSession, DeleteWriter and start-up fences
+	// per writer; it has its own lock.
+	opening writerLocks
 
 	mu       sync.Mutex
 	sessions map[writerKey]*session
-	opening  map[writerKey]*sync.Mutex // serialises OpenSession per writer
-	live     map[branchKey]Branch      // prepared branches this process still holds a connection for
-	busy     map[branchKey]bool        // branches some goroutine is finishing right now
+	live     map[branchKey]Branch // prepared branches this process still holds a connection for
+	busy     map[branchKey]bool   // branches some goroutine is finishing right now
 	closed   bool
 }
 
@@ -112,6 +130,8 @@ type session struct {
 	epoch   uint64
 	fenced  bool  // a newer session was opened, or the coordinator closed
 	failed  error // a sink failed; every branch was aborted; reopen
+	lost    bool  // forgotten as idle (forgetIdle): the next call is ErrSessionLost
+	used    atomic.Int64
 	hasSeq  bool
 	seq     int64
 	seqSum  uint64 // digest of the last seq's body, from the caller
@@ -157,9 +177,9 @@ func NewCoordinator(cfg Config) (*Coordinator, error) {
 		cfg.MaxRecordsPerCall = 100_000
 	}
 	c := &Coordinator{
-		cfg: cfg, m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
-		sessions: map[writerKey]*session{}, opening: map[writerKey]*sync.Mutex{},
-		live: map[branchKey]Branch{}, busy: map[branchKey]bool{},
+		cfg: cfg, lim: limitsOf(cfg), m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
+		sessions: map[writerKey]*session{},
+		live:     map[branchKey]Branch{}, busy: map[branchKey]bool{},
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -312,22 +332,20 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	}
 	k := writerKey{job, writer}
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
 		return SessionInfo{}, fmt.Errorf("%w: sidecar is stopping", ErrUnavailable)
 	}
-	om := c.opening[k]
-	if om == nil {
-		om = &sync.Mutex{}
-		c.opening[k] = om
+	defer c.opening.lock(k)()
+	if err := c.admitSession(k); err != nil {
+		return SessionInfo{}, err
 	}
-	c.mu.Unlock()
-	om.Lock()
-	defer om.Unlock()
 	c.modeMu.RLock()
 	defer c.modeMu.RUnlock()
 
-	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore})
+	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore,
+		MaxWriters: c.lim.maxWritersPerJob})
 	if err != nil {
 		return SessionInfo{}, err
 	}
@@ -350,7 +368,9 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if err := c.fenceWriter(ctx, job, writer, spec.Sinks); err != nil {
 		return SessionInfo{}, err
 	}
+	c.unfenced.done(k) // under the opening lock: no background fence of k after this
 	s := &session{job: job, writer: writer, epoch: res.Session.Epoch, open: map[string]*openBranch{}}
+	c.touch(s)
 	c.mu.Lock()
 	c.sessions[k] = s
 	c.mu.Unlock()
@@ -429,9 +449,10 @@ func (c *Coordinator) sessionFor(job, writer string, epoch uint64) (*session, er
 	s := c.sessions[writerKey{job, writer}]
 	c.mu.Unlock()
 	if s == nil || s.epoch != epoch {
-		return nil, fmt.Errorf("%w: %s/%s epoch %d is not open on this node (restarted?); reopen and restore",
+		return nil, fmt.Errorf("%w: %s/%s epoch %d is not open on this node (restarted, or idle too long?); reopen and restore",
 			ErrSessionLost, job, writer, epoch)
 	}
+	c.touch(s)
 	return s, nil
 }
 
@@ -439,6 +460,9 @@ func (c *Coordinator) sessionFor(job, writer string, epoch uint64) (*session, er
 func (s *session) usable() error {
 	if s.fenced {
 		return fmt.Errorf("%w: %s/%s epoch %d", ErrSessionFenced, s.job, s.writer, s.epoch)
+	}
+	if s.lost {
+		return fmt.Errorf("%w: %s/%s epoch %d was idle too long and forgotten; reopen and restore", ErrSessionLost, s.job, s.writer, s.epoch)
 	}
 	if s.failed != nil {
 		return fmt.Errorf("%w: %s/%s epoch %d failed earlier (%v); reopen the session", ErrSinkFailure, s.job, s.writer, s.epoch, s.failed)
@@ -614,6 +638,11 @@ func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName strin
 	s.nextSeq++
 	id := BranchID{Job: s.job, Writer: s.writer, Sink: sinkName, Epoch: s.epoch, Seq: s.nextSeq, Slot: slot, After: wv.MaxCheckpoint}
 	br, err := sink.Begin(ctx, id)
+	if errors.Is(err, ErrBackpressure) {
+		// The sink is out of a bounded resource (e.g. connections);
+		// nothing was written, so the session stays usable.
+		return nil, err
+	}
 	if err != nil {
 		return nil, c.fail(ctx, s, fmt.Errorf("begin %s: %w", id, err))
 	}
@@ -1007,19 +1036,13 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 // fences every known writer in every sink of its job, so nothing a dead
 // process left open survives. In-doubt (external, undecided) branches stay
 // prepared until the application decides them.
+//
+// It waits for every writer's fence; a sidecar calls RecoverDecided instead
+// and leaves the fences to Run. Writers whose fence failed are retried by
+// Run.
 func (c *Coordinator) Recover(ctx context.Context) error {
-	c.finishDecided(ctx, func(PendingBranch) bool { return true })
-	var errs []error
-	for _, jw := range c.m.Writers() {
-		spec, _ := c.m.JobSpec(jw[0])
-		if err := c.fenceWriter(ctx, jw[0], jw[1], spec.Sinks); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if left := c.countDecided(); left > 0 {
-		c.log.Warn("start-up recovery left decided branches unfinished; retrying in the background", "branches", left)
-	}
-	return errors.Join(errs...)
+	c.RecoverDecided(ctx)
+	return c.fenceBacklog(ctx)
 }
 
 func (c *Coordinator) countDecided() int {
@@ -1032,11 +1055,16 @@ func (c *Coordinator) countDecided() int {
 	return n
 }
 
-// Run retries unfinished decided branches until ctx ends, and warns when
-// a prepared branch grows old compared with the sinks' transaction timeouts.
+// Run retries unfinished decided branches until ctx ends, fences the writers
+// RecoverDecided left (first thing, then every round until each succeeded),
+// forgets idle sessions, and warns when a prepared branch grows old
+// compared with the sinks' transaction timeouts.
 func (c *Coordinator) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.RetryInterval)
 	defer t.Stop()
+	if c.cfg.IsLeader == nil || c.cfg.IsLeader() {
+		_ = c.fenceBacklog(ctx) // logged; retried below
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -1048,7 +1076,9 @@ func (c *Coordinator) Run(ctx context.Context) {
 		}
 		c.finishDecided(ctx, func(PendingBranch) bool { return true })
 		c.failExpired(ctx)
+		_ = c.fenceBacklog(ctx)
 		c.warnOld()
+		c.forgetIdle()
 	}
 }
 
@@ -1065,13 +1095,6 @@ func (c *Coordinator) warnOld() {
 				"sink", name, "age", age.Round(time.Second), "timeout", t.TransactionTimeout())
 		}
 	}
-}
-
-// Sessions is the number of writer sessions open on this node (a metric).
-func (c *Coordinator) Sessions() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.sessions)
 }
 
 // OldestPrepared is the age of the oldest unresolved branch (a metric).

@@ -31,6 +31,8 @@ const (
 	OpPrepared    Op = "prepared"
 	OpDecide      Op = "decide"
 	OpResolved    Op = "resolved"
+	// OpDeleteWriter forgets a writer with no unresolved checkpoint.
+	OpDeleteWriter Op = "delete_writer"
 )
 
 // Decision of a checkpoint.
@@ -68,6 +70,9 @@ type Command struct {
 
 	Node    string `json:"node,omitempty"`    // open_session
 	Restore *int64 `json:"restore,omitempty"` // open_session (external mode)
+	// MaxWriters bounds the job's writers when open_session names a new
+	// one (0: no limit). In the command, so every replica decides alike.
+	MaxWriters int `json:"max_writers,omitempty"`
 
 	Epoch      uint64          `json:"epoch,omitempty"`      // prepared
 	Checkpoint int64           `json:"checkpoint,omitempty"` // prepared, decide
@@ -116,6 +121,10 @@ type machineState struct {
 type jobState struct {
 	Spec    JobSpec                 `json:"spec"`
 	Writers map[string]*writerState `json:"writers"`
+	// DeletedEpoch is the highest epoch any deleted writer of the job had:
+	// a writer created later starts above it, so an epoch a zombie client
+	// of a deleted writer still holds is never issued again to that name.
+	DeletedEpoch uint64 `json:"deleted_epoch,omitempty"`
 }
 
 type writerState struct {
@@ -186,6 +195,8 @@ func (m *Machine) Apply(data []byte) any {
 		r = m.decide(c)
 	case OpResolved:
 		r = m.resolved(c)
+	case OpDeleteWriter:
+		r = m.deleteWriter(c)
 	default:
 		panic(fmt.Sprintf("twopc: unknown journal op %q", c.Op))
 	}
@@ -233,8 +244,12 @@ func (m *Machine) openSession(c Command) ApplyResult {
 		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
 	}
 	w := j.Writers[c.Writer]
+	if w == nil && c.MaxWriters > 0 && len(j.Writers) >= c.MaxWriters {
+		return errResult(fmt.Errorf("%w: job %s has %d writers (limit max_writers_per_job); delete unused writers or raise the limit",
+			ErrBackpressure, c.Job, len(j.Writers)))
+	}
 	if w == nil {
-		w = &writerState{Open: map[int64]*checkpointState{}}
+		w = &writerState{Epoch: j.DeletedEpoch, Open: map[int64]*checkpointState{}}
 		j.Writers[c.Writer] = w
 	}
 	w.Epoch++
@@ -360,6 +375,28 @@ func (m *Machine) resolved(c Command) ApplyResult {
 		}
 		m.finishIfDone(w, cp)
 	}
+	return ApplyResult{}
+}
+
+// deleteWriter forgets a writer: its epoch, checkpoints and last state. A
+// writer with an unresolved checkpoint (in doubt, or decided and not yet
+// finished in a sink) is refused: its handles are needed to finish it.
+// Deleting an unknown writer changes nothing.
+func (m *Machine) deleteWriter(c Command) ApplyResult {
+	j := m.st.Jobs[c.Job]
+	if j == nil {
+		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
+	}
+	w := j.Writers[c.Writer]
+	if w == nil {
+		return ApplyResult{}
+	}
+	if len(w.Open) > 0 {
+		return errResult(fmt.Errorf("%w: writer %s/%s has unresolved checkpoints %v; commit or abort them first",
+			ErrWriterInDoubt, c.Job, c.Writer, sortedKeys(w.Open)))
+	}
+	j.DeletedEpoch = max(j.DeletedEpoch, w.Epoch)
+	delete(j.Writers, c.Writer)
 	return ApplyResult{}
 }
 

@@ -227,3 +227,46 @@ func TestMachinePanicsOnGarbage(t *testing.T) {
 		}()
 	}
 }
+
+func TestMachineDeleteWriter(t *testing.T) {
+	m := NewMachine()
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err, ErrJobNotFound) {
+		t.Fatalf("unknown job: got %v, want ErrJobNotFound", r.Err)
+	}
+	apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeExternal, Sinks: []string{"k"}}})
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); r.Err != nil {
+		t.Fatalf("unknown writer: got %v, want nil (idempotent)", r.Err)
+	}
+	for range 3 {
+		apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0"})
+	}
+	apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 3, Checkpoint: 4, State: []byte("s4"),
+		Branches: []JournalBranch{jb("j", "0", "k", 3, 1, 0)}})
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err, ErrWriterInDoubt) {
+		t.Fatalf("writer with a prepared checkpoint: got %v, want ErrWriterInDoubt", r.Err)
+	}
+	apply(t, m, Command{Op: OpDecide, Job: "j", Checkpoint: 4, Commit: true})
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err, ErrWriterInDoubt) {
+		t.Fatalf("writer with a decided, unfinished checkpoint: got %v, want ErrWriterInDoubt", r.Err)
+	}
+	apply(t, m, Command{Op: OpResolved, Job: "j", Outcomes: []BranchOutcome{{Writer: "0", Checkpoint: 4, Sink: "k", Epoch: 3, Seq: 1, Outcome: OutcomeCommitted}}})
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if _, ok := m.Writer("j", "0"); ok {
+		t.Fatal("writer still there after delete")
+	}
+	// A new writer of the same name starts from checkpoint 0 and no state,
+	// at an epoch above the deleted one's.
+	r := apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0"})
+	if r.Session.Epoch != 4 || r.Session.Checkpoint != 0 || r.Session.State != nil {
+		t.Fatalf("reopened deleted writer: got epoch %d checkpoint %d state %q, want 4, 0, nil",
+			r.Session.Epoch, r.Session.Checkpoint, r.Session.State)
+	}
+	if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 3, Checkpoint: 1}); !errors.Is(r.Err, ErrSessionFenced) {
+		t.Fatalf("an epoch of the deleted writer: got %v, want ErrSessionFenced", r.Err)
+	}
+	if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 4, Checkpoint: 1}); r.Err != nil {
+		t.Fatalf("checkpoint 1 after delete: %v", r.Err)
+	}
+}

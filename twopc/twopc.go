@@ -21,18 +21,19 @@ import (
 // HTTP status and a stable problem code; sinks wrap driver errors with
 // ErrSinkFailure or ErrDataLoss where they enter our code.
 var (
-	ErrInvalid         = errors.New("twopc: invalid request")                // 400 invalid_request
-	ErrJobNotFound     = errors.New("twopc: job not found")                  // 404 job_not_found
-	ErrUnknownSink     = errors.New("twopc: unknown sink")                   // 400 unknown_sink
-	ErrSessionFenced   = errors.New("twopc: session fenced")                 // 409 session_fenced
-	ErrSessionLost     = errors.New("twopc: session lost")                   // 409 session_lost
-	ErrNoSession       = errors.New("twopc: no session open")                // 409 no_session
-	ErrSeqConflict     = errors.New("twopc: seq conflict")                   // 409 seq_conflict
-	ErrCheckpointOrder = errors.New("twopc: checkpoint out of order")        // 409 checkpoint_order
-	ErrModeConflict    = errors.New("twopc: wrong commit mode")              // 409 mode_conflict
-	ErrBackpressure    = errors.New("twopc: too many checkpoints in flight") // 429 backpressure
-	ErrSinkFailure     = errors.New("twopc: sink failure")                   // 502 sink_failure
-	ErrUnavailable     = errors.New("twopc: journal unavailable")            // 503 unavailable
+	ErrInvalid         = errors.New("twopc: invalid request")                   // 400 invalid_request
+	ErrJobNotFound     = errors.New("twopc: job not found")                     // 404 job_not_found
+	ErrUnknownSink     = errors.New("twopc: unknown sink")                      // 400 unknown_sink
+	ErrSessionFenced   = errors.New("twopc: session fenced")                    // 409 session_fenced
+	ErrSessionLost     = errors.New("twopc: session lost")                      // 409 session_lost
+	ErrNoSession       = errors.New("twopc: no session open")                   // 409 no_session
+	ErrSeqConflict     = errors.New("twopc: seq conflict")                      // 409 seq_conflict
+	ErrCheckpointOrder = errors.New("twopc: checkpoint out of order")           // 409 checkpoint_order
+	ErrModeConflict    = errors.New("twopc: wrong commit mode")                 // 409 mode_conflict
+	ErrWriterInDoubt   = errors.New("twopc: writer has unresolved checkpoints") // 409 writer_in_doubt
+	ErrBackpressure    = errors.New("twopc: backpressure")                      // 429 backpressure: a limit is reached (named in the message)
+	ErrSinkFailure     = errors.New("twopc: sink failure")                      // 502 sink_failure
+	ErrUnavailable     = errors.New("twopc: journal unavailable")               // 503 unavailable
 	// ErrDataLoss means a sink had already aborted a transaction the journal
 	// decided to commit (e.g. Kafka's transaction timeout expired). It is
 	// reported loudly: error log, metric, checkpoint status "data_loss".

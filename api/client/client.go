@@ -151,6 +151,15 @@ func (c *Client) OpenSession(ctx context.Context, job, writer string, restore *i
 	return out, err
 }
 
+// DeleteWriter forgets a writer with nothing in doubt (409 writer_in_doubt
+// otherwise); deleted is false when it did not exist. A later session of the
+// name starts from checkpoint 0 with no state.
+func (c *Client) DeleteWriter(ctx context.Context, job, writer string) (deleted bool, err error) {
+	var out api.WriterDeleted
+	err = c.doJSON(ctx, http.MethodDelete, writerPath(job, writer), nil, nil, &out)
+	return out.Deleted, err
+}
+
 // Write sends records as NDJSON. seq (nil: none) makes the call retry-safe.
 func (c *Client) Write(ctx context.Context, job, writer string, epoch uint64, seq *int64, recs []*twopc.Record) (twopc.WriteResult, error) {
 	var buf bytes.Buffer

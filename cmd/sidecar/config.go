@@ -36,6 +36,11 @@ type Config struct {
 	Limits struct {
 		MaxBodyBytes      int64 `yaml:"max_body_bytes"`
 		MaxRecordsPerCall int   `yaml:"max_records_per_call"`
+		// MaxSessions, MaxWritersPerJob and SessionIdleTimeout: see
+		// twopc.Config (0: default; negative: no limit / never).
+		MaxSessions        int           `yaml:"max_sessions"`
+		MaxWritersPerJob   int           `yaml:"max_writers_per_job"`
+		SessionIdleTimeout time.Duration `yaml:"session_idle_timeout"`
 	} `yaml:"limits"`
 	// ShutdownTimeout bounds a graceful stop.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
@@ -58,12 +63,20 @@ type SinkConfig struct {
 	TransactionTimeout    time.Duration `yaml:"transaction_timeout"`
 	ExpireShare           float64       `yaml:"expire_share"`
 	CreateTopics          bool          `yaml:"create_topics"`
+	// IdleClientTimeout closes a free slot's Kafka client after this long
+	// (0: 1m; negative: never).
+	IdleClientTimeout time.Duration `yaml:"idle_client_timeout"`
 	// MySQL
 	DSN         string            `yaml:"dsn"`
 	DSNFile     string            `yaml:"dsn_file"`
 	Statements  map[string]string `yaml:"statements"`
 	MarkerTable string            `yaml:"marker_table"`
 	MaxConns    int               `yaml:"max_conns"`
+	// ReservedConns is the MySQL sink's separate recovery pool (0: 4).
+	ReservedConns int `yaml:"reserved_conns"`
+	// ConnWait is how long a MySQL branch waits for a connection before
+	// the call answers 429 backpressure (0: 1s).
+	ConnWait time.Duration `yaml:"conn_wait"`
 	// Both
 	MaxInflight int `yaml:"max_inflight"`
 }

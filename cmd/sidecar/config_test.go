@@ -165,3 +165,31 @@ func TestOpenWithRetry(t *testing.T) {
 		})
 	}
 }
+
+// TestResourceLimitKeys: the keys that bound resources parse into the
+// config the sinks and the coordinator are built from.
+func TestResourceLimitKeys(t *testing.T) {
+	c, err := LoadConfig(writeFile(t, `
+data_dir: /tmp/x
+limits: {max_sessions: 5, max_writers_per_job: 7, session_idle_timeout: 90s}
+sinks:
+  events: {kind: kafka, brokers: ["127.0.0.1:9092"], default_topic: events, idle_client_timeout: 30s}
+  db: {kind: mysql, dsn: "root@unix(/s)/d", statements: {ins: "INSERT INTO t VALUES (?)"}, max_conns: 20, reserved_conns: 2, conn_wait: 250ms}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	l, ev, db := c.Limits, c.Sinks["events"], c.Sinks["db"]
+	if l.MaxSessions != 5 || l.MaxWritersPerJob != 7 || l.SessionIdleTimeout != 90*time.Second {
+		t.Errorf("limits: got %+v, want 5 sessions, 7 writers, 90s idle", l)
+	}
+	if ev.IdleClientTimeout != 30*time.Second {
+		t.Errorf("idle_client_timeout: got %v, want 30s", ev.IdleClientTimeout)
+	}
+	if db.MaxConns != 20 || db.ReservedConns != 2 || db.ConnWait != 250*time.Millisecond {
+		t.Errorf("mysql pool: got max %d reserved %d wait %v, want 20, 2, 250ms", db.MaxConns, db.ReservedConns, db.ConnWait)
+	}
+}

@@ -101,13 +101,6 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 	return x
 }
 
-// watchSessions exports the coordinator's open sessions; the coordinator
-// is built after the metrics it reports to.
-func (x *metrics) watchSessions(sessions func() int) {
-	x.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "txsink_sessions",
-		Help: "Writer sessions open on this node."}, func() float64 { return float64(sessions()) }))
-}
-
 // Records implements twopc.Metrics; it runs on every write call.
 func (x *metrics) Records(job, sink string, n, bytes int) {
 	k := [2]string{job, sink}

@@ -58,7 +58,8 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*kafka.Sink, error) {
 				return kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
 					TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
-					TransactionTimeout: sc.TransactionTimeout, ExpireShare: sc.ExpireShare, CreateTopics: sc.CreateTopics, Logger: l})
+					TransactionTimeout: sc.TransactionTimeout, ExpireShare: sc.ExpireShare, CreateTopics: sc.CreateTopics,
+					IdleClientTimeout: sc.IdleClientTimeout, Logger: l})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))
@@ -68,7 +69,8 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 		case "mysql":
 			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*mysql.Sink, error) {
 				return mysql.New(ctx, mysql.Config{Name: name, DSN: sc.DSN, DSNFile: sc.DSNFile, Statements: sc.Statements,
-					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l})
+					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l,
+					ReservedConns: sc.ReservedConns, ConnWait: sc.ConnWait})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (mysql): %w", name, err))
@@ -172,17 +174,18 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		Node: cfg.NodeID, Journal: met.journal(sc.node), Machine: machine, Sinks: met.wrapSinks(sc.sinks),
 		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Logger: log.With("component", "coordinator"), Metrics: met, Failpoint: failpoint,
+		MaxSessions: cfg.Limits.MaxSessions, MaxWritersPerJob: cfg.Limits.MaxWritersPerJob,
+		SessionIdleTimeout: cfg.Limits.SessionIdleTimeout,
 	})
 	if err != nil {
 		return nil, err
 	}
-	met.watchSessions(sc.coord.Sessions)
-	// Recovery before serving: nothing a dead process left may linger.
-	if err := sc.coord.Recover(ctx); err != nil {
-		// Decisions are durable; the loop retries. Fencing failures mean a
-		// sink is down: sessions will fail to open until it is back.
-		log.Warn("start-up recovery incomplete; retrying in the background", "err", err)
-	}
+	met.registerResourceGauges(sc.coord, sc.sinks)
+	// Before serving: finish what the journal decided. Fencing what a dead
+	// process left open is per writer and runs in the background (Run),
+	// so start-up does not scale with idle writers; a session open fences
+	// its own writer first.
+	sc.coord.RecoverDecided(ctx)
 	for name, j := range cfg.Jobs {
 		if _, err := sc.coord.PutJob(ctx, twopc.JobSpec{Name: name, Commit: j.Commit, Sinks: j.Sinks}); err != nil {
 			return nil, fmt.Errorf("job %s: %w", name, err)

@@ -13,6 +13,8 @@ import (
 const (
 	DefaultTransactionalIDPrefix = "txsink"
 	DefaultMaxInflight           = 4
+	// DefaultIdleClientTimeout is how long a free slot keeps its client.
+	DefaultIdleClientTimeout = time.Minute
 	// FallbackTransactionTimeout is used when TransactionTimeout is zero
 	// and the broker does not tell us its transaction.max.timeout.ms
 	// (Kafka's default maximum).
@@ -59,6 +61,13 @@ type Config struct {
 	// mode's kfake, which persists auto-created topics only on a clean
 	// stop (a kill -9 of the broker would lose their committed records).
 	CreateTopics bool
+	// IdleClientTimeout closes a slot's cached client once the slot has
+	// been free (no open or prepared branch) for this long, so idle
+	// writers hold no goroutines, connections or buffers. The next branch
+	// on the slot opens a new client, which runs InitProducerID at its
+	// first produce (safe: the slot is free). Zero means
+	// DefaultIdleClientTimeout; negative keeps clients until Close.
+	IdleClientTimeout time.Duration
 	// Logger receives the sink's and franz-go's logs (nil: discard).
 	Logger *slog.Logger
 }
@@ -69,6 +78,7 @@ func DefaultConfig() Config {
 		TransactionalIDPrefix: DefaultTransactionalIDPrefix,
 		MaxInflight:           DefaultMaxInflight,
 		ExpireShare:           DefaultExpireShare,
+		IdleClientTimeout:     DefaultIdleClientTimeout,
 	}
 }
 
@@ -82,6 +92,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ExpireShare == 0 {
 		c.ExpireShare = DefaultExpireShare
+	}
+	if c.IdleClientTimeout == 0 {
+		c.IdleClientTimeout = DefaultIdleClientTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

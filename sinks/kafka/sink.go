@@ -64,6 +64,7 @@ type Sink struct {
 	// not with the HTTP request that wrote the record.
 	ctx    context.Context
 	cancel context.CancelFunc
+	reaped chan struct{} // closed when the idle-client reaper has stopped
 
 	created sync.Map // topics created or found by ensureTopics
 	topics  topicCache
@@ -89,6 +90,9 @@ type slot struct {
 	// Both are guarded by Sink.mu.
 	owner *branch
 	stale bool
+	// freeSince is when owner last became nil; the reaper closes the
+	// client of a slot free for longer than Config.IdleClientTimeout.
+	freeSince time.Time
 }
 
 // New checks cfg, connects to the cluster and, when cfg.TransactionTimeout
@@ -116,6 +120,9 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	base := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.WithLogger(kgoLogger{s.log.With("component", "kgo")}),
+		// KIP-714 telemetry would run a metrics push per client; with a
+		// client per slot that is memory and traffic per idle writer.
+		kgo.DisableClientMetrics(),
 	}
 	var err error
 	s.admin, err = kgo.NewClient(append(base, kgo.MaxVersions(s.versions))...)
@@ -143,6 +150,8 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.maxOpen = time.Duration(float64(s.timeout) * cfg.ExpireShare)
+	s.reaped = make(chan struct{})
+	go s.reapIdle(s.ctx, s.cfg.IdleClientTimeout)
 	s.log.Info("kafka sink ready", "brokers", cfg.Brokers, "transaction_timeout", s.timeout, "max_open", s.maxOpen,
 		"message_max_bytes", s.maxMessage, "max_inflight", cfg.MaxInflight)
 	return s, nil
@@ -241,6 +250,7 @@ func (s *Sink) Close() {
 	}
 	s.mu.Unlock()
 	s.cancel()
+	<-s.reaped
 	for _, cl := range cls {
 		cl.Close()
 	}
@@ -310,6 +320,7 @@ func (s *Sink) release(b *branch) {
 	s.mu.Lock()
 	if b.sl.owner == b {
 		b.sl.owner = nil
+		b.sl.freeSince = time.Now()
 	}
 	s.mu.Unlock()
 }
@@ -434,7 +445,7 @@ func (s *Sink) endClient(v int16) (*kgo.Client, error) {
 		vs := kversion.Stable()
 		vs.SetMaxKeyVersion(int16(kmsg.EndTxn), v)
 		cl, err := kgo.NewClient(kgo.SeedBrokers(s.cfg.Brokers...), kgo.MaxVersions(vs),
-			kgo.WithLogger(kgoLogger{s.log.With("component", "kgo")}))
+			kgo.WithLogger(kgoLogger{s.log.With("component", "kgo")}), kgo.DisableClientMetrics())
 		if err != nil {
 			return nil, err
 		}

@@ -46,15 +46,15 @@ func (b *branch) fail(op string, err error) error {
 }
 
 func (b *branch) start(ctx context.Context) error {
-	conn, err := b.s.db.Conn(ctx)
-	if err != nil {
-		return b.s.wrapID(b.id, "connect", err)
+	if b.conn == nil { // Begin takes it; a dropped one is not replaced
+		return b.fail("connect", errors.New("the branch's connection is gone"))
 	}
-	b.conn = conn
+	conn := b.conn
 	connID, boot, err := b.s.connInfo(ctx, conn)
 	if err != nil {
 		return b.fail("connection id", err)
 	}
+	b.s.connEnded(connID, false)
 	b.x = newXID(b.id, connID, boot)
 	if _, err := conn.ExecContext(ctx, "XA START "+b.x.literal()); err != nil {
 		return b.fail("XA START", err)
@@ -362,11 +362,15 @@ func (b *branch) dropConn() {
 	_ = b.conn.Raw(func(any) error { return driver.ErrBadConn })
 	_ = b.conn.Close()
 	b.conn = nil
+	b.s.connEnded(b.x.connID, false)
 }
 
 // release returns a clean connection to the pool and forgets the branch.
 func (b *branch) release() {
 	if b.conn != nil {
+		// Only a clean connection comes here: its XA transaction, if
+		// any, ended on it.
+		b.s.connEnded(b.x.connID, true)
 		_ = b.conn.Close()
 		b.conn = nil
 	}

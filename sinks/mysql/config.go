@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/txsink/txsink/twopc"
 )
@@ -28,10 +29,19 @@ type Config struct {
 	// open or prepared branch pins one connection: a session holding a
 	// prepared XA branch cannot start another.
 	MaxInflight int
-	// MaxConns, if positive, bounds the connection pool. Leave it 0 unless
-	// the server needs it: branches (writers × MaxInflight) plus one per
-	// concurrent Resolve or Fence must fit, or calls wait for a connection.
+	// MaxConns bounds the branches' connection pool (0: 64, well below
+	// MariaDB's default max_connections of 151). Each open or prepared
+	// branch pins one; a Begin that cannot get one within ConnWait fails
+	// with twopc.ErrBackpressure (HTTP 429) instead of an error from the
+	// server. Negative: unbounded.
 	MaxConns int
+	// ReservedConns is a separate pool for recovery (Resolve and Fence
+	// from a new session), so recovery never waits behind writers
+	// (0: 4).
+	ReservedConns int
+	// ConnWait is how long Begin waits for a free connection before it
+	// answers backpressure (0: 1s).
+	ConnWait time.Duration
 	// MarkerTable is the table of marker rows (0: "txsink_xa_marker"),
 	// created in the DSN's database if missing. The boot table is
 	// MarkerTable + "_boot".
@@ -42,7 +52,7 @@ type Config struct {
 
 // DefaultConfig returns a Config with the defaults filled in.
 func DefaultConfig() Config {
-	return Config{MaxInflight: 4, MarkerTable: "txsink_xa_marker"}
+	return Config{MaxInflight: 4, MarkerTable: "txsink_xa_marker", MaxConns: 64, ReservedConns: 4, ConnWait: time.Second}
 }
 
 var tableRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,58}$`)
@@ -56,6 +66,15 @@ func (c *Config) Validate() error {
 	if c.MarkerTable == "" {
 		c.MarkerTable = d.MarkerTable
 	}
+	if c.MaxConns == 0 {
+		c.MaxConns = d.MaxConns
+	}
+	if c.ReservedConns == 0 {
+		c.ReservedConns = d.ReservedConns
+	}
+	if c.ConnWait == 0 {
+		c.ConnWait = d.ConnWait
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -68,6 +87,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxInflight < 1 || c.MaxInflight > 1<<16 {
 		errs = append(errs, fmt.Errorf("max_inflight %d: want 1..65536", c.MaxInflight))
+	}
+	if c.ReservedConns < 1 {
+		errs = append(errs, fmt.Errorf("reserved_conns %d: want at least 1", c.ReservedConns))
+	}
+	if c.ConnWait < 0 {
+		errs = append(errs, fmt.Errorf("conn_wait %v: must not be negative", c.ConnWait))
 	}
 	if !tableRe.MatchString(c.MarkerTable) {
 		errs = append(errs, fmt.Errorf("marker_table %q must match %s", c.MarkerTable, tableRe))

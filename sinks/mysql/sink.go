@@ -37,8 +37,12 @@ const (
 
 // Sink is a twopc.Sink writing into one MySQL/MariaDB database.
 type Sink struct {
-	cfg    Config
+	cfg Config
+	// db holds the branches' connections (Config.MaxConns); rdb is the
+	// small reserved pool of recovery (Resolve/Fence from a new session)
+	// and set-up, so recovery never queues behind writers' branches.
 	db     *sql.DB
+	rdb    *sql.DB
 	log    *slog.Logger
 	stmts  map[string]int    // statement name → placeholder count
 	sql    map[string]string // statement name → SQL without a trailing ';'
@@ -46,9 +50,44 @@ type Sink struct {
 	marker string            // quoted marker table
 	boot   string            // quoted boot table
 
-	// mu guards live: branches of this process that hold a connection.
-	mu   sync.Mutex
-	live map[liveKey]*branch
+	// mu guards live: branches of this process that hold a connection,
+	// and ended: ids of pooled connections on which a branch's XA
+	// transaction ended (they wait in the pool or serve a newer branch).
+	// Recovery runs on the separate pool rdb, so it can no longer count
+	// on getting the preparer's own connection back; ended tells it that
+	// a live preparer session holds nothing of the branch.
+	mu    sync.Mutex
+	live  map[liveKey]*branch
+	ended map[uint64]bool
+}
+
+// maxEnded bounds Sink.ended; connections the pool closes by itself leave
+// stale ids, which are harmless (ids are not reused before a restart).
+const maxEnded = 4096
+
+// connEnded records that the XA transaction on connection id ended and the
+// connection went back to the pool (ended=true), or that a branch pinned or
+// closed it (ended=false).
+func (s *Sink) connEnded(id uint64, ended bool) {
+	if id == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !ended {
+		delete(s.ended, id)
+		return
+	}
+	if len(s.ended) >= maxEnded {
+		clear(s.ended) // at worst a resolve waits for that connection to close
+	}
+	s.ended[id] = true
+}
+
+func (s *Sink) endedOn(id uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended[id]
 }
 
 // es is a branch's (epoch, seq): unique per writer.
@@ -91,19 +130,27 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	db := sql.OpenDB(connector)
 	db.SetMaxIdleConns(max(cfg.MaxInflight, 4))
 	if cfg.MaxConns > 0 {
+		// Bounded: keep them all rather than reconnect under load.
 		db.SetMaxOpenConns(cfg.MaxConns)
+		db.SetMaxIdleConns(cfg.MaxConns)
 	}
+	rdb := sql.OpenDB(connector)
+	rdb.SetMaxOpenConns(cfg.ReservedConns)
+	rdb.SetMaxIdleConns(cfg.ReservedConns)
+	rdb.SetConnMaxIdleTime(time.Minute)
 	s := &Sink{
-		cfg: cfg, db: db, log: cfg.Logger.With("sink", cfg.Name),
+		cfg: cfg, db: db, rdb: rdb, log: cfg.Logger.With("sink", cfg.Name),
 		stmts:  make(map[string]int, len(cfg.Statements)),
 		sql:    make(map[string]string, len(cfg.Statements)),
 		tuple:  make(map[string]string, len(cfg.Statements)),
 		marker: "`" + cfg.MarkerTable + "`",
 		boot:   "`" + cfg.MarkerTable + "_boot`",
 		live:   make(map[liveKey]*branch),
+		ended:  make(map[uint64]bool),
 	}
 	if err := s.setup(ctx); err != nil {
 		db.Close()
+		rdb.Close()
 		return nil, err
 	}
 	return s, nil
@@ -130,11 +177,11 @@ func (s *Sink) setup(ctx context.Context) error {
 		// Emptied by every server restart: its row names the incarnation.
 		`CREATE TABLE IF NOT EXISTS ` + s.boot + ` (k INT PRIMARY KEY, id CHAR(16) NOT NULL) ENGINE=MEMORY`,
 	} {
-		if _, err := s.db.ExecContext(ctx, q); err != nil {
+		if _, err := s.rdb.ExecContext(ctx, q); err != nil {
 			return s.wrap("create marker table", err)
 		}
 	}
-	conn, err := s.db.Conn(ctx)
+	conn, err := s.rdb.Conn(ctx)
 	if err != nil {
 		return s.wrap("connect", err)
 	}
@@ -201,7 +248,7 @@ func (s *Sink) Close() error {
 		b.state = stateClosed
 		b.mu.Unlock()
 	}
-	return s.db.Close()
+	return errors.Join(s.db.Close(), s.rdb.Close())
 }
 
 // Validate checks a record: a known statement, as many args as it has
@@ -293,14 +340,39 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 		return nil, fmt.Errorf("%w: branch %v: slot must be in 0..%d and after ≥ 0", twopc.ErrInvalid, id, s.cfg.MaxInflight-1)
 	}
 	k := liveKey{id.Job, id.Writer, id.Epoch, id.Seq}
+	if s.liveBranch(id) != nil {
+		return nil, fmt.Errorf("%w: branch %v is already open", twopc.ErrInvalid, id)
+	}
+	conn, err := s.takeConn(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, dup := s.live[k]; dup {
+		_ = conn.Close()
 		return nil, fmt.Errorf("%w: branch %v is already open", twopc.ErrInvalid, id)
 	}
-	b := &branch{s: s, id: id}
+	b := &branch{s: s, id: id, conn: conn}
 	s.live[k] = b
 	return b, nil
+}
+
+// takeConn takes the connection a new branch pins, waiting at most
+// Config.ConnWait: a full pool is backpressure for the writer, not an error
+// of the server (which would also take the administrator's connections).
+func (s *Sink) takeConn(ctx context.Context, id twopc.BranchID) (*sql.Conn, error) {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.ConnWait)
+	defer cancel()
+	conn, err := s.db.Conn(wctx)
+	if err == nil {
+		return conn, nil
+	}
+	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) && s.cfg.MaxConns > 0 && s.db.Stats().OpenConnections >= s.cfg.MaxConns {
+		return nil, fmt.Errorf("%w: mysql sink %q: branch %v: all %d connections (max_conns) are pinned by open or prepared branches; checkpoint, or retry later",
+			twopc.ErrBackpressure, s.cfg.Name, id, s.cfg.MaxConns)
+	}
+	return nil, s.wrapID(id, "connect", err)
 }
 
 func (s *Sink) forget(b *branch) {
@@ -349,7 +421,7 @@ func (s *Sink) Resolve(ctx context.Context, id twopc.BranchID, h twopc.Handle, c
 // resolveXID finishes branch x from a new session. Idempotent.
 func (s *Sink) resolveXID(ctx context.Context, id twopc.BranchID, x xid, commit bool) error {
 	verb := map[bool]string{true: "COMMIT", false: "ROLLBACK"}[commit]
-	conn, err := s.db.Conn(ctx)
+	conn, err := s.rdb.Conn(ctx)
 	if err != nil {
 		return s.wrapID(id, "resolve: connect", err)
 	}
@@ -486,7 +558,7 @@ func (s *Sink) waitPreparerGone(ctx context.Context, conn *sql.Conn, x xid) erro
 		if err != nil {
 			return err
 		}
-		if n == 0 {
+		if n == 0 || s.endedOn(x.connID) {
 			return nil
 		}
 		if !warned && time.Since(start) > 5*time.Second {
@@ -525,7 +597,7 @@ func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.Branc
 			errs = append(errs, err)
 		}
 	}
-	conn, err := s.db.Conn(ctx)
+	conn, err := s.rdb.Conn(ctx)
 	if err != nil {
 		return s.wrap("fence: connect", err)
 	}

@@ -77,6 +77,8 @@ type Sink struct {
 	committed []string
 	// Fault injection: when set, the next calls fail with these errors.
 	FailWrite, FailPrepare, FailCommit, FailResolve error
+	failFence                                       error
+	fences                                          int
 	// Topics, when set, is the allow-list checked by Validate.
 	Topics []string
 	// expire, when set, is what every open branch's Expired returns
@@ -166,6 +168,10 @@ func (s *Sink) finishLocked(t *tx, commit bool) error {
 func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.BranchID) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.fences++
+	if s.failFence != nil {
+		return s.failFence
+	}
 	for _, t := range s.tx {
 		if t.id.Job != job || t.id.Writer != writer || slices.Contains(keep, t.id) {
 			continue
@@ -175,6 +181,21 @@ func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.Branc
 		}
 	}
 	return nil
+}
+
+// SetFailFence makes every Fence fail with err (nil: succeed again); safe
+// while a coordinator runs.
+func (s *Sink) SetFailFence(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failFence = err
+}
+
+// Fences counts the calls of Fence.
+func (s *Sink) Fences() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fences
 }
 
 // Committed returns the values of committed records, in commit order.
