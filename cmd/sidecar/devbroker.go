@@ -23,7 +23,8 @@ import (
 )
 
 // The dev broker is kfake in a process of its own (the hidden subcommand
-// "dev-broker" of this binary), so that a kill -9 of `sidecar dev` does not
+// "kafka-broker" of this binary: not "dev-…", so that `pkill -f "sidecar
+// dev"` does not match it), so that a kill -9 of `sidecar dev` does not
 // kill the broker: kfake's reload after a SIGKILL aborts open transactions
 // without an ABORT marker, which hides later commits of the same producer
 // and resurrects the aborted records after the next crash (see
@@ -60,10 +61,10 @@ type devBroker struct {
 	done chan struct{}
 }
 
-// runDevBroker is the hidden "sidecar dev-broker --state FILE <broker
+// runDevBroker is the hidden "sidecar kafka-broker --state FILE <broker
 // flags>": the broker body of `sidecar dev`.
 func runDevBroker(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sidecar dev-broker", flag.ContinueOnError)
+	fs := flag.NewFlagSet("sidecar kafka-broker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := kafkabroker.DefaultConfig()
 	cfg.Bind(fs)
@@ -72,7 +73,7 @@ func runDevBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if *statePath == "" {
-		return errors.New("dev-broker needs --state FILE")
+		return errors.New("kafka-broker needs --state FILE")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	me := os.Getpid()
@@ -146,7 +147,7 @@ func pidAlive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// isDevBroker reports whether process pid runs "dev-broker", so that a
+// isDevBroker reports whether process pid runs "kafka-broker", so that a
 // stale broker.json whose pid now belongs to another process never gets
 // that process stopped. Without /proc (not Linux) it cannot tell and
 // trusts the pid.
@@ -156,7 +157,7 @@ func isDevBroker(pid int) bool {
 		_, statErr := os.Stat("/proc/self/cmdline")
 		return statErr != nil // no /proc at all: trust the pid
 	}
-	return slices.Contains(strings.Split(string(b), "\x00"), "dev-broker")
+	return slices.Contains(strings.Split(string(b), "\x00"), "kafka-broker")
 }
 
 // kafkaAnswers reports whether addr answers a Kafka request within 3 s.
@@ -221,7 +222,7 @@ func ensureDevBroker(ctx context.Context, log *slog.Logger, kdir, addr string) (
 	// Partitions 0 keeps what dev always had: events with 1 partition,
 	// kfake's default for new topics. TxnMaxTimeout 0: kfake's 15 min.
 	bcfg := kafkabroker.Config{Addr: addr, DataDir: kdir, Topics: []string{"events"}}
-	cmd := exec.Command(exe, append([]string{"dev-broker", "--state", statePath}, bcfg.Args()...)...)
+	cmd := exec.Command(exe, append([]string{"kafka-broker", "--state", statePath}, bcfg.Args()...)...)
 	// A file, not a pipe: the broker outlives this process, and a write
 	// to a pipe nobody reads any more would kill it.
 	cmd.Stdout, cmd.Stderr = logf, logf

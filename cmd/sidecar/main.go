@@ -56,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runConfig(ctx, args[1:], stdout, stderr)
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr)
-	case "dev-broker": // hidden: the broker process that dev starts
+	case "kafka-broker": // hidden: the broker process that dev starts
 		return runDevBroker(ctx, args[1:], stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "txsink", versionString())

@@ -1,6 +1,6 @@
 // Package kafkabroker runs kfake, franz-go's Kafka-protocol broker, as the
 // body of a process of its own: internal/cmd/kafkabroker (tests, make bench)
-// and the hidden `sidecar dev-broker` that `sidecar dev` starts.
+// and the hidden `sidecar kafka-broker` that `sidecar dev` starts.
 //
 // The broker must live in its own process because kfake's recovery after a
 // SIGKILL is unlike Kafka's: it aborts open transactions in memory without
