@@ -185,7 +185,7 @@ func stopDevBroker(ctx context.Context, stdout io.Writer, kdir string) error {
 		return err
 	}
 	if !ok {
-		fmt.Fprintf(stdout, "no Kafka broker of %s is running\n", filepath.Dir(kdir))
+		fmt.Fprintf(stdout, "no Kafka broker is running for the data dir %s\n", filepath.Dir(kdir))
 		return nil
 	}
 	if err := b.stop(ctx); err != nil {
