@@ -299,6 +299,13 @@ func TestDevBrokerLifecycle(t *testing.T) {
 	if pid2 == 0 || pid2 == pid {
 		t.Fatalf("after the clean stop and a start: broker pid %d, want a new one (old %d)", pid2, pid)
 	}
+	// While the sidecar runs, --stop-broker refuses: the sidecar would lose
+	// its broker.
+	out, err = exec.CommandContext(ctx, sidecarBin, "dev", "--data-dir", d.dataDir, "--socket", d.socket, "--stop-broker").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "still running") || !pidAlive(pid2) {
+		t.Errorf("--stop-broker with the sidecar running: got %v, %q, broker alive %v; want a refusal and the broker alive",
+			err, out, pidAlive(pid2))
+	}
 	d.kill9()
 	if out := d.stopBroker(t); !strings.Contains(out, fmt.Sprintf("stopped the Kafka broker (pid %d", pid2)) {
 		t.Errorf("--stop-broker said %q", out)

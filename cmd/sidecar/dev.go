@@ -62,7 +62,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	kdir := filepath.Join(cfg.DataDir, "kafka")
 	if *stopBroker {
-		return stopDevBroker(ctx, stdout, kdir)
+		sock := cfg.Socket
+		if sock == "" {
+			sock = filepath.Join(cfg.DataDir, "sidecar.sock")
+		}
+		return stopDevBroker(ctx, stdout, kdir, sock)
 	}
 	if err := os.MkdirAll(kdir, 0o750); err != nil {
 		return err
@@ -178,8 +182,15 @@ func prepareDevDB(ctx context.Context, dsn string) (string, error) {
 }
 
 // stopDevBroker is --stop-broker: it stops the running broker of kdir
-// cleanly, if there is one.
-func stopDevBroker(ctx context.Context, stdout io.Writer, kdir string) error {
+// cleanly, if there is one. It refuses while a sidecar still answers on the
+// data dir's socket: that sidecar would lose its broker (Ctrl-C of it stops
+// both in the right order).
+func stopDevBroker(ctx context.Context, stdout io.Writer, kdir, socket string) error {
+	if c, err := net.DialTimeout("unix", socket, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("a sidecar is still running on %s (it answers on %s); stop it first (Ctrl-C or SIGTERM stops it and then its broker)",
+			filepath.Dir(kdir), socket)
+	}
 	b, ok, err := findDevBroker(ctx, kdir)
 	if err != nil {
 		return err
