@@ -19,10 +19,10 @@ import (
 // defaultDevDSN is the local MariaDB/MySQL server's socket, as root.
 const defaultDevDSN = "root@unix(/run/mysqld/mysqld.sock)/"
 
-// devStatements are the dev db sink's statements: insert_event (DESIGN.md
-// §6) and upsert_pv, the page-view count of examples/pageviews-* (DESIGN.md
-// §4's MySQL record). upsert_pv is deliberately not idempotent: a duplicate
-// commit would show in the totals.
+// devStatements are the dev db sink's statements: insert_event
+// (docs/DESIGN.md §6) and upsert_pv, the page-view count of
+// examples/pageviews-*. upsert_pv is deliberately not idempotent: a
+// duplicate commit would show in the totals.
 var devStatements = map[string]string{
 	"insert_event": "INSERT INTO events(k, v) VALUES (?, ?)",
 	"upsert_pv":    "INSERT INTO pv(app, views) VALUES (?, ?) ON DUPLICATE KEY UPDATE views = views + VALUES(views)",
