@@ -39,6 +39,7 @@ type countConfig struct {
 	exitIdle   time.Duration
 	giveUp     time.Duration
 	crashAfter int64
+	pauseFile  string
 }
 
 func defaultCountConfig() countConfig {
@@ -64,6 +65,7 @@ func (c *countConfig) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.exitIdle, "exit-idle", c.exitIdle, "exit once caught up and checkpointed with no new event for this long (0: run until stopped)")
 	fs.DurationVar(&c.giveUp, "give-up", c.giveUp, "exit when the sidecar has failed every call for this long")
 	fs.Int64Var(&c.crashAfter, "crash-after", c.crashAfter, "demo a crash: exit 137 after sending the records of the first checkpoint past this many events, before checkpointing it")
+	fs.StringVar(&c.pauseFile, "pause-file", c.pauseFile, "demo a slow app (make chaos uses it): when this file exists at a checkpoint, remove it and pause for the duration it holds (e.g. 7s) between sending the records and checkpointing")
 }
 
 // state is what the app stores with each checkpoint: the next offset to read
@@ -320,6 +322,20 @@ func (s *counting) checkpoint(ctx context.Context) error {
 			return fmt.Errorf("write records: %w", err)
 		}
 	}
+	// A pause here lets the checkpoint's Kafka transaction age: the sidecar
+	// must refuse to journal it (502 sink_failure) and this app replays.
+	paused := time.Duration(0)
+	if body.Len() > 0 {
+		if d := s.pauseRequested(); d > 0 {
+			fmt.Fprintf(s.out, "writer %s: pausing %s between the records and checkpoint %d (--pause-file)\n", s.name, d, s.next)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(d):
+			}
+			paused = d
+		}
+	}
 	s.sent += s.pending
 	if c.crashAfter > 0 && s.sent >= c.crashAfter {
 		fmt.Fprintf(s.out, "writer %s: simulating a crash: the records of checkpoint %d are sent, not checkpointed (exit 137)\n", s.name, s.next)
@@ -330,6 +346,15 @@ func (s *counting) checkpoint(ctx context.Context) error {
 		return err
 	}
 	res, err := s.cl.Checkpoint(ctx, c.job, s.name, s.epoch, s.next, st, twopc.WaitCommitted)
+	if paused > 0 {
+		var outcome string
+		if err != nil {
+			outcome = err.Error() // "txsink: 502 sink_failure: …" from the client
+		} else {
+			outcome = "status " + res.Status
+		}
+		fmt.Fprintf(s.out, "writer %s: checkpoint %d after the pause: %s\n", s.name, s.next, outcome)
+	}
 	if err != nil {
 		return fmt.Errorf("checkpoint %d: %w", s.next, err)
 	}
@@ -370,6 +395,28 @@ func (s *counting) behind(ctx context.Context, adm *kadm.Client) (int64, error) 
 		}
 	})
 	return n, nil
+}
+
+// pauseRequested consumes the --pause-file trigger and returns the pause it
+// asks for (0: none).
+func (a *app) pauseRequested() time.Duration {
+	if a.cfg.pauseFile == "" {
+		return 0
+	}
+	b, err := os.ReadFile(a.cfg.pauseFile)
+	if err != nil {
+		return 0 // no trigger (the usual case)
+	}
+	if err := os.Remove(a.cfg.pauseFile); err != nil {
+		fmt.Fprintf(a.out, "writer %s: --pause-file: %v\n", a.name, err)
+		return 0
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(string(b)))
+	if err != nil || d <= 0 {
+		fmt.Fprintf(a.out, "writer %s: --pause-file %s: want a positive duration such as 7s, got %q; not pausing\n", a.name, a.cfg.pauseFile, b)
+		return 0
+	}
+	return d
 }
 
 func copyOffsets(m map[string]int64) map[string]int64 {
