@@ -63,11 +63,12 @@ type config struct {
 	rate    int
 	events  int
 	writers int
+	faults  []string // kinds of fault the rounds choose from
 	keep    bool
 }
 
-func configFromEnv() (config, error) {
-	c := config{mode: "run", rounds: 20, rate: 1000, writers: 2, seed: uint64(time.Now().UnixNano())}
+func configFromEnv() (c config, err error) {
+	c = config{mode: "run", rounds: 20, rate: 1000, writers: 2, seed: uint64(time.Now().UnixNano())}
 	if m := os.Getenv("CHAOS_MODE"); m != "" {
 		if m != "run" && m != "dev" {
 			return c, fmt.Errorf("CHAOS_MODE=%q: want run or dev", m)
@@ -94,8 +95,18 @@ func configFromEnv() (config, error) {
 		}
 		c.seed = n
 	}
+	if c.faults, err = parseFaults(c.mode, os.Getenv("CHAOS_FAULTS")); err != nil {
+		return c, err
+	}
 	if c.events == 0 {
-		c.events = max(3000, c.rounds*1500)
+		// Input must keep coming while the rounds run (a slow round needs
+		// a checkpoint to pause before): a round lasts about 1.2 s plus
+		// its fault, 1–4 s for a stop, ~8 s for a slow app.
+		perRound := 1500
+		if len(c.faults) > 1 || c.faults[0] != faultKill {
+			perRound = 4000
+		}
+		c.events = max(3000, c.rounds*perRound*c.rate/1000)
 	}
 	c.keep = os.Getenv("CHAOS_KEEP") == "1"
 	return c, nil
@@ -123,8 +134,9 @@ func run(ctx context.Context, cfg config, out io.Writer) int {
 		return 1
 	}
 	d := &driver{cfg: cfg, dir: dir, out: out, rng: rand.New(rand.NewPCG(cfg.seed, 0x74787331))}
-	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), sidecar %s, %d rounds, %d events at %d/s, %d writers, work dir %s\n",
-		cfg.seed, cfg.seed, cfg.mode, cfg.rounds, cfg.events, cfg.rate, cfg.writers, dir)
+	d.plan = schedule(d.rng.IntN, cfg.faults, cfg.rounds)
+	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), sidecar %s, %d rounds, faults %s, %d events at %d/s, %d writers, work dir %s\n",
+		cfg.seed, cfg.seed, cfg.mode, cfg.rounds, strings.Join(cfg.faults, ","), cfg.events, cfg.rate, cfg.writers, dir)
 	res, err := func() (result, error) {
 		defer d.shutdown() // also on a panic: no process of ours outlives the run
 		return d.run(ctx)
@@ -168,6 +180,9 @@ type driver struct {
 	apps      []*proc
 	cl        *client.Client
 
+	plan       []string // the fault kind of each round
+	faultsOf   map[string]int
+	frozen     map[int]bool // pids stopped with SIGSTOP and not continued yet
 	kills      int
 	killsOf    map[string]int
 	unexpected []string // processes that exited without being killed
@@ -180,7 +195,7 @@ const (
 
 func (d *driver) run(ctx context.Context) (result, error) {
 	start := time.Now()
-	d.killsOf = map[string]int{}
+	d.killsOf, d.faultsOf, d.frozen = map[string]int{}, map[string]int{}, map[int]bool{}
 	if err := d.build(ctx); err != nil {
 		return result{}, err
 	}
@@ -193,7 +208,7 @@ func (d *driver) run(ctx context.Context) (result, error) {
 			return result{}, err
 		}
 	}
-	fmt.Fprintf(d.out, "chaos: rounds done (%d kills: %s); letting the apps count every event\n", d.kills, d.killSummary())
+	fmt.Fprintf(d.out, "chaos: rounds done (faults: %s; %d kills: %s); letting the apps count every event\n", d.faultSummary(), d.kills, d.killSummary())
 	if err := d.drain(ctx); err != nil {
 		return result{}, err
 	}
@@ -269,7 +284,8 @@ func (d *driver) startAll(ctx context.Context) error {
 			return err
 		}
 	} else {
-		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(partitions), "--topics", "clicks,pageviews"); err != nil {
+		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(partitions), "--topics", "clicks,pageviews",
+			"--transaction-max-timeout", txnTimeout.String()); err != nil {
 			return err
 		}
 		if err := d.writeSidecarConfig(); err != nil {
@@ -296,7 +312,7 @@ func (d *driver) startAll(ctx context.Context) error {
 		p := newProc(fmt.Sprintf("app-%d", i), filepath.Join(d.dir, fmt.Sprintf("app-%d.log", i)), filepath.Join(d.bin, "pageviews-go"),
 			"count", "--sidecar", "http://"+d.httpAddr, "--brokers", d.brokers, "--job", job,
 			"--writer", strconv.Itoa(i), "--writers", strconv.Itoa(d.cfg.writers),
-			"--every", "100", "--interval", "0", "--exit-idle", "3s", "--give-up", "10m")
+			"--every", "100", "--interval", "0", "--exit-idle", "3s", "--give-up", "10m", "--pause-file", d.pauseFile(i))
 		if err := p.start(); err != nil {
 			return err
 		}
@@ -367,6 +383,8 @@ sinks:
     brokers: [%q]
     default_topic: pageviews
     topics: [pageviews]
+    transaction_timeout: %s
+    expire_share: %v
   db:
     kind: mysql
     dsn: %q
@@ -376,7 +394,7 @@ jobs:
   %s:
     commit: auto
     sinks: [events, db]
-`, filepath.Join(d.dir, "sidecar"), d.httpAddr, raftAddr, d.brokers, d.dbDSN, job)
+`, filepath.Join(d.dir, "sidecar"), d.httpAddr, raftAddr, d.brokers, txnTimeout, expireShare, d.dbDSN, job)
 	return os.WriteFile(filepath.Join(d.dir, "txsink.yaml"), []byte(cfg), 0o600)
 }
 
@@ -410,16 +428,44 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, p *proc, c
 	return nil
 }
 
-// round waits a random time, kills one process with SIGKILL and starts it
-// again after a random pause.
+// round waits a random time, then injects the round's fault (d.plan): a
+// kill -9 (and restart) of an app, the sidecar or mariadbd, a SIGSTOP of
+// the broker or mariadbd, a clean restart of the broker, or a slow app.
 func (d *driver) round(ctx context.Context, r int) error {
 	wait := time.Duration(200+d.rng.IntN(1800)) * time.Millisecond
-	pause := time.Duration(d.rng.IntN(500)) * time.Millisecond
-	roll := d.rng.IntN(100)
 	app := d.rng.IntN(len(d.apps))
 	if err := d.sleepSupervised(ctx, wait); err != nil {
 		return err
 	}
+	kind := d.plan[r-1]
+	d.faultsOf[kind]++
+	var what string
+	var err error
+	switch kind {
+	case faultKill:
+		what, err = d.killRound(ctx, app)
+	case faultBrokerStop, faultDBStop:
+		what, err = d.stopRound(ctx, kind)
+	case faultBrokerRestart:
+		what, err = d.brokerRestartRound(ctx)
+	case faultSlow:
+		what, err = d.slowRound(ctx, app)
+	default:
+		err = fmt.Errorf("round %d: unknown fault kind %q", r, kind)
+	}
+	if err != nil {
+		return err
+	}
+	d.supervise()
+	fmt.Fprintf(d.out, "chaos: round %2d/%d  +%-6s %-14s %s | %s\n", r, d.cfg.rounds, wait.Round(10*time.Millisecond), kind, what, d.progress(ctx))
+	return nil
+}
+
+// killRound kills one process with SIGKILL and starts it again after a
+// random pause.
+func (d *driver) killRound(ctx context.Context, app int) (string, error) {
+	pause := time.Duration(d.rng.IntN(500)) * time.Millisecond
+	roll := d.rng.IntN(100)
 	var what string
 	switch {
 	case roll < 35:
@@ -432,10 +478,10 @@ func (d *driver) round(ctx context.Context, r int) error {
 		p.kill9()
 		d.countKill(p.name)
 		if err := d.sleepSupervised(ctx, pause); err != nil {
-			return err
+			return "", err
 		}
 		if err := p.start(); err != nil {
-			return err
+			return "", err
 		}
 		what = fmt.Sprintf("kill -9 %s (pid %d), restarted after %s", p.name, pid, pause)
 	case roll < 65:
@@ -443,11 +489,11 @@ func (d *driver) round(ctx context.Context, r int) error {
 		d.sidecar.kill9()
 		d.countKill("sidecar")
 		if err := d.sleepSupervised(ctx, pause); err != nil {
-			return err
+			return "", err
 		}
 		t0 := time.Now()
 		if err := d.sidecar.start(); err != nil {
-			return err
+			return "", err
 		}
 		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.ready(ctx) || !d.sidecar.running() })
 		d.checkDevBroker(bpid)
@@ -457,11 +503,11 @@ func (d *driver) round(ctx context.Context, r int) error {
 		d.db.Kill9()
 		d.countKill("mariadbd")
 		if err := d.sleepSupervised(ctx, pause); err != nil {
-			return err
+			return "", err
 		}
 		t0 := time.Now()
 		if err := d.db.Relaunch(); err != nil {
-			return fmt.Errorf("restart mariadbd: %w", err)
+			return "", fmt.Errorf("restart mariadbd: %w", err)
 		}
 		what = fmt.Sprintf("kill -9 mariadbd (pid %d), restarted after %s, up in %s", pid, pause, time.Since(t0).Round(time.Millisecond))
 	default:
@@ -473,14 +519,14 @@ func (d *driver) round(ctx context.Context, r int) error {
 		d.countKill("sidecar")
 		d.countKill("mariadbd")
 		if err := d.sidecar.start(); err != nil {
-			return err
+			return "", err
 		}
 		dbDown := pause + time.Duration(500+d.rng.IntN(1500))*time.Millisecond
 		if err := d.sleepSupervised(ctx, dbDown); err != nil {
-			return err
+			return "", err
 		}
 		if err := d.db.Relaunch(); err != nil {
-			return fmt.Errorf("restart mariadbd: %w", err)
+			return "", fmt.Errorf("restart mariadbd: %w", err)
 		}
 		t0 := time.Now()
 		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.ready(ctx) || !d.sidecar.running() })
@@ -488,9 +534,7 @@ func (d *driver) round(ctx context.Context, r int) error {
 		what = fmt.Sprintf("kill -9 sidecar (pid %d) and mariadbd (pid %d); sidecar restarted at once, mariadbd after %s; ready %s later",
 			spid, dpid, dbDown.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	}
-	d.supervise()
-	fmt.Fprintf(d.out, "chaos: round %2d/%d  +%-6s %s | %s\n", r, d.cfg.rounds, wait.Round(10*time.Millisecond), what, d.progress(ctx))
-	return nil
+	return what, nil
 }
 
 // devBrokerPID is the pid in the dev broker's broker.json (0 if not in dev
@@ -526,6 +570,20 @@ func (d *driver) countKill(name string) {
 		name = "app"
 	}
 	d.killsOf[name]++
+}
+
+// faultSummary counts the rounds of each fault kind.
+func (d *driver) faultSummary() string {
+	var parts []string
+	for _, k := range allFaults {
+		if n := d.faultsOf[k]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, n))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (d *driver) killSummary() string {
@@ -673,6 +731,7 @@ func (d *driver) drain(ctx context.Context) error {
 // shutdown stops everything that still runs, in dev mode also a dev
 // broker that a killed dev sidecar left running.
 func (d *driver) shutdown() {
+	d.thaw() // a stopped process would ignore SIGTERM
 	for _, p := range append(d.apps, d.generator, d.sidecar, d.broker) {
 		if p != nil {
 			p.stop(45 * time.Second)
