@@ -30,6 +30,8 @@ type Config struct {
 	RetryInterval time.Duration
 	// MaxRecordsPerCall bounds one write call (0: 100,000).
 	MaxRecordsPerCall int
+	// Timeouts bound each call (zero fields: DefaultTimeouts).
+	Timeouts Timeouts
 	// Logger receives structured logs (nil: discard).
 	Logger *slog.Logger
 	// Metrics receives counters (nil: none).
@@ -141,6 +143,10 @@ func NewCoordinator(cfg Config) (*Coordinator, error) {
 	if cfg.MaxRecordsPerCall <= 0 {
 		cfg.MaxRecordsPerCall = 100_000
 	}
+	if err := cfg.Timeouts.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Timeouts = cfg.Timeouts.withDefaults()
 	c := &Coordinator{
 		cfg: cfg, m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
 		sessions: map[writerKey]*session{}, opening: map[writerKey]*sync.Mutex{},
@@ -260,8 +266,8 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if !ok {
 		return SessionInfo{}, fmt.Errorf("%w: %s", ErrJobNotFound, job)
 	}
-	if restore != nil && *restore < 0 {
-		return SessionInfo{}, fmt.Errorf("%w: restore must be ≥ 0, got %d", ErrInvalid, *restore)
+	if restore != nil && (*restore < 0 || *restore > MaxCheckpoint) {
+		return SessionInfo{}, fmt.Errorf("%w: restore must be from 0 to %d, got %d", ErrInvalid, MaxCheckpoint, *restore)
 	}
 	if restore != nil && spec.Commit != ModeExternal {
 		return SessionInfo{}, fmt.Errorf("%w: restore is for external commit mode; job %s commits by itself", ErrInvalid, job)
@@ -280,8 +286,11 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	c.mu.Unlock()
 	om.Lock()
 	defer om.Unlock()
+	cl := bound(ctx, c.cfg.Timeouts.Session)
+	defer cl.done()
+	ctx = cl.work
 
-	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore})
+	res, err := c.propose(cl.ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore})
 	if err != nil {
 		return SessionInfo{}, err
 	}
@@ -385,7 +394,7 @@ func (c *Coordinator) fail(ctx context.Context, s *session, err error) error {
 	if errors.Is(err, ErrSinkFailure) {
 		return err
 	}
-	return fmt.Errorf("%w: %v", ErrSinkFailure, err)
+	return fmt.Errorf("%w: %w", ErrSinkFailure, err)
 }
 
 // ---- writes ----
@@ -432,6 +441,8 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	cl := bound(ctx, c.cfg.Timeouts.Write)
+	defer cl.done()
 	if err := s.usable(); err != nil {
 		return WriteResult{}, err
 	}
@@ -458,14 +469,14 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	// Open every needed branch before writing anything, so backpressure
 	// leaves the call without effect.
 	for _, name := range order {
-		if _, err := c.openBranch(ctx, s, name); err != nil {
+		if _, err := c.openBranch(cl, s, name); err != nil {
 			return WriteResult{}, err
 		}
 	}
 	for _, name := range order {
 		ob := s.open[name]
-		if err := ob.br.Write(ctx, groups[name]); err != nil {
-			return WriteResult{}, c.fail(ctx, s, fmt.Errorf("write to sink %s: %w", name, err))
+		if err := ob.br.Write(cl.work, groups[name]); err != nil {
+			return WriteResult{}, c.fail(cl.cleanup, s, fmt.Errorf("write to sink %s: %w", name, err))
 		}
 		c.metrics.Records(job, name, len(groups[name]), recordBytes(groups[name]))
 	}
@@ -491,7 +502,7 @@ func recordBytes(recs []*Record) int {
 
 // openBranch returns the session's open branch in a sink, beginning one on
 // the lowest free slot. Needs s.mu.
-func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName string) (*openBranch, error) {
+func (c *Coordinator) openBranch(cl *call, s *session, sinkName string) (*openBranch, error) {
 	if ob := s.open[sinkName]; ob != nil {
 		return ob, nil
 	}
@@ -516,9 +527,9 @@ func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName strin
 	wv, _ := c.m.Writer(s.job, s.writer)
 	s.nextSeq++
 	id := BranchID{Job: s.job, Writer: s.writer, Sink: sinkName, Epoch: s.epoch, Seq: s.nextSeq, Slot: slot, After: wv.MaxCheckpoint}
-	br, err := sink.Begin(ctx, id)
+	br, err := sink.Begin(cl.work, id)
 	if err != nil {
-		return nil, c.fail(ctx, s, fmt.Errorf("begin %s: %w", id, err))
+		return nil, c.fail(cl.cleanup, s, fmt.Errorf("begin %s: %w", id, err))
 	}
 	ob := &openBranch{id: id, br: br}
 	s.open[sinkName] = ob
@@ -532,8 +543,8 @@ func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName strin
 // same entry), and in auto mode commits. A repeat of the session's last
 // checkpoint returns its current result.
 func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait Wait) (CheckpointResult, error) {
-	if n <= 0 {
-		return CheckpointResult{}, fmt.Errorf("%w: checkpoint must be a positive integer, got %d", ErrInvalid, n)
+	if err := CheckCheckpoint(n); err != nil {
+		return CheckpointResult{}, err
 	}
 	if len(state) > MaxStateBytes {
 		return CheckpointResult{}, fmt.Errorf("%w: state is %d bytes; the limit is %d", ErrInvalid, len(state), MaxStateBytes)
@@ -551,6 +562,8 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	cl := bound(ctx, c.cfg.Timeouts.Checkpoint)
+	defer cl.done()
 	if s.last != nil && n == s.lastN {
 		if r, ok := c.m.CheckpointStatus(job, writer, n); ok {
 			return r, nil
@@ -582,12 +595,12 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		pwg.Add(1)
 		go func() {
 			defer pwg.Done()
-			handles[i], errs[i] = ob.br.Prepare(ctx)
+			handles[i], errs[i] = ob.br.Prepare(cl.work)
 		}()
 	}
 	pwg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return CheckpointResult{}, c.fail(ctx, s, fmt.Errorf("prepare checkpoint %d: %w", n, err))
+		return CheckpointResult{}, c.fail(cl.cleanup, s, fmt.Errorf("prepare checkpoint %d: %w", n, err))
 	}
 	c.metrics.CheckpointDone(job, "prepare", c.now().Sub(t0))
 	c.failpoint("after-prepare")
@@ -606,7 +619,9 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	clear(s.open)
 	t1 := c.now()
 	auto := spec.Commit == ModeAuto
-	_, err = c.propose(ctx, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
+	// The journal gets the whole call's time, not only the work's: a
+	// prepared checkpoint is worth journaling until the deadline.
+	_, err = c.propose(cl.cleanup, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
 		State: state, Branches: jbs, Decide: auto})
 	if err != nil && errors.Is(err, ErrUnavailable) {
 		// Unknown outcome: the entry may still be applied. Only the
@@ -618,7 +633,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	}
 	if err != nil {
 		for i, ob := range obs {
-			if aerr := ob.br.Abort(ctx); aerr != nil {
+			if aerr := ob.br.Abort(cl.cleanup); aerr != nil {
 				c.log.Warn("abort after failed journal entry", "branch", ob.id.String(), "err", aerr)
 			}
 			c.release(keys[i])
@@ -654,7 +669,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		s.last = &r
 		return r, nil
 	}
-	c.finish(context.WithoutCancel(ctx), fin)
+	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finish(ctx, fin) })
 	r, _ := c.m.CheckpointStatus(job, writer, n)
 	s.last = &r
 	return r, nil
@@ -793,8 +808,8 @@ func (c *Coordinator) Abort(ctx context.Context, job string, n int64) (CommitRes
 }
 
 func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bool) (CommitResult, error) {
-	if n <= 0 {
-		return CommitResult{}, fmt.Errorf("%w: checkpoint must be a positive integer, got %d", ErrInvalid, n)
+	if err := CheckCheckpoint(n); err != nil {
+		return CommitResult{}, err
 	}
 	spec, ok := c.m.JobSpec(job)
 	if !ok {
@@ -803,7 +818,9 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 	if spec.Commit != ModeExternal {
 		return CommitResult{}, fmt.Errorf("%w: job %s is in %s mode; its checkpoints commit by themselves", ErrModeConflict, job, spec.Commit)
 	}
-	res, err := c.propose(ctx, Command{Op: OpDecide, Job: job, Checkpoint: n, Commit: commit})
+	cl := bound(ctx, c.cfg.Timeouts.Commit)
+	defer cl.done()
+	res, err := c.propose(cl.ctx, Command{Op: OpDecide, Job: job, Checkpoint: n, Commit: commit})
 	if err != nil {
 		return CommitResult{}, err
 	}
@@ -816,7 +833,7 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 		}
 		return p.Checkpoint == n && p.Decision == decisionAbort
 	}
-	c.finishDecided(context.WithoutCancel(ctx), inScope)
+	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finishDecided(ctx, inScope) })
 	out := CommitResult{Checkpoint: n, Status: StatusCommitted, Writers: res.Decided}
 	if !commit {
 		out.Status = StatusAborted

@@ -77,6 +77,12 @@ type Sink struct {
 	committed []string
 	// Fault injection: when set, the next calls fail with these errors.
 	FailWrite, FailPrepare, FailCommit, FailResolve error
+	// Hang makes the next calls of these kinds block until their context
+	// ends and return its error, as a stopped server does: "write",
+	// "prepare", "commit" (Branch.Commit and Resolve with commit).
+	// Set it with SetHang.
+	Hang   map[string]bool
+	unhang map[string]chan struct{} // closed when SetHang clears the op
 	// Topics, when set, is the allow-list checked by Validate.
 	Topics []string
 }
@@ -124,6 +130,11 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 
 // Resolve implements twopc.Sink.
 func (s *Sink) Resolve(ctx context.Context, id twopc.BranchID, h twopc.Handle, commit bool) error {
+	if commit {
+		if err := s.hang(ctx, "commit"); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.FailResolve != nil {
@@ -212,6 +223,43 @@ func (s *Sink) Branches(state string) []twopc.BranchID {
 	return out
 }
 
+// hang blocks while Hang[op] is set, until ctx ends (then it returns the
+// context's error) or SetHang clears it (then the call goes on).
+func (s *Sink) hang(ctx context.Context, op string) error {
+	s.mu.Lock()
+	h, released := s.Hang[op], s.unhang[op]
+	s.mu.Unlock()
+	if !h {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("fake: %s hung: %w", op, ctx.Err())
+	case <-released:
+		return nil
+	}
+}
+
+// SetHang sets or clears Hang[op]; clearing it lets hanging calls go on, as
+// a server that resumes does.
+func (s *Sink) SetHang(op string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Hang == nil {
+		s.Hang = map[string]bool{}
+	}
+	if s.unhang == nil {
+		s.unhang = map[string]chan struct{}{}
+	}
+	if ch := s.unhang[op]; ch != nil && s.Hang[op] && !on {
+		close(ch)
+	}
+	if on && !s.Hang[op] {
+		s.unhang[op] = make(chan struct{})
+	}
+	s.Hang[op] = on
+}
+
 func handleOf(id twopc.BranchID) string { return fmt.Sprintf("%q", id.String()) }
 
 type branch struct {
@@ -220,6 +268,9 @@ type branch struct {
 }
 
 func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
+	if err := b.s.hang(ctx, "write"); err != nil {
+		return err
+	}
 	b.s.mu.Lock()
 	defer b.s.mu.Unlock()
 	if b.s.FailWrite != nil {
@@ -239,6 +290,9 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 }
 
 func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
+	if err := b.s.hang(ctx, "prepare"); err != nil {
+		return nil, err
+	}
 	b.s.mu.Lock()
 	defer b.s.mu.Unlock()
 	if b.s.FailPrepare != nil {
@@ -252,6 +306,9 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 }
 
 func (b *branch) Commit(ctx context.Context) error {
+	if err := b.s.hang(ctx, "commit"); err != nil {
+		return err
+	}
 	b.s.mu.Lock()
 	defer b.s.mu.Unlock()
 	if b.s.FailCommit != nil {
