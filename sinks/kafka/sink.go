@@ -247,6 +247,7 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 		s.drop(sl)
 		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: begin: %w", twopc.ErrSinkFailure, s.cfg.Name, id, err)
 	}
+	b.ctx, b.cancel = context.WithCancel(s.ctx)
 	return b, nil
 }
 
