@@ -36,6 +36,7 @@ type sidecar struct {
 	cancel   context.CancelFunc
 	runDone  chan struct{}
 	httpAddr string
+	ready    *readiness
 }
 
 // openSinks connects every configured sink. A sink whose server does not
@@ -135,11 +136,11 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	}
 	var tokenFromFile string
 	if cfg.TokenFile != "" {
-		b, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("token_file: %w", err)
+		if tokenFromFile, err = readTokenFile(cfg.TokenFile, log); err != nil {
+			return nil, err
 		}
-		tokenFromFile = strings.TrimSpace(string(b))
+	} else if !loopback(cfg.HTTPAddr) {
+		log.Warn("the HTTP API is reachable from other hosts without a token (insecure_no_token)", "http_addr", cfg.HTTPAddr)
 	}
 	failpoint, err := failpointFromEnv()
 	if err != nil {
@@ -166,10 +167,19 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	if err != nil {
 		return nil, fmt.Errorf("journal: no leader: %w", err)
 	}
+	pingers := map[string]pinger{}
+	for name, s := range sc.sinks {
+		if p, ok := s.(pinger); ok {
+			pingers[name] = p
+		}
+	}
+	sc.ready = newReadiness(func() string { return sc.node.Status().LeaderID }, pingers, cfg.Timeouts.Ready, 0)
 	met := newMetrics(machine, sc.node)
 	sc.coord, err = twopc.NewCoordinator(twopc.Config{
 		Node: cfg.NodeID, Journal: sc.node, Machine: machine, Sinks: sc.sinks,
 		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
+		Timeouts: twopc.Timeouts{Write: cfg.Timeouts.Write, Checkpoint: cfg.Timeouts.Checkpoint,
+			Session: cfg.Timeouts.Session, Commit: cfg.Timeouts.Commit},
 		Logger: log.With("component", "coordinator"), Metrics: met, Failpoint: failpoint,
 	})
 	if err != nil {
@@ -196,8 +206,9 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	sc.srv, err = api.New(sc.coord, api.Config{
 		MaxBodyBytes: cfg.Limits.MaxBodyBytes, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Token: tokenFromFile, Logger: log.With("component", "api"),
-		Cluster: sc.clusterStatus, Ready: sc.ready,
-		Metrics: promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
+		Cluster: sc.clusterStatus, Ready: sc.readyz,
+		Metrics:     promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
+		ReadTimeout: cfg.Timeouts.Read, IdleTimeout: cfg.Timeouts.Idle,
 	})
 	if err != nil {
 		return nil, err
@@ -208,6 +219,10 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	}
 	sc.lns = append(sc.lns, ln)
 	sc.httpAddr = ln.Addr().String()
+	if ln, err = tlsListener(ln, cfg); err != nil {
+		return nil, err
+	}
+	sc.lns[len(sc.lns)-1] = ln
 	if cfg.Socket != "off" {
 		uln, err := api.ListenUnix(cfg.Socket)
 		if err != nil {
@@ -232,7 +247,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		go func() { _ = http.Serve(pln, pprofMux()) }()
 		log.Info("pprof listening", "addr", pln.Addr().String())
 	}
-	log.Info("txsink ready", "http", sc.httpAddr, "socket", cfg.Socket, "node", cfg.NodeID, "data_dir", cfg.DataDir)
+	log.Info("txsink ready", "http", sc.httpAddr, "tls", cfg.TLSCertFile != "", "socket", cfg.Socket, "node", cfg.NodeID, "data_dir", cfg.DataDir)
 	return sc, nil
 }
 
@@ -246,20 +261,8 @@ func (sc *sidecar) clusterStatus(context.Context) (api.ClusterStatus, error) {
 	return out, nil
 }
 
-// ready: the journal has a leader and every sink answers.
-func (sc *sidecar) ready(ctx context.Context) error {
-	if st := sc.node.Status(); st.LeaderID == "" {
-		return errors.New("journal has no leader")
-	}
-	for name, s := range sc.sinks {
-		if p, ok := s.(interface{ Ping(context.Context) error }); ok {
-			if err := p.Ping(ctx); err != nil {
-				return fmt.Errorf("sink %s: %w", name, err)
-			}
-		}
-	}
-	return nil
-}
+// readyz: the journal has a leader and every sink answers (see readiness).
+func (sc *sidecar) readyz(ctx context.Context) error { return sc.ready.check(ctx) }
 
 // close stops gracefully: stop taking calls, abort open branches, finish
 // background commits, close the journal (handing over leadership when there
