@@ -237,3 +237,58 @@ func TestMariaDBStoppedWriteAnswersInTime(t *testing.T) {
 	mustCheckpoint(t, c, m.job, "0", s2.Epoch, 2, twopc.StatusCommitted)
 	m.wantRows(values(0, 20))
 }
+
+// A commit whose decision is durable while the sink's server is stopped:
+// the external commit call answers 202 committing within its deadline, the
+// commit goes on in the background, and once the server resumes the records
+// are visible exactly once.
+func TestStoppedSinkCommitAnswersCommitting(t *testing.T) {
+	t.Run("kafka", func(t *testing.T) {
+		b := kafkatest.StartBrokerWith(t, t.TempDir(), kafkatest.BrokerOptions{Topics: []string{topic}})
+		n := newNode(t, kafkaSinkYAML(b.Addr))
+		n.appendConfig(timeoutsYAML)
+		c := n.start()
+		s := openJob(t, c, "x", twopc.ModeExternal, "0")
+		mustWrite(t, c, "x", "0", s.Epoch, values(0, 10))
+		mustCheckpoint(t, c, "x", "0", s.Epoch, 1, twopc.StatusPrepared)
+		t.Cleanup(func() { _ = b.Signal(syscall.SIGCONT) })
+		stopProcess(t, b.Pid())
+		commitAnswersCommitting(t, c, "x")
+		if err := b.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		wantExactly(t, b.Addr, values(0, 10))
+	})
+	t.Run("mysql", func(t *testing.T) {
+		srv := mysqltest.PrivateServer(t)
+		m := newMDB(t, srv.Database(t), tableT)
+		n := newNode(t, m.sinkYAML("db", 0, insStmts))
+		n.appendConfig(timeoutsYAML)
+		c := n.start()
+		if _, err := c.PutJob(tctx(t), m.job, twopc.ModeExternal, nil); err != nil {
+			t.Fatal(err)
+		}
+		s := mustSession(t, c, m.job, "0", nil)
+		mustWriteRecs(t, c, m.job, "0", s.Epoch, insRecords("db", values(0, 10)))
+		mustCheckpoint(t, c, m.job, "0", s.Epoch, 1, twopc.StatusPrepared)
+		cont := func() { _ = syscall.Kill(srv.Pid(), syscall.SIGCONT) }
+		t.Cleanup(cont)
+		stopProcess(t, srv.Pid())
+		commitAnswersCommitting(t, c, m.job)
+		cont()
+		m.waitRows(values(0, 10), 30*time.Second)
+	})
+}
+
+func commitAnswersCommitting(t *testing.T, c *client.Client, job string) {
+	t.Helper()
+	var r twopc.CommitResult
+	err := timed(t, "commit with the sink stopped", func(ctx context.Context) error {
+		var err error
+		r, err = c.Commit(ctx, job, 1)
+		return err
+	})
+	if err != nil || r.Status != twopc.StatusCommitting {
+		t.Fatalf("commit with the sink stopped: %+v %v, want status committing (202)", r, err)
+	}
+}
