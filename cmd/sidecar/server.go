@@ -52,13 +52,14 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 		return nil, nil, err
 	}
 	for name, sc := range cfg.Sinks {
+		// The sinks add the sink attribute to their logger themselves.
 		l := log.With("sink", name)
 		switch sc.Kind {
 		case "kafka":
 			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*kafka.Sink, error) {
 				return kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
 					TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
-					TransactionTimeout: sc.TransactionTimeout, CreateTopics: sc.CreateTopics, Logger: l})
+					TransactionTimeout: sc.TransactionTimeout, CreateTopics: sc.CreateTopics, Logger: log})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))
@@ -68,7 +69,7 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 		case "mysql":
 			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*mysql.Sink, error) {
 				return mysql.New(ctx, mysql.Config{Name: name, DSN: sc.DSN, DSNFile: sc.DSNFile, Statements: sc.Statements,
-					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l})
+					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: log})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (mysql): %w", name, err))
