@@ -254,6 +254,14 @@ func TestStoppedSinkCommitAnswersCommitting(t *testing.T) {
 		t.Cleanup(func() { _ = b.Signal(syscall.SIGCONT) })
 		stopProcess(t, b.Pid())
 		commitAnswersCommitting(t, c, "x")
+		// The next write begins a transaction on a new slot client, whose
+		// InitProducerID (inside kgo's BeginTransaction, which takes no
+		// context) waited out kgo's retries: 40s.
+		err := timed(t, "write on a new slot with the broker stopped", func(ctx context.Context) error {
+			_, err := c.Write(ctx, "x", "0", s.Epoch, nil, records(values(10, 20)))
+			return err
+		})
+		wantProblem(t, "write on a new slot with the broker stopped", err, http.StatusBadGateway, "sink_failure")
 		if err := b.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
