@@ -439,10 +439,12 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	if err != nil {
 		return WriteResult{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	cl := bound(ctx, c.cfg.Timeouts.Write)
 	defer cl.done()
+	if err := lockWithin(cl.work, &s.mu, s); err != nil {
+		return WriteResult{}, err
+	}
+	defer s.mu.Unlock()
 	if err := s.usable(); err != nil {
 		return WriteResult{}, err
 	}
@@ -560,10 +562,12 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	if err != nil {
 		return CheckpointResult{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	cl := bound(ctx, c.cfg.Timeouts.Checkpoint)
 	defer cl.done()
+	if err := lockWithin(cl.work, &s.mu, s); err != nil {
+		return CheckpointResult{}, err
+	}
+	defer s.mu.Unlock()
 	if s.last != nil && n == s.lastN {
 		if r, ok := c.m.CheckpointStatus(job, writer, n); ok {
 			return r, nil

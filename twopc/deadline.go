@@ -148,3 +148,32 @@ func (c *Coordinator) finishWithin(ctx context.Context, fn func(ctx context.Cont
 		panic(v)
 	}
 }
+
+// lockWithin takes mu (a session's), waiting at most until ctx ends: the
+// writer's previous call holds it for as long as its own deadline allows,
+// and the wait counts toward this call's. A call that cannot get it in time
+// is ErrUnavailable: retry (a write with seq and a repeated checkpoint are
+// safe to retry).
+func lockWithin(ctx context.Context, mu *sync.Mutex, s *session) error {
+	if mu.TryLock() {
+		return nil
+	}
+	got := make(chan struct{})
+	go func() {
+		mu.Lock()
+		close(got)
+	}()
+	select {
+	case <-got:
+		return nil
+	case <-ctx.Done():
+		// Hand the lock back as soon as it comes; the holder's call is
+		// bounded, so this goroutine ends.
+		go func() {
+			<-got
+			mu.Unlock()
+		}()
+		return fmt.Errorf("%w: %s/%s is busy with an earlier call that has not ended yet: %w",
+			ErrUnavailable, s.job, s.writer, context.Cause(ctx))
+	}
+}

@@ -170,3 +170,40 @@ func TestCheckpointNumberLimit(t *testing.T) {
 		t.Fatalf("checkpoint MaxCheckpoint: got %d", r.Checkpoint)
 	}
 }
+
+func TestCallWaitingForBusyWriterAnswersInTime(t *testing.T) {
+	e := boundedEnv(t, twopc.Timeouts{Write: 300 * time.Millisecond, Checkpoint: 2 * time.Second})
+	e.job("j", twopc.ModeAuto)
+	s := e.open("j", "0", nil)
+	e.write("j", "0", s.Epoch, recs("a", "a1"))
+	e.a.SetHang("prepare", true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.c.Checkpoint(context.Background(), "j", "0", s.Epoch, 1, nil, "")
+		done <- err
+	}()
+	// Wait until the checkpoint holds the writer (its prepare hangs).
+	deadline := time.Now().Add(5 * time.Second)
+	for e.a.Hanging("prepare") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the checkpoint did not start within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var err error
+	within(t, time.Second, "write behind a hung checkpoint", func() {
+		_, err = e.c.Write(context.Background(), "j", "0", s.Epoch, nil, recs("a", "a2"))
+	})
+	if !errors.Is(err, twopc.ErrUnavailable) {
+		t.Fatalf("write behind a hung checkpoint: got %v, want ErrUnavailable", err)
+	}
+	if err := <-done; !errors.Is(err, twopc.ErrSinkFailure) {
+		t.Fatalf("hung checkpoint: got %v, want ErrSinkFailure", err)
+	}
+	// The lock was handed back: the reopened writer works.
+	e.a.SetHang("prepare", false)
+	s2 := e.open("j", "0", nil)
+	e.write("j", "0", s2.Epoch, recs("a", "a3"))
+	e.checkpoint("j", "0", s2.Epoch, 1, "st")
+	wantValues(t, e.a, "a3")
+}

@@ -81,8 +81,9 @@ type Sink struct {
 	// ends and return its error, as a stopped server does: "write",
 	// "prepare", "commit" (Branch.Commit and Resolve with commit).
 	// Set it with SetHang.
-	Hang   map[string]bool
-	unhang map[string]chan struct{} // closed when SetHang clears the op
+	Hang    map[string]bool
+	unhang  map[string]chan struct{} // closed when SetHang clears the op
+	hanging map[string]int           // calls blocked in hang now, by op
 	// Topics, when set, is the allow-list checked by Validate.
 	Topics []string
 }
@@ -228,6 +229,17 @@ func (s *Sink) Branches(state string) []twopc.BranchID {
 func (s *Sink) hang(ctx context.Context, op string) error {
 	s.mu.Lock()
 	h, released := s.Hang[op], s.unhang[op]
+	if h {
+		if s.hanging == nil {
+			s.hanging = map[string]int{}
+		}
+		s.hanging[op]++
+		defer func() {
+			s.mu.Lock()
+			s.hanging[op]--
+			s.mu.Unlock()
+		}()
+	}
 	s.mu.Unlock()
 	if !h {
 		return nil
@@ -238,6 +250,13 @@ func (s *Sink) hang(ctx context.Context, op string) error {
 	case <-released:
 		return nil
 	}
+}
+
+// Hanging reports how many calls of kind op are blocked by Hang now.
+func (s *Sink) Hanging(op string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hanging[op]
 }
 
 // SetHang sets or clears Hang[op]; clearing it lets hanging calls go on, as
