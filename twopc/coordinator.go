@@ -284,10 +284,12 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 		c.opening[k] = om
 	}
 	c.mu.Unlock()
-	om.Lock()
-	defer om.Unlock()
 	cl := bound(ctx, c.cfg.Timeouts.Session)
 	defer cl.done()
+	if err := lockWithin(cl.work, om, job, writer); err != nil {
+		return SessionInfo{}, err
+	}
+	defer om.Unlock()
 	ctx = cl.work
 
 	res, err := c.propose(cl.ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore})
@@ -394,7 +396,10 @@ func (c *Coordinator) fail(ctx context.Context, s *session, err error) error {
 	if errors.Is(err, ErrSinkFailure) {
 		return err
 	}
-	return fmt.Errorf("%w: %w", ErrSinkFailure, err)
+	// %v, not %w: a sink error that also wraps ErrInvalid (a statement the
+	// server refused) must still answer sink_failure, since the session is
+	// failed and the app has to reopen.
+	return fmt.Errorf("%w: %v", ErrSinkFailure, err)
 }
 
 // ---- writes ----
@@ -441,7 +446,7 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	}
 	cl := bound(ctx, c.cfg.Timeouts.Write)
 	defer cl.done()
-	if err := lockWithin(cl.work, &s.mu, s); err != nil {
+	if err := lockWithin(cl.work, &s.mu, job, writer); err != nil {
 		return WriteResult{}, err
 	}
 	defer s.mu.Unlock()
@@ -564,7 +569,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	}
 	cl := bound(ctx, c.cfg.Timeouts.Checkpoint)
 	defer cl.done()
-	if err := lockWithin(cl.work, &s.mu, s); err != nil {
+	if err := lockWithin(cl.work, &s.mu, job, writer); err != nil {
 		return CheckpointResult{}, err
 	}
 	defer s.mu.Unlock()

@@ -149,12 +149,12 @@ func (c *Coordinator) finishWithin(ctx context.Context, fn func(ctx context.Cont
 	}
 }
 
-// lockWithin takes mu (a session's), waiting at most until ctx ends: the
+// lockWithin takes mu (a session's, or the writer's opening lock), waiting at most until ctx ends: the
 // writer's previous call holds it for as long as its own deadline allows,
 // and the wait counts toward this call's. A call that cannot get it in time
 // is ErrUnavailable: retry (a write with seq and a repeated checkpoint are
 // safe to retry).
-func lockWithin(ctx context.Context, mu *sync.Mutex, s *session) error {
+func lockWithin(ctx context.Context, mu *sync.Mutex, job, writer string) error {
 	if mu.TryLock() {
 		return nil
 	}
@@ -174,6 +174,6 @@ func lockWithin(ctx context.Context, mu *sync.Mutex, s *session) error {
 			mu.Unlock()
 		}()
 		return fmt.Errorf("%w: %s/%s is busy with an earlier call that has not ended yet: %w",
-			ErrUnavailable, s.job, s.writer, context.Cause(ctx))
+			ErrUnavailable, job, writer, context.Cause(ctx))
 	}
 }
