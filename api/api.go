@@ -87,6 +87,8 @@ type Member struct {
 const (
 	DefaultMaxBodyBytes      = 32 << 20
 	DefaultMaxRecordsPerCall = 100_000
+	DefaultReadTimeout       = time.Minute
+	DefaultIdleTimeout       = 2 * time.Minute
 )
 
 // Config configures a Server. The zero value serves with the defaults, no
@@ -118,6 +120,14 @@ type Config struct {
 	// metric labelled with it has a bounded number of values. It runs on
 	// the request's goroutine: keep it cheap.
 	Observe func(route string, code int, d time.Duration)
+	// ReadTimeout bounds how long a request (headers and body) may take
+	// to arrive (0: DefaultReadTimeout); a body that has not arrived by
+	// then is 400 and the connection is closed. The handler's own work is
+	// bounded by the coordinator's timeouts, not by this.
+	ReadTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle for this long
+	// (0: DefaultIdleTimeout).
+	IdleTimeout time.Duration
 }
 
 // UnmatchedRoute is the route Observe gets for a request no route matched
@@ -137,6 +147,9 @@ func (c Config) Validate() error {
 	if c.MaxRecordsPerCall < 0 {
 		return fmt.Errorf("api: MaxRecordsPerCall %d is negative", c.MaxRecordsPerCall)
 	}
+	if c.ReadTimeout < 0 || c.IdleTimeout < 0 {
+		return fmt.Errorf("api: ReadTimeout %s and IdleTimeout %s must not be negative", c.ReadTimeout, c.IdleTimeout)
+	}
 	if strings.ContainsAny(c.Token, " \t\r\n") {
 		return errors.New("api: Token contains white space")
 	}
@@ -152,6 +165,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
 	}
 	return c
 }
@@ -179,8 +198,12 @@ func New(svc Service, cfg Config) (*Server, error) {
 	s.http = &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
-		// No WriteTimeout: a checkpoint waits for every sink's commit.
-		IdleTimeout: 2 * time.Minute,
+		// ReadTimeout bounds headers and body; net/http clears the read
+		// deadline once the body is read, so a long call keeps its
+		// context. No WriteTimeout: a checkpoint waits for its commit,
+		// bounded by the coordinator's timeouts.
+		ReadTimeout: cfg.ReadTimeout,
+		IdleTimeout: cfg.IdleTimeout,
 		ErrorLog:    slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	return s, nil

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -23,6 +24,9 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // maxPooledBuf keeps an occasional huge body from pinning its buffer.
 const maxPooledBuf = 4 << 20
+
+// maxPreGrow bounds what readBody allocates on the word of Content-Length.
+const maxPreGrow = 256 << 10
 
 func putBuf(b *bytes.Buffer) {
 	if b.Cap() <= maxPooledBuf {
@@ -40,13 +44,19 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) (*bytes.Buffe
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	if r.ContentLength > 0 {
-		// ReadFrom wants MinRead spare bytes before it sees EOF.
-		buf.Grow(int(r.ContentLength) + bytes.MinRead)
+		// ReadFrom wants MinRead spare bytes before it sees EOF. Never
+		// more than a little from the declared length: a client may
+		// declare 32 MiB and send nothing, and the buffer grows as bytes
+		// arrive anyway.
+		buf.Grow(int(min(r.ContentLength, maxPreGrow)) + bytes.MinRead)
 	}
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit)); err != nil {
 		putBuf(buf)
 		if e, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return nil, tooLarge(e.Limit)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, badRequest(CodeMalformedBody, "the body did not arrive within the read timeout")
 		}
 		return nil, badRequest(CodeMalformedBody, "reading the body: "+err.Error())
 	}

@@ -51,7 +51,7 @@ func repoFiles(t *testing.T) (string, []string) {
 
 // The strings are built so that this file does not match itself.
 var (
-	outside  = regexp.MustCompile(`\.\./` + `shared|SPIKES` + `\.md`)
+	outside = regexp.MustCompile(`\.\./` + `shared|SPIKES` + `\.md`)
 	// A citation may be broken across comment lines ("DESIGN.md\n// §6").
 	citation = regexp.MustCompile(`(\S*)DESIGN\.md(?:\s|//|#)*(§\d+)`)
 	heading  = regexp.MustCompile(`(?m)^## (§\d+)\b`)

@@ -183,6 +183,37 @@ func (l *writerLocks) lock(k writerKey) (unlock func()) {
 	}
 }
 
+// lockWithin is lock bounded by ctx: a call that cannot get k's lock in
+// time is ErrUnavailable (see lockWithin in deadline.go). A waiter that gave
+// up keeps its reference until its background Lock has been handed back.
+func (l *writerLocks) lockWithin(ctx context.Context, k writerKey) (unlock func(), err error) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[writerKey]*writerLock{}
+	}
+	wl := l.m[k]
+	if wl == nil {
+		wl = &writerLock{}
+		l.m[k] = wl
+	}
+	wl.refs++
+	l.mu.Unlock()
+	release := func() {
+		l.mu.Lock()
+		if wl.refs--; wl.refs == 0 {
+			delete(l.m, k)
+		}
+		l.mu.Unlock()
+	}
+	if err := lockWithinThen(ctx, &wl.mu, k.job, k.writer, release); err != nil {
+		return nil, err
+	}
+	return func() {
+		wl.mu.Unlock()
+		release()
+	}, nil
+}
+
 // size is the number of writers locked or waited for (for tests).
 func (l *writerLocks) size() int {
 	l.mu.Lock()

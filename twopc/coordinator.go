@@ -32,6 +32,8 @@ type Config struct {
 	RetryInterval time.Duration
 	// MaxRecordsPerCall bounds one write call (0: 100,000).
 	MaxRecordsPerCall int
+	// Timeouts bound each call (zero fields: DefaultTimeouts).
+	Timeouts Timeouts
 	// Logger receives structured logs (nil: discard).
 	Logger *slog.Logger
 	// Metrics receives counters (nil: none).
@@ -176,6 +178,10 @@ func NewCoordinator(cfg Config) (*Coordinator, error) {
 	if cfg.MaxRecordsPerCall <= 0 {
 		cfg.MaxRecordsPerCall = 100_000
 	}
+	if err := cfg.Timeouts.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Timeouts = cfg.Timeouts.withDefaults()
 	c := &Coordinator{
 		cfg: cfg, lim: limitsOf(cfg), m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
 		sessions: map[writerKey]*session{},
@@ -324,8 +330,8 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if !ok {
 		return SessionInfo{}, fmt.Errorf("%w: %s", ErrJobNotFound, job)
 	}
-	if restore != nil && *restore < 0 {
-		return SessionInfo{}, fmt.Errorf("%w: restore must be ≥ 0, got %d", ErrInvalid, *restore)
+	if restore != nil && (*restore < 0 || *restore > MaxCheckpoint) {
+		return SessionInfo{}, fmt.Errorf("%w: restore must be from 0 to %d, got %d", ErrInvalid, MaxCheckpoint, *restore)
 	}
 	if restore != nil && spec.Commit != ModeExternal {
 		return SessionInfo{}, fmt.Errorf("%w: restore is for external commit mode; job %s commits by itself", ErrInvalid, job)
@@ -337,14 +343,21 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if closed {
 		return SessionInfo{}, fmt.Errorf("%w: sidecar is stopping", ErrUnavailable)
 	}
-	defer c.opening.lock(k)()
+	cl := bound(ctx, c.cfg.Timeouts.Session)
+	defer cl.done()
+	unlock, err := c.opening.lockWithin(cl.work, k)
+	if err != nil {
+		return SessionInfo{}, err
+	}
+	defer unlock()
+	ctx = cl.work
 	if err := c.admitSession(k); err != nil {
 		return SessionInfo{}, err
 	}
 	c.modeMu.RLock()
 	defer c.modeMu.RUnlock()
 
-	res, err := c.propose(ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore,
+	res, err := c.propose(cl.ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore,
 		MaxWriters: c.lim.maxWritersPerJob})
 	if err != nil {
 		return SessionInfo{}, err
@@ -490,6 +503,9 @@ func (c *Coordinator) fail(ctx context.Context, s *session, err error) error {
 	if errors.Is(err, ErrSinkFailure) {
 		return err
 	}
+	// %v, not %w: a sink error that also wraps ErrInvalid (a statement the
+	// server refused) must still answer sink_failure, since the session is
+	// failed and the app has to reopen.
 	return fmt.Errorf("%w: %v", ErrSinkFailure, err)
 }
 
@@ -536,7 +552,11 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	if err != nil {
 		return WriteResult{}, err
 	}
-	s.mu.Lock()
+	cl := bound(ctx, c.cfg.Timeouts.Write)
+	defer cl.done()
+	if err := lockWithin(cl.work, &s.mu, job, writer); err != nil {
+		return WriteResult{}, err
+	}
 	defer s.mu.Unlock()
 	if err := s.usable(); err != nil {
 		return WriteResult{}, err
@@ -569,7 +589,7 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	// Open every needed branch before writing anything, so backpressure
 	// leaves the call without effect.
 	for _, name := range order {
-		if _, err := c.openBranch(ctx, s, name); err != nil {
+		if _, err := c.openBranch(cl, s, name); err != nil {
 			return WriteResult{}, err
 		}
 	}
@@ -578,15 +598,15 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	s.dirty = s.dirty || len(recs) > 0
 	for i, name := range order {
 		ob := s.open[name]
-		if err := ob.br.Write(ctx, groups[name]); err != nil {
+		if err := ob.br.Write(cl.work, groups[name]); err != nil {
 			if errors.Is(err, ErrRecordRejected) {
-				err = c.rejected(ctx, s, recs, name, i > 0, err)
+				err = c.rejected(cl.cleanup, s, recs, name, i > 0, err)
 				if s.failed == nil {
 					s.dirty = wasDirty // the rejected call changed nothing
 				}
 				return WriteResult{}, err
 			}
-			return WriteResult{}, c.fail(ctx, s, fmt.Errorf("write to sink %s: %w", name, err))
+			return WriteResult{}, c.fail(cl.cleanup, s, fmt.Errorf("write to sink %s: %w", name, err))
 		}
 		c.metrics.Records(job, name, len(groups[name]), recordBytes(groups[name]))
 	}
@@ -612,7 +632,7 @@ func recordBytes(recs []*Record) int {
 
 // openBranch returns the session's open branch in a sink, beginning one on
 // the lowest free slot. Needs s.mu.
-func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName string) (*openBranch, error) {
+func (c *Coordinator) openBranch(cl *call, s *session, sinkName string) (*openBranch, error) {
 	if ob := s.open[sinkName]; ob != nil {
 		return ob, nil
 	}
@@ -637,14 +657,14 @@ func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName strin
 	wv, _ := c.m.Writer(s.job, s.writer)
 	s.nextSeq++
 	id := BranchID{Job: s.job, Writer: s.writer, Sink: sinkName, Epoch: s.epoch, Seq: s.nextSeq, Slot: slot, After: wv.MaxCheckpoint}
-	br, err := sink.Begin(ctx, id)
+	br, err := sink.Begin(cl.work, id)
 	if errors.Is(err, ErrBackpressure) {
 		// The sink is out of a bounded resource (e.g. connections);
 		// nothing was written, so the session stays usable.
 		return nil, err
 	}
 	if err != nil {
-		return nil, c.fail(ctx, s, fmt.Errorf("begin %s: %w", id, err))
+		return nil, c.fail(cl.cleanup, s, fmt.Errorf("begin %s: %w", id, err))
 	}
 	ob := &openBranch{id: id, br: br}
 	s.open[sinkName] = ob
@@ -660,8 +680,8 @@ func (c *Coordinator) openBranch(ctx context.Context, s *session, sinkName strin
 // current result; otherwise it is ErrCheckpointOrder. A checkpoint that
 // ended in data_loss returns its result and an error wrapping ErrDataLoss.
 func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait Wait) (CheckpointResult, error) {
-	if n <= 0 {
-		return CheckpointResult{}, fmt.Errorf("%w: checkpoint must be a positive integer, got %d", ErrInvalid, n)
+	if err := CheckCheckpoint(n); err != nil {
+		return CheckpointResult{}, err
 	}
 	if len(state) > MaxStateBytes {
 		return CheckpointResult{}, fmt.Errorf("%w: state is %d bytes; the limit is %d", ErrInvalid, len(state), MaxStateBytes)
@@ -677,7 +697,11 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	if err != nil {
 		return CheckpointResult{}, err
 	}
-	s.mu.Lock()
+	cl := bound(ctx, c.cfg.Timeouts.Checkpoint)
+	defer cl.done()
+	if err := lockWithin(cl.work, &s.mu, job, writer); err != nil {
+		return CheckpointResult{}, err
+	}
 	defer s.mu.Unlock()
 	if s.last != nil && n == s.lastN {
 		// Only a true retry is idempotent: records written since would
@@ -725,12 +749,12 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		pwg.Add(1)
 		go func() {
 			defer pwg.Done()
-			handles[i], errs[i] = ob.br.Prepare(ctx)
+			handles[i], errs[i] = ob.br.Prepare(cl.work)
 		}()
 	}
 	pwg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return CheckpointResult{}, c.fail(ctx, s, fmt.Errorf("prepare checkpoint %d: %w", n, err))
+		return CheckpointResult{}, c.fail(cl.cleanup, s, fmt.Errorf("prepare checkpoint %d: %w", n, err))
 	}
 	c.metrics.CheckpointDone(job, "prepare", c.now().Sub(t0))
 	c.failpoint("after-prepare")
@@ -749,7 +773,9 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	clear(s.open)
 	t1 := c.now()
 	auto := spec.Commit == ModeAuto
-	_, err = c.propose(ctx, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
+	// The journal gets the whole call's time, not only the work's: a
+	// prepared checkpoint is worth journaling until the deadline.
+	_, err = c.propose(cl.cleanup, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
 		State: state, Branches: jbs, Decide: auto})
 	if err != nil && errors.Is(err, ErrUnavailable) {
 		// Unknown outcome: the entry may still be applied. Only the
@@ -761,7 +787,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	}
 	if err != nil {
 		for i, ob := range obs {
-			if aerr := ob.br.Abort(ctx); aerr != nil {
+			if aerr := ob.br.Abort(cl.cleanup); aerr != nil {
 				c.log.Warn("abort after failed journal entry", "branch", ob.id.String(), "err", aerr)
 			}
 			c.release(keys[i])
@@ -797,7 +823,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		s.last = &r
 		return r, nil
 	}
-	c.finish(context.WithoutCancel(ctx), fin)
+	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finish(ctx, fin) })
 	r, _ := c.m.CheckpointStatus(job, writer, n)
 	s.last = &r
 	return r, checkpointLoss(job, writer, r)
@@ -952,8 +978,8 @@ func (c *Coordinator) Abort(ctx context.Context, job string, n int64) (CommitRes
 }
 
 func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bool) (CommitResult, error) {
-	if n <= 0 {
-		return CommitResult{}, fmt.Errorf("%w: checkpoint must be a positive integer, got %d", ErrInvalid, n)
+	if err := CheckCheckpoint(n); err != nil {
+		return CommitResult{}, err
 	}
 	spec, ok := c.m.JobSpec(job)
 	if !ok {
@@ -962,7 +988,9 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 	if spec.Commit != ModeExternal {
 		return CommitResult{}, fmt.Errorf("%w: job %s is in %s mode; its checkpoints commit by themselves", ErrModeConflict, job, spec.Commit)
 	}
-	res, err := c.propose(ctx, Command{Op: OpDecide, Job: job, Checkpoint: n, Commit: commit})
+	cl := bound(ctx, c.cfg.Timeouts.Commit)
+	defer cl.done()
+	res, err := c.propose(cl.ctx, Command{Op: OpDecide, Job: job, Checkpoint: n, Commit: commit})
 	if err != nil {
 		return CommitResult{}, err
 	}
@@ -979,7 +1007,7 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 	// data_loss is no longer pending, so "nothing pending" afterwards would
 	// read as committed. The status comes from the journal instead.
 	scope := c.decidedCommits(job, inScope)
-	c.finishDecided(context.WithoutCancel(ctx), inScope)
+	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finishDecided(ctx, inScope) })
 	out := CommitResult{Checkpoint: n, Status: StatusCommitted, Writers: res.Decided}
 	if !commit {
 		out.Status = StatusAborted

@@ -21,7 +21,14 @@ func (c *Coordinator) DeleteWriter(ctx context.Context, job, writer string) (del
 		return false, fmt.Errorf("%w: %s", ErrJobNotFound, job)
 	}
 	k := writerKey{job, writer}
-	defer c.opening.lock(k)()
+	cl := bound(ctx, c.cfg.Timeouts.Session)
+	defer cl.done()
+	unlock, err := c.opening.lockWithin(cl.work, k)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	ctx = cl.ctx
 	if _, ok := c.m.Writer(job, writer); !ok {
 		return false, nil
 	}

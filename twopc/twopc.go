@@ -91,6 +91,21 @@ func (m Mode) Valid() bool { return m == ModeAuto || m == ModeExternal }
 // MaxStateBytes bounds a checkpoint's opaque state.
 const MaxStateBytes = 1 << 20
 
+// MaxCheckpoint is the largest checkpoint number, 2^53-1: JavaScript's
+// Number.MAX_SAFE_INTEGER, so that a client whose JSON numbers are doubles
+// holds every checkpoint exactly. It leaves room for millisecond timestamps
+// as checkpoint numbers. A cap below 2^63-1 also keeps a writer from being
+// stuck for ever by one huge number: the next checkpoint must be greater.
+const MaxCheckpoint int64 = 1<<53 - 1
+
+// CheckCheckpoint returns an ErrInvalid error unless 1 ≤ n ≤ MaxCheckpoint.
+func CheckCheckpoint(n int64) error {
+	if n <= 0 || n > MaxCheckpoint {
+		return fmt.Errorf("%w: checkpoint must be an integer from 1 to %d, got %d", ErrInvalid, MaxCheckpoint, n)
+	}
+	return nil
+}
+
 // Record is one record as the application sent it. The sink named by Sink
 // interprets the fields of its kind and rejects the others in Validate:
 // Kafka uses Topic, Key/Value (or KeyB64/ValueB64), Headers and Partition;

@@ -27,9 +27,20 @@ type Config struct {
 	Socket   string `yaml:"socket"`
 	RaftAddr string `yaml:"raft_addr"`
 	Join     string `yaml:"join"`
-	// TokenFile holds the bearer token every /v1 call must carry (optional).
+	// TokenFile holds the bearer token every /v1 call must carry. It must
+	// not be readable by others (mode 0600 or 0640/0440 for a group).
+	// Required when http_addr is not a loopback address, unless
+	// InsecureNoToken.
 	TokenFile string `yaml:"token_file"`
-	Log       struct {
+	// InsecureNoToken allows a non-loopback http_addr without a token.
+	InsecureNoToken bool `yaml:"insecure_no_token"`
+	// TLSCertFile and TLSKeyFile (PEM), set together, serve the TCP
+	// listener over TLS. The Unix socket stays plain.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// Timeouts bound every call (zero: the default).
+	Timeouts TimeoutsConfig `yaml:"timeouts"`
+	Log      struct {
 		Format string `yaml:"format"` // text | json
 		Level  string `yaml:"level"`  // debug | info | warn | error
 	} `yaml:"log"`
@@ -81,6 +92,18 @@ type SinkConfig struct {
 	MaxInflight int `yaml:"max_inflight"`
 }
 
+// TimeoutsConfig bounds every call (README "Timeouts"). A checkpoint or
+// commit whose decision is journaled answers 202 committing at its deadline.
+type TimeoutsConfig struct {
+	Write      time.Duration `yaml:"write"`      // a write call (default 30s)
+	Checkpoint time.Duration `yaml:"checkpoint"` // a checkpoint call (default 60s)
+	Session    time.Duration `yaml:"session"`    // opening a session (default 60s)
+	Commit     time.Duration `yaml:"commit"`     // an external commit or abort (default 60s)
+	Read       time.Duration `yaml:"read"`       // an HTTP request's headers and body to arrive (default 60s)
+	Idle       time.Duration `yaml:"idle"`       // an idle keep-alive connection (default 2m)
+	Ready      time.Duration `yaml:"ready"`      // one sink ping of /readyz (default 2s)
+}
+
 // JobConfig declares a job.
 type JobConfig struct {
 	Commit twopc.Mode `yaml:"commit"`
@@ -118,6 +141,10 @@ func bindCommon(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "this node's id in the journal [TXSINK_NODE_ID]")
 	fs.StringVar(&c.RaftAddr, "raft-addr", c.RaftAddr, "TCP address of the Raft transport [TXSINK_RAFT_ADDR]")
 	fs.StringVar(&c.Join, "join", c.Join, "address of a cluster member to join (multi-node: not yet supported) [TXSINK_JOIN]")
+	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the bearer token /v1 calls must carry [TXSINK_TOKEN_FILE]")
+	fs.BoolVar(&c.InsecureNoToken, "insecure-no-token", c.InsecureNoToken, "allow a non-loopback --http-addr without --token-file [TXSINK_INSECURE_NO_TOKEN]")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", c.TLSCertFile, "PEM certificate: serve the TCP listener over TLS (with --tls-key-file) [TXSINK_TLS_CERT_FILE]")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", c.TLSKeyFile, "PEM private key of --tls-cert-file [TXSINK_TLS_KEY_FILE]")
 }
 
 // applyEnv overrides c from TXSINK_* variables for flags not set explicitly.
@@ -165,6 +192,7 @@ func (c *Config) Finish() error {
 	if c.SinkWait < 0 || c.ShutdownTimeout < 0 {
 		return errors.New("sink_wait and shutdown_timeout must not be negative")
 	}
+	errs = append(errs, c.checkTimeouts(), c.checkExposure())
 	if len(c.Sinks) == 0 {
 		errs = append(errs, errors.New("no sinks configured"))
 	}

@@ -17,8 +17,9 @@ func parseLevel(s string) (slog.Level, error) {
 func newLogger(w io.Writer, format, level string) *slog.Logger {
 	l, _ := parseLevel(level)
 	opts := &slog.HandlerOptions{Level: l}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(newRateLimit(h, defaultLogInterval))
 }

@@ -114,7 +114,11 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer sc.close()
-	fmt.Fprintf(stdout, "txsink listening on http://%s and %s\n", sc.httpAddr, cfg.Socket)
+	scheme := "http"
+	if cfg.TLSCertFile != "" {
+		scheme = "https"
+	}
+	fmt.Fprintf(stdout, "txsink listening on %s://%s and %s\n", scheme, sc.httpAddr, cfg.Socket)
 	<-ctx.Done()
 	log.Info("stopping")
 	return nil

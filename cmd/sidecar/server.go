@@ -37,6 +37,7 @@ type sidecar struct {
 	cancel   context.CancelFunc
 	runDone  chan struct{}
 	httpAddr string
+	ready    *readiness
 }
 
 // openSinks connects every configured sink. A sink whose server does not
@@ -52,6 +53,7 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 		return nil, nil, err
 	}
 	for name, sc := range cfg.Sinks {
+		// The sinks add the sink attribute to their logger themselves.
 		l := log.With("sink", name)
 		switch sc.Kind {
 		case "kafka":
@@ -59,7 +61,7 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 				return kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
 					TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
 					TransactionTimeout: sc.TransactionTimeout, ExpireShare: sc.ExpireShare, CreateTopics: sc.CreateTopics,
-					IdleClientTimeout: sc.IdleClientTimeout, Logger: l})
+					IdleClientTimeout: sc.IdleClientTimeout, Logger: log})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))
@@ -69,7 +71,7 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 		case "mysql":
 			s, err := openWithRetry(ctx, l, cfg.SinkWait, func() (*mysql.Sink, error) {
 				return mysql.New(ctx, mysql.Config{Name: name, DSN: sc.DSN, DSNFile: sc.DSNFile, Statements: sc.Statements,
-					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: l,
+					MaxInflight: sc.MaxInflight, MaxConns: sc.MaxConns, MarkerTable: sc.MarkerTable, Logger: log,
 					ReservedConns: sc.ReservedConns, ConnWait: sc.ConnWait})
 			})
 			if err != nil {
@@ -138,11 +140,11 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	}
 	var tokenFromFile string
 	if cfg.TokenFile != "" {
-		b, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("token_file: %w", err)
+		if tokenFromFile, err = readTokenFile(cfg.TokenFile, log); err != nil {
+			return nil, err
 		}
-		tokenFromFile = strings.TrimSpace(string(b))
+	} else if !loopback(cfg.HTTPAddr) {
+		log.Warn("the HTTP API is reachable from other hosts without a token (insecure_no_token)", "http_addr", cfg.HTTPAddr)
 	}
 	failpoint, err := failpointFromEnv()
 	if err != nil {
@@ -169,10 +171,19 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	if err != nil {
 		return nil, fmt.Errorf("journal: no leader: %w", err)
 	}
+	pingers := map[string]pinger{}
+	for name, s := range sc.sinks {
+		if p, ok := s.(pinger); ok {
+			pingers[name] = p
+		}
+	}
+	sc.ready = newReadiness(func() string { return sc.node.Status().LeaderID }, pingers, cfg.Timeouts.Ready, 0)
 	met := newMetrics(machine, sc.node)
 	sc.coord, err = twopc.NewCoordinator(twopc.Config{
 		Node: cfg.NodeID, Journal: met.journal(sc.node), Machine: machine, Sinks: met.wrapSinks(sc.sinks),
 		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
+		Timeouts: twopc.Timeouts{Write: cfg.Timeouts.Write, Checkpoint: cfg.Timeouts.Checkpoint,
+			Session: cfg.Timeouts.Session, Commit: cfg.Timeouts.Commit},
 		Logger: log.With("component", "coordinator"), Metrics: met, Failpoint: failpoint,
 		MaxSessions: cfg.Limits.MaxSessions, MaxWritersPerJob: cfg.Limits.MaxWritersPerJob,
 		SessionIdleTimeout: cfg.Limits.SessionIdleTimeout,
@@ -201,9 +212,10 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	sc.srv, err = api.New(sc.coord, api.Config{
 		MaxBodyBytes: cfg.Limits.MaxBodyBytes, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Token: tokenFromFile, Logger: log.With("component", "api"),
-		Cluster: sc.clusterStatus, Ready: sc.ready,
-		Metrics: promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
-		Observe: met.observeRequest,
+		Cluster: sc.clusterStatus, Ready: sc.readyz,
+		Metrics:     promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
+		Observe:     met.observeRequest,
+		ReadTimeout: cfg.Timeouts.Read, IdleTimeout: cfg.Timeouts.Idle,
 	})
 	if err != nil {
 		return nil, err
@@ -214,6 +226,10 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	}
 	sc.lns = append(sc.lns, ln)
 	sc.httpAddr = ln.Addr().String()
+	if ln, err = tlsListener(ln, cfg); err != nil {
+		return nil, err
+	}
+	sc.lns[len(sc.lns)-1] = ln
 	if cfg.Socket != "off" {
 		uln, err := api.ListenUnix(cfg.Socket)
 		if err != nil {
@@ -238,7 +254,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		go func() { _ = http.Serve(pln, pprofMux()) }()
 		log.Info("pprof listening", "addr", pln.Addr().String())
 	}
-	log.Info("txsink ready", "http", sc.httpAddr, "socket", cfg.Socket, "node", cfg.NodeID, "data_dir", cfg.DataDir)
+	log.Info("txsink ready", "http", sc.httpAddr, "tls", cfg.TLSCertFile != "", "socket", cfg.Socket, "node", cfg.NodeID, "data_dir", cfg.DataDir)
 	return sc, nil
 }
 
@@ -268,20 +284,8 @@ func sinkStatuses(cfg Config, sinks map[string]twopc.Sink) []api.SinkStatus {
 	return out
 }
 
-// ready: the journal has a leader and every sink answers.
-func (sc *sidecar) ready(ctx context.Context) error {
-	if st := sc.node.Status(); st.LeaderID == "" {
-		return errors.New("journal has no leader")
-	}
-	for name, s := range sc.sinks {
-		if p, ok := s.(interface{ Ping(context.Context) error }); ok {
-			if err := p.Ping(ctx); err != nil {
-				return fmt.Errorf("sink %s: %w", name, err)
-			}
-		}
-	}
-	return nil
-}
+// readyz: the journal has a leader and every sink answers (see readiness).
+func (sc *sidecar) readyz(ctx context.Context) error { return sc.ready.check(ctx) }
 
 // close stops gracefully: stop taking calls, abort open branches, finish
 // background commits, close the journal (handing over leadership when there

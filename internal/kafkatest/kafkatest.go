@@ -217,6 +217,13 @@ func (b *Broker) Kill() {
 	<-b.done
 }
 
+// Signal sends sig to the broker process; tests stop it with SIGSTOP (a
+// broker that hangs with its connections open) and resume it with SIGCONT.
+func (b *Broker) Signal(sig os.Signal) error { return b.cmd.Process.Signal(sig) }
+
+// Pid is the broker's process id.
+func (b *Broker) Pid() int { return b.cmd.Process.Pid }
+
 // Done is closed when the process has exited.
 func (b *Broker) Done() <-chan struct{} { return b.done }
 

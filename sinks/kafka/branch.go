@@ -40,6 +40,14 @@ type branch struct {
 	begun    time.Time
 	produced int // records handed to franz-go; 0: no transaction in the broker yet
 
+	// ctx is the context of the branch's records (a child of the sink's):
+	// cancel ends it when a write call's deadline passes while it waits for
+	// buffer space (see Write), and when the branch no longer needs it
+	// (prepared or aborted), so that it does not stay among the sink
+	// context's children.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	// mu guards what the produce promises record. kgo calls promises
 	// serially, so mu is only contended by Prepare.
 	mu         sync.Mutex
@@ -197,13 +205,23 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	}
 	b.produced += len(recs)
 	// Records outlive this call: they are buffered until Prepare flushes
-	// them, so they produce under the sink's lifetime context, not ctx
-	// (an HTTP request's context ends when the write call answers).
+	// them, so they produce under the branch's context, not ctx (an HTTP
+	// request's context ends when the write call answers, and franz-go
+	// cancels buffered records whose context ends). Produce blocks while
+	// the client buffers MaxBufferedRecords (a broker that does not
+	// answer); the same context is the only way to stop that wait, so
+	// when ctx ends during the loop the branch's context is cancelled:
+	// its records fail and the write fails, which aborts the branch.
+	stop := context.AfterFunc(ctx, b.cancel)
 	for _, r := range recs {
 		kr := toKgo(r)
-		kr.Context = b.s.ctx
+		kr.Context = b.ctx
 		b.pending.Add(1)
-		cl.Produce(b.s.ctx, kr, b.promise)
+		cl.Produce(b.ctx, kr, b.promise)
+	}
+	if !stop() {
+		return fmt.Errorf("%w: kafka sink %q: branch %v: produce did not buffer in time (broker not answering?): %w",
+			twopc.ErrSinkFailure, b.s.cfg.Name, b.id, context.Cause(ctx))
 	}
 	return nil
 }
@@ -283,6 +301,7 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	}
 	b.th = th
 	b.state = statePrepared
+	b.cancel() // every record has its result: nothing uses the context any more
 	return h, nil
 }
 
@@ -327,6 +346,9 @@ func (b *branch) Abort(ctx context.Context) error {
 	default:
 		return b.failf("abort of a committed branch")
 	}
+	// Buffered records are aborted below anyway; failing them first also
+	// ends a Produce or Flush that still waits on a broker.
+	defer b.cancel()
 	var err error
 	if cl := b.s.client(b); cl != nil {
 		err = cl.AbortBufferedRecords(ctx)

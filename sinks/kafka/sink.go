@@ -298,10 +298,24 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 	b.sl = sl
 	s.mu.Unlock()
 
-	if err := sl.cl.BeginTransaction(); err != nil {
+	// BeginTransaction takes no context, and on a new client (or one
+	// whose producer id failed) it runs InitProducerID first, which waits
+	// out kgo's retries (about 40s) when the broker does not answer. Wait
+	// for it only as long as ctx allows; dropping the slot closes the
+	// client, which ends the pending request and so the goroutine.
+	begun := make(chan error, 1)
+	go func() { begun <- sl.cl.BeginTransaction() }()
+	var err error
+	select {
+	case err = <-begun:
+	case <-ctx.Done():
+		err = context.Cause(ctx)
+	}
+	if err != nil {
 		s.drop(sl)
 		return nil, fmt.Errorf("%w: kafka sink %q: branch %v: begin: %w", twopc.ErrSinkFailure, s.cfg.Name, id, err)
 	}
+	b.ctx, b.cancel = context.WithCancel(s.ctx)
 	return b, nil
 }
 
@@ -339,7 +353,12 @@ func (s *Sink) drop(sl *slot) {
 		delete(s.slots, sl.txnID)
 	}
 	s.mu.Unlock()
-	sl.cl.Close()
+	// Close waits for the client's in-flight requests, which with a broker
+	// that stopped answering takes as long as kgo's request timeouts (tens
+	// of seconds): far beyond the deadline of the write, checkpoint or
+	// session open that dropped the slot. Nothing needs the stale client
+	// any more, so it closes in the background (and ends by itself).
+	go sl.cl.Close()
 }
 
 // dropID drops the cached slot of txnID, if any. When only is non-nil the

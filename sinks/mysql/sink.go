@@ -100,6 +100,9 @@ type liveKey struct {
 
 var _ twopc.Sink = (*Sink)(nil)
 
+// defaultDialTimeout bounds opening a connection when the DSN has no timeout.
+const defaultDialTimeout = 10 * time.Second
+
 // New connects, creates the marker tables if missing and prepares every
 // statement once: a statement the server rejects fails New with its name.
 func New(ctx context.Context, cfg Config) (*Sink, error) {
@@ -123,6 +126,12 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	// from the config; clients send arguments.
 	mc.InterpolateParams = true
 	mc.MultiStatements = true
+	// Every call runs under a context with a deadline and the driver
+	// honours it (it closes the connection), but opening a connection
+	// gets a dial bound of its own unless the DSN sets one (timeout=).
+	if mc.Timeout == 0 {
+		mc.Timeout = defaultDialTimeout
+	}
 	connector, err := mysql.NewConnector(mc)
 	if err != nil {
 		return nil, fmt.Errorf("mysql sink %q: %w", cfg.Name, err)

@@ -79,6 +79,13 @@ type Sink struct {
 	FailWrite, FailPrepare, FailCommit, FailResolve error
 	failFence                                       error
 	fences                                          int
+	// Hang makes the next calls of these kinds block until their context
+	// ends and return its error, as a stopped server does: "write",
+	// "prepare", "commit" (Branch.Commit and Resolve with commit).
+	// Set it with SetHang.
+	Hang    map[string]bool
+	unhang  map[string]chan struct{} // closed when SetHang clears the op
+	hanging map[string]int           // calls blocked in hang now, by op
 	// Topics, when set, is the allow-list checked by Validate.
 	Topics []string
 	// expire, when set, is what every open branch's Expired returns
@@ -131,6 +138,11 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 
 // Resolve implements twopc.Sink.
 func (s *Sink) Resolve(ctx context.Context, id twopc.BranchID, h twopc.Handle, commit bool) error {
+	if commit {
+		if err := s.hang(ctx, "commit"); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.FailResolve != nil {
@@ -257,6 +269,61 @@ func (s *Sink) Branches(state string) []twopc.BranchID {
 	return out
 }
 
+// hang blocks while Hang[op] is set, until ctx ends (then it returns the
+// context's error) or SetHang clears it (then the call goes on).
+func (s *Sink) hang(ctx context.Context, op string) error {
+	s.mu.Lock()
+	h, released := s.Hang[op], s.unhang[op]
+	if h {
+		if s.hanging == nil {
+			s.hanging = map[string]int{}
+		}
+		s.hanging[op]++
+		defer func() {
+			s.mu.Lock()
+			s.hanging[op]--
+			s.mu.Unlock()
+		}()
+	}
+	s.mu.Unlock()
+	if !h {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("fake: %s hung: %w", op, ctx.Err())
+	case <-released:
+		return nil
+	}
+}
+
+// Hanging reports how many calls of kind op are blocked by Hang now.
+func (s *Sink) Hanging(op string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hanging[op]
+}
+
+// SetHang sets or clears Hang[op]; clearing it lets hanging calls go on, as
+// a server that resumes does.
+func (s *Sink) SetHang(op string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Hang == nil {
+		s.Hang = map[string]bool{}
+	}
+	if s.unhang == nil {
+		s.unhang = map[string]chan struct{}{}
+	}
+	if ch := s.unhang[op]; ch != nil && s.Hang[op] && !on {
+		close(ch)
+	}
+	if on && !s.Hang[op] {
+		s.unhang[op] = make(chan struct{})
+	}
+	s.Hang[op] = on
+}
+
 func handleOf(id twopc.BranchID) string { return fmt.Sprintf("%q", id.String()) }
 
 type branch struct {
@@ -265,6 +332,9 @@ type branch struct {
 }
 
 func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
+	if err := b.s.hang(ctx, "write"); err != nil {
+		return err
+	}
 	b.s.mu.Lock()
 	defer b.s.mu.Unlock()
 	if b.s.FailWrite != nil {
@@ -291,6 +361,9 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 }
 
 func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
+	if err := b.s.hang(ctx, "prepare"); err != nil {
+		return nil, err
+	}
 	b.s.mu.Lock()
 	defer b.s.mu.Unlock()
 	if b.s.FailPrepare != nil {
@@ -317,6 +390,9 @@ func (b *branch) Expired() error {
 }
 
 func (b *branch) Commit(ctx context.Context) error {
+	if err := b.s.hang(ctx, "commit"); err != nil {
+		return err
+	}
 	b.s.mu.Lock()
 	defer b.s.mu.Unlock()
 	if b.s.FailCommit != nil {
