@@ -53,10 +53,11 @@ lint: tools
 bench: build
 	$(GO) run ./internal/cmd/bench $(BENCHFLAGS)
 
-# Kills the example app, the sidecar and mariadbd at random, then proves every
-# event was counted exactly once (internal/cmd/chaos). CHAOS_ROUNDS=20 by
-# default; CHAOS_SEED repeats a run's choices; CHAOS_MODE=dev runs it
-# against `sidecar dev` and its own broker process.
+# Kills the example app, the sidecar and mariadbd, stops (SIGSTOP) the broker
+# and mariadbd, restarts the broker and slows an app at random, then proves
+# every event was counted exactly once (internal/cmd/chaos). CHAOS_ROUNDS=20
+# by default; CHAOS_SEED repeats a run's choices; CHAOS_FAULTS picks the
+# kinds; CHAOS_MODE=dev runs it against `sidecar dev` and its own broker.
 chaos:
 	$(GO) run ./internal/cmd/chaos
 

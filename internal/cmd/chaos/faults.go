@@ -19,7 +19,7 @@ import (
 // The fault kinds of CHAOS_FAULTS.
 const (
 	faultKill          = "kill"           // kill -9 of an app, the sidecar, mariadbd, or sidecar and mariadbd
-	faultBrokerStop    = "broker-stop"    // SIGSTOP of the broker process, SIGCONT after 1–4 s
+	faultBrokerStop    = "broker-stop"    // SIGSTOP of the broker process, SIGCONT after 1–7 s
 	faultDBStop        = "db-stop"        // SIGSTOP of mariadbd, SIGCONT after 1–4 s
 	faultBrokerRestart = "broker-restart" // SIGTERM of the broker process (clean stop), started again
 	faultSlow          = "slow"           // an app pauses between its records and its checkpoint past the expiry
@@ -130,11 +130,16 @@ func (d *driver) brokerPID() int {
 	return d.broker.pid()
 }
 
-// stopRound stops the broker or mariadbd for 1–4 s. The sidecar has to
-// ride it out: calls wait or fail with a replayable error, and nothing
-// acknowledged may be lost.
+// stopRound stops the broker (1–7 s: open transactions may expire
+// meanwhile) or mariadbd (1–4 s). The sidecar has to ride it out: calls
+// wait or fail with a replayable error, and nothing acknowledged may be
+// lost. A transaction prepared just before the stop is at most maxOpen old
+// then, so it still commits within txnTimeout after the stop.
 func (d *driver) stopRound(ctx context.Context, kind string) (string, error) {
-	dur := time.Duration(1000+d.rng.IntN(3000)) * time.Millisecond
+	dur := time.Duration(1000+d.rng.IntN(6000)) * time.Millisecond
+	if kind == faultDBStop {
+		dur = time.Duration(1000+d.rng.IntN(3000)) * time.Millisecond
+	}
 	what, pid := "broker", d.brokerPID()
 	if kind == faultDBStop {
 		what, pid = "mariadbd", d.db.Pid()
@@ -155,7 +160,12 @@ func (d *driver) recovery(ctx context.Context) string {
 	if !ok {
 		before = -1
 	}
-	err := waitFor(ctx, 30*time.Second, "a new checkpoint", nil, func() bool {
+	// Without new input the apps may rightly have nothing to commit.
+	limit := 30 * time.Second
+	if !d.generator.running() {
+		limit = 5 * time.Second
+	}
+	err := waitFor(ctx, limit, "a new checkpoint", nil, func() bool {
 		d.supervise()
 		n, ok := d.committed(ctx)
 		return ok && n > before
@@ -241,8 +251,11 @@ func (d *driver) slowRound(ctx context.Context, app int) (string, error) {
 	})
 	_ = os.Remove(trigger) // unused if the wait failed: not to fire later
 	if err != nil {
-		d.unexpected = append(d.unexpected, fmt.Sprintf("slow round: %v; log tail:\n%s", err, tailFile(p.logPath, 15)))
-		return fmt.Sprintf("%s asked to pause %s before a checkpoint: no checkpoint came (%v)", p.name, pause.Round(time.Millisecond), err), nil
+		if d.generator.running() {
+			d.unexpected = append(d.unexpected, fmt.Sprintf("slow round: %v; log tail:\n%s", err, tailFile(p.logPath, 15)))
+		}
+		return fmt.Sprintf("%s asked to pause %s before a checkpoint: no checkpoint came (generating: %v; %v)",
+			p.name, pause.Round(time.Millisecond), d.generator.running(), err), nil
 	}
 	if strings.HasPrefix(outcome, "status ") {
 		// The sidecar journaled a transaction open longer than it allows:

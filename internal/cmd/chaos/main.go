@@ -1,13 +1,18 @@
 // Command chaos is `make chaos`: it proves exactly-once end to end while
-// processes are killed with SIGKILL at random moments.
+// processes are killed with SIGKILL, stopped with SIGSTOP or restarted at
+// random moments, and while an app is too slow for its transactions.
 //
 // It starts a kfake broker process (with a data dir), a private mariadbd
 // (binary log on), the sidecar (`sidecar run`) and the page-view example
 // (examples/pageviews-go) as CHAOS_WRITERS parallel writers in its
 // deterministic mode, while the example's generator appends numbered click
-// events. For CHAOS_ROUNDS rounds it waits a random time, kills an app, the
-// sidecar or mariadbd with SIGKILL and starts it again. The random choices
-// come from CHAOS_SEED (printed; set it to repeat a run's choices).
+// events. For CHAOS_ROUNDS rounds it waits a random time and injects one
+// fault of a kind from CHAOS_FAULTS (faults.go): kill (SIGKILL of an app,
+// the sidecar or mariadbd, and a restart), broker-stop and db-stop (SIGSTOP,
+// then SIGCONT), broker-restart (a clean stop and start of the broker) and
+// slow (an app pauses before a checkpoint until its Kafka transaction is too
+// old to be journaled). The random choices come from CHAOS_SEED (printed;
+// set it to repeat a run's choices).
 //
 // Then it lets the apps count every event and runs an independent checker:
 // it reads the input and the output topic with read_committed (franz-go, and
@@ -30,8 +35,10 @@
 // sidecar's log is a problem.
 //
 // Environment: CHAOS_MODE (run or dev, default run), CHAOS_ROUNDS (20), CHAOS_SEED (from the clock), CHAOS_RATE
-// (events/s, 1000), CHAOS_EVENTS (rounds × 1500), CHAOS_WRITERS (2),
-// CHAOS_KEEP=1 keeps the work directory (kept anyway on failure).
+// (events/s, 1000), CHAOS_EVENTS (about 5 s of input a round; 1.5 s with
+// CHAOS_FAULTS=kill), CHAOS_WRITERS (2), CHAOS_FAULTS (comma-separated
+// kinds; default every kind the mode has: dev has kill, broker-stop and
+// db-stop), CHAOS_KEEP=1 keeps the work directory (kept anyway on failure).
 package main
 
 import (
@@ -104,7 +111,7 @@ func configFromEnv() (c config, err error) {
 		// its fault, 1–4 s for a stop, ~8 s for a slow app.
 		perRound := 1500
 		if len(c.faults) > 1 || c.faults[0] != faultKill {
-			perRound = 4000
+			perRound = 5000
 		}
 		c.events = max(3000, c.rounds*perRound*c.rate/1000)
 	}
