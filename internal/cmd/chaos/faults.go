@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -97,10 +98,11 @@ func schedule(intN func(int) int, kinds []string, rounds int) []string {
 	return out
 }
 
-// stopFor stops process pid (SIGSTOP) for dur, then continues it. The pid
-// stays in d.frozen until SIGCONT was sent, so that shutdown continues it
-// whatever happens in between (a stopped process ignores SIGTERM).
-func (d *driver) stopFor(ctx context.Context, pid int, dur time.Duration) error {
+// stopFor stops process pid (SIGSTOP) for dur, calls beforeCont, then
+// continues it. The pid stays in d.frozen until SIGCONT was sent, so that
+// shutdown continues it whatever happens in between (a stopped process
+// ignores SIGTERM).
+func (d *driver) stopFor(ctx context.Context, pid int, dur time.Duration, beforeCont func()) error {
 	if pid <= 0 {
 		return fmt.Errorf("no process to stop")
 	}
@@ -109,6 +111,9 @@ func (d *driver) stopFor(ctx context.Context, pid int, dur time.Duration) error 
 	}
 	d.frozen[pid] = true
 	err := d.sleepSupervised(ctx, dur)
+	if err == nil {
+		beforeCont()
+	}
 	d.thaw()
 	return err
 }
@@ -144,11 +149,21 @@ func (d *driver) stopRound(ctx context.Context, kind string) (string, error) {
 	if kind == faultDBStop {
 		what, pid = "mariadbd", d.db.Pid()
 	}
-	if err := d.stopFor(ctx, pid, dur); err != nil {
+	// Every checkpoint needs both sinks: while either is stopped none
+	// should commit (a few may finish right after the SIGSTOP).
+	before, okBefore := d.committed(ctx)
+	during := "?"
+	if err := d.stopFor(ctx, pid, dur, func() {
+		// Within the wait for a stopped sink the sidecar may not answer
+		// in a second; "?" then.
+		if n, ok := d.committed(ctx); ok && okBefore {
+			during = strconv.FormatInt(n-before, 10)
+		}
+	}); err != nil {
 		return "", fmt.Errorf("%s: %w", kind, err)
 	}
-	return fmt.Sprintf("SIGSTOP %s (pid %d) for %s, then SIGCONT; %s",
-		what, pid, dur.Round(time.Millisecond), d.recovery(ctx)), nil
+	return fmt.Sprintf("SIGSTOP %s (pid %d) for %s (%s checkpoints committed meanwhile), then SIGCONT; %s",
+		what, pid, dur.Round(time.Millisecond), during, d.recovery(ctx)), nil
 }
 
 // recovery waits (at most 30 s) until a checkpoint commits after a fault
