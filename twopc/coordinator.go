@@ -362,16 +362,7 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if err != nil {
 		return SessionInfo{}, err
 	}
-	c.mu.Lock()
-	old := c.sessions[k]
-	delete(c.sessions, k)
-	c.mu.Unlock()
-	if old != nil {
-		old.mu.Lock()
-		old.fenced = true
-		c.abortOpen(ctx, old)
-		old.mu.Unlock()
-	}
+	c.dropSession(ctx, k)
 	// Finish what is decided, then fence the sinks around what stays. The
 	// checkpoints decided to commit are noted first: once finished they are
 	// no longer pending, and a lost one must still be reported.
@@ -408,6 +399,22 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 		c.log.Info("session opened", "job", job, "writer", writer, "epoch", s.epoch, "restored", info.Checkpoint, "status", info.Status)
 	}
 	return info, nil
+}
+
+// dropSession removes the writer's in-memory session, if any, marks it
+// fenced and aborts its open branches. It waits for a call of that session
+// in progress (bounded by that call's deadline).
+func (c *Coordinator) dropSession(ctx context.Context, k writerKey) {
+	c.mu.Lock()
+	old := c.sessions[k]
+	delete(c.sessions, k)
+	c.mu.Unlock()
+	if old != nil {
+		old.mu.Lock()
+		old.fenced = true
+		c.abortOpen(ctx, old)
+		old.mu.Unlock()
+	}
 }
 
 // decidedCommits lists per writer the checkpoints with a branch that is

@@ -35,18 +35,9 @@ func (c *Coordinator) DeleteWriter(ctx context.Context, job, writer string) (del
 	if err := c.inDoubt(job, writer); err != nil {
 		return false, err
 	}
-	c.mu.Lock()
-	old := c.sessions[k]
-	delete(c.sessions, k)
-	c.mu.Unlock()
-	if old != nil {
-		// Waits for a call in progress; a checkpoint it journals makes
-		// the delete below fail as in doubt.
-		old.mu.Lock()
-		old.fenced = true
-		c.abortOpen(ctx, old)
-		old.mu.Unlock()
-	}
+	// Waits for a call in progress; a checkpoint it journals makes the
+	// delete below fail as in doubt.
+	c.dropSession(ctx, k)
 	if err := c.inDoubt(job, writer); err != nil {
 		return false, err
 	}
