@@ -440,6 +440,16 @@ func (c *Coordinator) fenceWriter(ctx context.Context, job, writer string, sinks
 			return fmt.Errorf("%w: fence %s/%s in sink %s: %v", ErrSinkFailure, job, writer, name, err)
 		}
 	}
+	// Branches held for a checkpoint whose journal entry had an unknown
+	// outcome and that the journal does not keep were just aborted by the
+	// fences: forget them. Busy ones are being finished (journaled).
+	c.mu.Lock()
+	for k := range c.live {
+		if k.job == job && k.writer == writer && !c.busy[k] && !slices.ContainsFunc(keep[k.sink], func(id BranchID) bool { return keyOf(id) == k }) {
+			delete(c.live, k)
+		}
+	}
+	c.mu.Unlock()
 	return nil
 }
 
@@ -778,11 +788,27 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	_, err = c.propose(cl.cleanup, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
 		State: state, Branches: jbs, Decide: auto})
 	if err != nil && errors.Is(err, ErrUnavailable) {
-		// Unknown outcome: the entry may still be applied. Only the
-		// journal can say; if it does not know the checkpoint now, it is
-		// aborted here and a late apply would be finished by recovery.
+		// Unknown outcome: the entry may still be applied (the journal
+		// keeps an entry whose proposer stopped waiting). If the journal
+		// shows it, it is ours.
 		if _, ok := c.m.CheckpointStatus(job, writer, n); ok {
 			err = nil
+		} else {
+			// Aborting now would turn a late apply into data_loss. The
+			// branches stay prepared and held (c.live, not busy): if
+			// the entry applies, the recovery loop or the writer's next
+			// open finishes them; if it never does, the next open —
+			// whose own entry comes after this one in the journal —
+			// fences them away (fenceWriter drops them from c.live).
+			c.mu.Lock()
+			for _, k := range keys {
+				delete(c.busy, k)
+			}
+			c.mu.Unlock()
+			s.failed = err
+			c.log.Warn("checkpoint's journal entry has an unknown outcome; its branches stay prepared until the journal settles",
+				"job", job, "writer", writer, "checkpoint", n, "err", err)
+			return CheckpointResult{}, fmt.Errorf("%w (checkpoint %d may still be journaled: reopen the session, which restores what the journal has)", err, n)
 		}
 	}
 	if err != nil {
