@@ -357,20 +357,37 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	c.modeMu.RLock()
 	defer c.modeMu.RUnlock()
 
+	// The old session's call in progress is waited for within this call's
+	// deadline, before anything is journaled: an open that cannot get it
+	// in time answers ErrUnavailable and changes nothing.
+	c.mu.Lock()
+	old := c.sessions[k]
+	c.mu.Unlock()
+	if old != nil {
+		if err := lockWithin(cl.work, &old.mu, job, writer); err != nil {
+			return SessionInfo{}, err
+		}
+		defer func() {
+			if old != nil {
+				old.mu.Unlock()
+			}
+		}()
+	}
 	res, err := c.propose(cl.ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore,
 		MaxWriters: c.lim.maxWritersPerJob})
 	if err != nil {
 		return SessionInfo{}, err
 	}
-	c.mu.Lock()
-	old := c.sessions[k]
-	delete(c.sessions, k)
-	c.mu.Unlock()
 	if old != nil {
-		old.mu.Lock()
+		c.mu.Lock()
+		if c.sessions[k] == old {
+			delete(c.sessions, k)
+		}
+		c.mu.Unlock()
 		old.fenced = true
 		c.abortOpen(ctx, old)
 		old.mu.Unlock()
+		old = nil
 	}
 	// Finish what is decided, then fence the sinks around what stays. The
 	// checkpoints decided to commit are noted first: once finished they are
