@@ -138,6 +138,11 @@ func (c *Coordinator) fenceBacklogged(ctx context.Context, k writerKey) error {
 		c.unfenced.done(k)
 		return nil
 	}
+	// Bounded like a session open's fence: a sink that does not answer
+	// must not stop the recovery loop (ctx is Run's, without deadline),
+	// nor hold the writer's opening lock for good. The next round retries.
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeouts.Session)
+	defer cancel()
 	if err := c.fenceWriter(ctx, k.job, k.writer, spec.Sinks); err != nil {
 		return err
 	}

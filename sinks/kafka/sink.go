@@ -344,15 +344,19 @@ func (s *Sink) release(b *branch) {
 // next branch on the slot gets a new client.
 func (s *Sink) drop(sl *slot) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropLocked(sl)
+}
+
+// dropLocked is drop with s.mu held; the client closes in the background.
+func (s *Sink) dropLocked(sl *slot) {
 	if sl.stale {
-		s.mu.Unlock()
 		return
 	}
 	sl.stale = true
 	if s.slots[sl.txnID] == sl {
 		delete(s.slots, sl.txnID)
 	}
-	s.mu.Unlock()
 	// Close waits for the client's in-flight requests, which with a broker
 	// that stopped answering takes as long as kgo's request timeouts (tens
 	// of seconds): far beyond the deadline of the write, checkpoint or
@@ -376,8 +380,11 @@ func (s *Sink) dropID(txnID string, only *twopc.BranchID) error {
 		s.mu.Unlock()
 		return fmt.Errorf("slot %s is held by a newer branch %v", txnID, owner)
 	}
+	// Dropped under the same lock as the check: a Begin in between would
+	// take the cached client, whose producer id and epoch are the handle's,
+	// and the EndTxn that follows could end the newer transaction.
+	s.dropLocked(sl)
 	s.mu.Unlock()
-	s.drop(sl)
 	return nil
 }
 
