@@ -220,6 +220,12 @@ func (s *Sink) Name() string { return s.cfg.Name }
 // MaxInflight is the number of slots (transactional ids) per writer.
 func (s *Sink) MaxInflight() int { return s.cfg.MaxInflight }
 
+// CommitWindow is the least time a journaled branch has left to be
+// committed before the broker may abort it: the transaction timeout minus
+// the age at which a branch is refused as expired (ExpireShare). A commit
+// that cannot reach the broker for longer is data loss.
+func (s *Sink) CommitWindow() time.Duration { return s.timeout - s.maxOpen }
+
 // TransactionTimeout is the timeout every transaction runs with; the broker
 // aborts a transaction (prepared or not) that is older. The coordinator
 // warns when a prepared branch reaches half of it.
