@@ -101,13 +101,19 @@ func pathCheckpoint(r *http.Request) (int64, error) {
 // sessionCall parses what every session-scoped call names: the job and
 // writer in the path and the epoch in the query.
 func sessionCall(r *http.Request) (job, writer string, epoch uint64, err error) {
-	if job, err = pathName(r, "job"); err != nil {
-		return
-	}
-	if writer, err = pathName(r, "writer"); err != nil {
+	if job, writer, err = writerPath(r); err != nil {
 		return
 	}
 	epoch, err = queryEpoch(r)
+	return
+}
+
+// writerPath parses the job and writer names in the path.
+func writerPath(r *http.Request) (job, writer string, err error) {
+	if job, err = pathName(r, "job"); err != nil {
+		return
+	}
+	writer, err = pathName(r, "writer")
 	return
 }
 
@@ -189,11 +195,7 @@ func (s *Server) job(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) openSession(w http.ResponseWriter, r *http.Request) error {
-	job, err := pathName(r, "job")
-	if err != nil {
-		return err
-	}
-	writer, err := pathName(r, "writer")
+	job, writer, err := writerPath(r)
 	if err != nil {
 		return err
 	}
@@ -224,11 +226,7 @@ type WriterDeleted struct {
 }
 
 func (s *Server) deleteWriter(w http.ResponseWriter, r *http.Request) error {
-	job, err := pathName(r, "job")
-	if err != nil {
-		return err
-	}
-	writer, err := pathName(r, "writer")
+	job, writer, err := writerPath(r)
 	if err != nil {
 		return err
 	}

@@ -138,6 +138,11 @@ func (c *Coordinator) fenceBacklogged(ctx context.Context, k writerKey) error {
 		c.unfenced.done(k)
 		return nil
 	}
+	// Bounded like a session open's fence: a sink that does not answer
+	// must not stop the recovery loop (ctx is Run's, without deadline),
+	// nor hold the writer's opening lock for good. The next round retries.
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeouts.Session)
+	defer cancel()
 	if err := c.fenceWriter(ctx, k.job, k.writer, spec.Sinks); err != nil {
 		return err
 	}
@@ -161,25 +166,11 @@ type writerLock struct {
 
 // lock locks k's mutex and returns its unlock.
 func (l *writerLocks) lock(k writerKey) (unlock func()) {
-	l.mu.Lock()
-	if l.m == nil {
-		l.m = map[writerKey]*writerLock{}
-	}
-	wl := l.m[k]
-	if wl == nil {
-		wl = &writerLock{}
-		l.m[k] = wl
-	}
-	wl.refs++
-	l.mu.Unlock()
+	wl, release := l.ref(k)
 	wl.mu.Lock()
 	return func() {
 		wl.mu.Unlock()
-		l.mu.Lock()
-		if wl.refs--; wl.refs == 0 {
-			delete(l.m, k)
-		}
-		l.mu.Unlock()
+		release()
 	}
 }
 
@@ -187,7 +178,21 @@ func (l *writerLocks) lock(k writerKey) (unlock func()) {
 // time is ErrUnavailable (see lockWithin in deadline.go). A waiter that gave
 // up keeps its reference until its background Lock has been handed back.
 func (l *writerLocks) lockWithin(ctx context.Context, k writerKey) (unlock func(), err error) {
+	wl, release := l.ref(k)
+	if err := lockWithinThen(ctx, &wl.mu, k.job, k.writer, release); err != nil {
+		return nil, err
+	}
+	return func() {
+		wl.mu.Unlock()
+		release()
+	}, nil
+}
+
+// ref returns k's lock with one more reference, and the function that
+// drops it (the last one removes the lock from the map).
+func (l *writerLocks) ref(k writerKey) (*writerLock, func()) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.m == nil {
 		l.m = map[writerKey]*writerLock{}
 	}
@@ -197,21 +202,13 @@ func (l *writerLocks) lockWithin(ctx context.Context, k writerKey) (unlock func(
 		l.m[k] = wl
 	}
 	wl.refs++
-	l.mu.Unlock()
-	release := func() {
+	return wl, func() {
 		l.mu.Lock()
 		if wl.refs--; wl.refs == 0 {
 			delete(l.m, k)
 		}
 		l.mu.Unlock()
 	}
-	if err := lockWithinThen(ctx, &wl.mu, k.job, k.writer, release); err != nil {
-		return nil, err
-	}
-	return func() {
-		wl.mu.Unlock()
-		release()
-	}, nil
 }
 
 // size is the number of writers locked or waited for (for tests).

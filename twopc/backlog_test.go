@@ -97,3 +97,61 @@ func TestStartupFenceInBackground(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestHungStartupFenceDoesNotStopRecovery: the background fence of a
+// writer whose sink does not answer gives up after the session timeout (the
+// bound a session open's fence has), so the recovery loop goes on finishing
+// decided branches instead of waiting for the sink forever.
+func TestHungStartupFenceDoesNotStopRecovery(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	j := twopctest.NewJournal(twopc.NewMachine())
+	a := twopctest.NewSink("a", 2)
+	newCoord := func() *twopc.Coordinator {
+		c, err := twopc.NewCoordinator(twopc.Config{Node: "n1", Journal: j, Machine: j.Machine(),
+			Sinks: map[string]twopc.Sink{"a": a}, RetryInterval: 5 * time.Millisecond,
+			Timeouts: twopc.Timeouts{Session: 200 * time.Millisecond}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	old := newCoord()
+	if _, err := old.PutJob(ctx, twopc.JobSpec{Name: "j", Commit: twopc.ModeAuto}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := old.OpenSession(ctx, "j", "w", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Write(ctx, "j", "w", s.Epoch, nil, recs("a", "x")); err != nil {
+		t.Fatal(err)
+	}
+	a.FailCommit = twopctest.ErrInjected
+	if r, err := old.Checkpoint(ctx, "j", "w", s.Epoch, 1, nil, ""); err != nil || r.Status != twopc.StatusCommitting {
+		t.Fatalf("checkpoint with a failing commit: got %+v %v, want committing", r, err)
+	}
+	// The old process dies; the new one cannot finish at start-up either.
+	a.FailResolve = twopctest.ErrInjected
+	c := newCoord()
+	t.Cleanup(c.Close)
+	c.RecoverDecided(ctx)
+	a.FailCommit, a.FailResolve = nil, nil
+	a.SetHang("fence", true)
+	t.Cleanup(func() { a.SetHang("fence", false) })
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(a.Committed()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("decided branch not finished while a start-up fence hangs (fences hanging: %d)", a.Hanging("fence"))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	wantValues(t, a, "x")
+	if c.Unfenced() != 1 {
+		t.Fatalf("unfenced writers: got %d, want 1 (its fence keeps failing)", c.Unfenced())
+	}
+	cancel()
+	<-done
+}

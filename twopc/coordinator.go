@@ -357,20 +357,30 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	c.modeMu.RLock()
 	defer c.modeMu.RUnlock()
 
+	// The old session's call in progress is waited for within this call's
+	// deadline, before anything is journaled: an open that cannot get it
+	// in time answers ErrUnavailable and changes nothing.
+	c.mu.Lock()
+	old := c.sessions[k]
+	c.mu.Unlock()
+	if old != nil {
+		if err := lockWithin(cl.work, &old.mu, job, writer); err != nil {
+			return SessionInfo{}, err
+		}
+		defer func() {
+			if old != nil {
+				old.mu.Unlock()
+			}
+		}()
+	}
 	res, err := c.propose(cl.ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore,
 		MaxWriters: c.lim.maxWritersPerJob})
 	if err != nil {
 		return SessionInfo{}, err
 	}
-	c.mu.Lock()
-	old := c.sessions[k]
-	delete(c.sessions, k)
-	c.mu.Unlock()
 	if old != nil {
-		old.mu.Lock()
-		old.fenced = true
-		c.abortOpen(ctx, old)
-		old.mu.Unlock()
+		c.retire(ctx, k, old)
+		old = nil
 	}
 	// Finish what is decided, then fence the sinks around what stays. The
 	// checkpoints decided to commit are noted first: once finished they are
@@ -410,6 +420,20 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	return info, nil
 }
 
+// retire ends session old, whose mu the caller holds: it leaves the map
+// (unless a newer session took its place), is marked fenced, its open
+// branches are aborted, and its mu is released.
+func (c *Coordinator) retire(ctx context.Context, k writerKey, old *session) {
+	c.mu.Lock()
+	if c.sessions[k] == old {
+		delete(c.sessions, k)
+	}
+	c.mu.Unlock()
+	old.fenced = true
+	c.abortOpen(ctx, old)
+	old.mu.Unlock()
+}
+
 // decidedCommits lists per writer the checkpoints with a branch that is
 // decided to commit, unresolved and selected by match.
 func (c *Coordinator) decidedCommits(job string, match func(PendingBranch) bool) map[string][]int64 {
@@ -440,6 +464,16 @@ func (c *Coordinator) fenceWriter(ctx context.Context, job, writer string, sinks
 			return fmt.Errorf("%w: fence %s/%s in sink %s: %v", ErrSinkFailure, job, writer, name, err)
 		}
 	}
+	// Branches held for a checkpoint whose journal entry had an unknown
+	// outcome and that the journal does not keep were just aborted by the
+	// fences: forget them. Busy ones are being finished (journaled).
+	c.mu.Lock()
+	for k := range c.live {
+		if k.job == job && k.writer == writer && !c.busy[k] && !slices.ContainsFunc(keep[k.sink], func(id BranchID) bool { return keyOf(id) == k }) {
+			delete(c.live, k)
+		}
+	}
+	c.mu.Unlock()
 	return nil
 }
 
@@ -778,11 +812,27 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	_, err = c.propose(cl.cleanup, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
 		State: state, Branches: jbs, Decide: auto})
 	if err != nil && errors.Is(err, ErrUnavailable) {
-		// Unknown outcome: the entry may still be applied. Only the
-		// journal can say; if it does not know the checkpoint now, it is
-		// aborted here and a late apply would be finished by recovery.
+		// Unknown outcome: the entry may still be applied (the journal
+		// keeps an entry whose proposer stopped waiting). If the journal
+		// shows it, it is ours.
 		if _, ok := c.m.CheckpointStatus(job, writer, n); ok {
 			err = nil
+		} else {
+			// Aborting now would turn a late apply into data_loss. The
+			// branches stay prepared and held (c.live, not busy): if
+			// the entry applies, the recovery loop or the writer's next
+			// open finishes them; if it never does, the next open —
+			// whose own entry comes after this one in the journal —
+			// fences them away (fenceWriter drops them from c.live).
+			c.mu.Lock()
+			for _, k := range keys {
+				delete(c.busy, k)
+			}
+			c.mu.Unlock()
+			s.failed = err
+			c.log.Warn("checkpoint's journal entry has an unknown outcome; its branches stay prepared until the journal settles",
+				"job", job, "writer", writer, "checkpoint", n, "err", err)
+			return CheckpointResult{}, fmt.Errorf("%w (checkpoint %d may still be journaled: reopen the session, which restores what the journal has)", err, n)
 		}
 	}
 	if err != nil {

@@ -208,3 +208,46 @@ func TestCallWaitingForBusyWriterAnswersInTime(t *testing.T) {
 	e.checkpoint("j", "0", s2.Epoch, 1, "st")
 	wantValues(t, e.a, "a3")
 }
+
+// TestOpenBehindBusySessionAnswersInTime: a session open whose writer's old
+// session is still in a call (a hung prepare) answers ErrUnavailable within
+// its own deadline and changes nothing: no new epoch, the old call goes on.
+func TestOpenBehindBusySessionAnswersInTime(t *testing.T) {
+	e := boundedEnv(t, twopc.Timeouts{Session: 300 * time.Millisecond, Checkpoint: 5 * time.Second})
+	e.job("j", twopc.ModeAuto, "a")
+	s := e.open("j", "0", nil)
+	e.write("j", "0", s.Epoch, recs("a", "a1"))
+	e.a.SetHang("prepare", true)
+	t.Cleanup(func() { e.a.SetHang("prepare", false) })
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.c.Checkpoint(context.Background(), "j", "0", s.Epoch, 1, nil, "")
+		done <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.a.Hanging("prepare") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the checkpoint did not start within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var err error
+	within(t, 2*time.Second, "open behind a hung checkpoint", func() {
+		_, err = e.c.OpenSession(context.Background(), "j", "0", nil)
+	})
+	if !errors.Is(err, twopc.ErrUnavailable) {
+		t.Fatalf("open behind a hung checkpoint: got %v, want ErrUnavailable", err)
+	}
+	if wv, _ := e.j.Machine().Writer("j", "0"); wv.Epoch != s.Epoch {
+		t.Fatalf("epoch after the refused open: got %d, want %d (unchanged)", wv.Epoch, s.Epoch)
+	}
+	e.a.SetHang("prepare", false)
+	if err := <-done; err != nil {
+		t.Fatalf("checkpoint of the old session: %v", err)
+	}
+	s2 := e.open("j", "0", nil)
+	if s2.Checkpoint != 1 || s2.Status != twopc.StatusCommitted {
+		t.Fatalf("reopen: got checkpoint %d status %s, want 1 committed", s2.Checkpoint, s2.Status)
+	}
+	wantValues(t, e.a, "a1")
+}

@@ -37,15 +37,20 @@ func (c *Coordinator) DeleteWriter(ctx context.Context, job, writer string) (del
 	}
 	c.mu.Lock()
 	old := c.sessions[k]
-	delete(c.sessions, k)
 	c.mu.Unlock()
 	if old != nil {
-		// Waits for a call in progress; a checkpoint it journals makes
-		// the delete below fail as in doubt.
-		old.mu.Lock()
-		old.fenced = true
-		c.abortOpen(ctx, old)
-		old.mu.Unlock()
+		// Waits for a call in progress, within this call's deadline; a
+		// checkpoint it journals makes the delete fail as in doubt. The
+		// session is fenced only once the delete goes on: a refused
+		// delete changes nothing.
+		if err := lockWithin(cl.work, &old.mu, job, writer); err != nil {
+			return false, err
+		}
+		if err := c.inDoubt(job, writer); err != nil {
+			old.mu.Unlock()
+			return false, err
+		}
+		c.retire(ctx, k, old)
 	}
 	if err := c.inDoubt(job, writer); err != nil {
 		return false, err

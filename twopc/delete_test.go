@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/txsink/txsink/twopc"
 	"github.com/txsink/txsink/twopc/twopctest"
@@ -61,5 +62,49 @@ func TestDeleteWriter(t *testing.T) {
 	}
 	if _, err := e.c.DeleteWriter(ctx, "nope", "w"); !errors.Is(err, twopc.ErrJobNotFound) {
 		t.Fatalf("unknown job: got %v, want ErrJobNotFound", err)
+	}
+}
+
+// TestDeleteWriterBusySessionChangesNothing: a delete that meets a call in
+// progress on the writer's session waits for it only within its own
+// deadline, and when it gives up (or is refused) the session is untouched:
+// the refused delete must not fence it behind the app's back.
+func TestDeleteWriterBusySessionChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	e := boundedEnv(t, twopc.Timeouts{Session: 300 * time.Millisecond, Checkpoint: 5 * time.Second})
+	e.job("ext", twopc.ModeExternal, "a")
+	s := e.open("ext", "w", nil)
+	e.write("ext", "w", s.Epoch, recs("a", "x1"))
+	e.a.SetHang("prepare", true)
+	t.Cleanup(func() { e.a.SetHang("prepare", false) })
+	cp := make(chan error, 1)
+	go func() {
+		_, err := e.c.Checkpoint(ctx, "ext", "w", s.Epoch, 1, nil, "")
+		cp <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.a.Hanging("prepare") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("checkpoint did not reach prepare")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	within(t, 2*time.Second, "delete behind a busy session", func() {
+		if _, err := e.c.DeleteWriter(ctx, "ext", "w"); !errors.Is(err, twopc.ErrUnavailable) {
+			t.Errorf("delete while a checkpoint runs: got %v, want ErrUnavailable", err)
+		}
+	})
+	e.a.SetHang("prepare", false)
+	if err := <-cp; err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	// The session goes on; its checkpoint is in doubt, so a delete is refused.
+	e.write("ext", "w", s.Epoch, recs("a", "x2"))
+	if _, err := e.c.DeleteWriter(ctx, "ext", "w"); !errors.Is(err, twopc.ErrWriterInDoubt) {
+		t.Fatalf("delete with a prepared checkpoint: got %v, want ErrWriterInDoubt", err)
+	}
+	e.write("ext", "w", s.Epoch, recs("a", "x3"))
+	if got := e.a.Branches(twopctest.Open); len(got) != 1 {
+		t.Fatalf("open branches after refused deletes: got %v, want the session's one", got)
 	}
 }

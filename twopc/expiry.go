@@ -34,7 +34,12 @@ func (c *Coordinator) failExpired(ctx context.Context) {
 					continue
 				}
 				if err := e.Expired(); err != nil {
-					_ = c.fail(ctx, s, fmt.Errorf("sink %s: %w", name, err))
+					// Bounded like a failed write's aborts: ctx is Run's,
+					// and s.mu is held (what an abort cannot reach, the
+					// next Fence removes).
+					actx, cancel := context.WithTimeout(ctx, c.cfg.Timeouts.Write)
+					_ = c.fail(actx, s, fmt.Errorf("sink %s: %w", name, err))
+					cancel()
 					break
 				}
 			}

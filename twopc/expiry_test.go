@@ -89,3 +89,39 @@ func TestRunFailsExpiredSession(t *testing.T) {
 	e.checkpoint("j", "0", s.Epoch, 1, "")
 	wantValues(t, e.a, "a1")
 }
+
+// TestExpiryAbortBounded: the recovery loop fails a session with an
+// expired branch even when the sink does not answer the abort; the abort
+// gives up after the write timeout instead of holding the session (and
+// the loop) for as long as the sink stays silent.
+func TestExpiryAbortBounded(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e := boundedEnv(t, twopc.Timeouts{Write: 200 * time.Millisecond})
+	e.job("j", twopc.ModeAuto, "a")
+	s := e.open("j", "w", nil)
+	e.write("j", "w", s.Epoch, recs("a", "x"))
+	e.a.SetHang("abort", true)
+	t.Cleanup(func() { e.a.SetHang("abort", false) })
+	e.a.ExpireOpen(errExpired)
+	done := make(chan struct{})
+	go func() { defer close(done); e.c.Run(ctx) }()
+	// A write without records touches no branch: it answers from the
+	// session's state, and is busy (ErrUnavailable) while the loop holds it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := e.c.Write(ctx, "j", "w", s.Epoch, nil, nil)
+		if errors.Is(err, twopc.ErrSinkFailure) {
+			break
+		}
+		if err != nil && !errors.Is(err, twopc.ErrUnavailable) {
+			t.Fatalf("write: got %v, want ErrSinkFailure once the loop failed the session", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session not failed in time (last answer %v, aborts hanging %d)", err, e.a.Hanging("abort"))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+}

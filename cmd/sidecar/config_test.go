@@ -193,3 +193,26 @@ sinks:
 		t.Errorf("mysql pool: got max %d reserved %d wait %v, want 20, 2, 250ms", db.MaxConns, db.ReservedConns, db.ConnWait)
 	}
 }
+
+// windowSink is a sink with a fixed commit window.
+type windowSink struct {
+	twopc.Sink
+	w time.Duration
+}
+
+func (s windowSink) CommitWindow() time.Duration { return s.w }
+
+func TestCommitWindowWarnings(t *testing.T) {
+	sinks := map[string]twopc.Sink{
+		"short": windowSink{w: 5 * time.Second},
+		"long":  windowSink{w: 7 * time.Minute},
+		"db":    nil, // no commit window: not Kafka
+	}
+	got := commitWindowWarnings(sinks, time.Minute)
+	if len(got) != 1 || !strings.Contains(got[0], "sink short") || !strings.Contains(got[0], "5s left") {
+		t.Errorf("got %q, want one warning naming sink short and its 5s", got)
+	}
+	if got := commitWindowWarnings(sinks, time.Second); len(got) != 0 {
+		t.Errorf("with a 1s checkpoint timeout: got %q, want none", got)
+	}
+}

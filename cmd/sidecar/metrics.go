@@ -168,8 +168,9 @@ func (m *meteredJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
 }
 
 // wrapSinks returns the sinks with their errors counted by operation. The
-// coordinator gets the wrapped ones; Ping and the other optional methods
-// are used on the originals.
+// coordinator gets the wrapped ones, which keep the optional methods it
+// asks for (TransactionTimeout, a branch's Expired); Ping is used on the
+// originals.
 func (x *metrics) wrapSinks(sinks map[string]twopc.Sink) map[string]twopc.Sink {
 	out := make(map[string]twopc.Sink, len(sinks))
 	for name, s := range sinks {
@@ -214,9 +215,28 @@ func (s *meteredSink) Fence(ctx context.Context, job, writer string, keep []twop
 	return s.count("fence", s.Sink.Fence(ctx, job, writer, keep))
 }
 
+// TransactionTimeout passes on the sink's (0 when it has none): the
+// coordinator warns about old prepared branches through it.
+func (s *meteredSink) TransactionTimeout() time.Duration {
+	if t, ok := s.Sink.(interface{ TransactionTimeout() time.Duration }); ok {
+		return t.TransactionTimeout()
+	}
+	return 0
+}
+
 type meteredBranch struct {
 	b twopc.Branch
 	s *meteredSink
+}
+
+// Expired passes on the branch's (nil when it cannot expire): the
+// coordinator's loop fails a session with an expired Kafka transaction
+// through it, before the broker aborts the transaction.
+func (b *meteredBranch) Expired() error {
+	if e, ok := b.b.(interface{ Expired() error }); ok {
+		return e.Expired()
+	}
+	return nil
 }
 
 func (b *meteredBranch) Write(ctx context.Context, recs []*twopc.Record) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -192,6 +193,13 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		return nil, err
 	}
 	met.registerResourceGauges(sc.coord, sc.sinks)
+	checkpointTimeout := cfg.Timeouts.Checkpoint
+	if checkpointTimeout == 0 {
+		checkpointTimeout = twopc.DefaultTimeouts().Checkpoint
+	}
+	for _, w := range commitWindowWarnings(sc.sinks, checkpointTimeout) {
+		log.Warn(w)
+	}
 	// Before serving: finish what the journal decided. Fencing what a dead
 	// process left open is per writer and runs in the background (Run),
 	// so start-up does not scale with idle writers; a session open fences
@@ -328,4 +336,22 @@ func pprofMux() *http.ServeMux {
 	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	return m
+}
+
+// commitWindowWarnings names the Kafka sinks whose commit window (see
+// kafka.Sink.CommitWindow) is shorter than a checkpoint call may take: a
+// journaled branch could then be aborted by the broker before its commit
+// is even tried, which is data loss. Raise the transaction timeout (the
+// broker's transaction.max.timeout.ms) or lower expire_share.
+func commitWindowWarnings(sinks map[string]twopc.Sink, checkpointTimeout time.Duration) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(sinks)) {
+		w, ok := sinks[name].(interface{ CommitWindow() time.Duration })
+		if ok && w.CommitWindow() < checkpointTimeout {
+			out = append(out, fmt.Sprintf("sink %s: a journaled Kafka transaction may have only %s left before the broker "+
+				"aborts it, less than the checkpoint timeout %s; raise transaction_timeout (and the broker's "+
+				"transaction.max.timeout.ms) or lower expire_share", name, w.CommitWindow(), checkpointTimeout))
+		}
+	}
+	return out
 }

@@ -220,6 +220,12 @@ func (s *Sink) Name() string { return s.cfg.Name }
 // MaxInflight is the number of slots (transactional ids) per writer.
 func (s *Sink) MaxInflight() int { return s.cfg.MaxInflight }
 
+// CommitWindow is the least time a journaled branch has left to be
+// committed before the broker may abort it: the transaction timeout minus
+// the age at which a branch is refused as expired (ExpireShare). A commit
+// that cannot reach the broker for longer is data loss.
+func (s *Sink) CommitWindow() time.Duration { return s.timeout - s.maxOpen }
+
 // TransactionTimeout is the timeout every transaction runs with; the broker
 // aborts a transaction (prepared or not) that is older. The coordinator
 // warns when a prepared branch reaches half of it.
@@ -344,15 +350,19 @@ func (s *Sink) release(b *branch) {
 // next branch on the slot gets a new client.
 func (s *Sink) drop(sl *slot) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropLocked(sl)
+}
+
+// dropLocked is drop with s.mu held; the client closes in the background.
+func (s *Sink) dropLocked(sl *slot) {
 	if sl.stale {
-		s.mu.Unlock()
 		return
 	}
 	sl.stale = true
 	if s.slots[sl.txnID] == sl {
 		delete(s.slots, sl.txnID)
 	}
-	s.mu.Unlock()
 	// Close waits for the client's in-flight requests, which with a broker
 	// that stopped answering takes as long as kgo's request timeouts (tens
 	// of seconds): far beyond the deadline of the write, checkpoint or
@@ -376,8 +386,11 @@ func (s *Sink) dropID(txnID string, only *twopc.BranchID) error {
 		s.mu.Unlock()
 		return fmt.Errorf("slot %s is held by a newer branch %v", txnID, owner)
 	}
+	// Dropped under the same lock as the check: a Begin in between would
+	// take the cached client, whose producer id and epoch are the handle's,
+	// and the EndTxn that follows could end the newer transaction.
+	s.dropLocked(sl)
 	s.mu.Unlock()
-	s.drop(sl)
 	return nil
 }
 

@@ -606,12 +606,11 @@ func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.Branc
 			errs = append(errs, err)
 		}
 	}
-	conn, err := s.rdb.Conn(ctx)
-	if err != nil {
-		return s.wrap("fence: connect", err)
-	}
-	defer conn.Close()
-	xs, err := recoverXIDs(ctx, conn)
+	// The reserved pool is small (reserved_conns, maybe 1) and
+	// resolveXID takes a connection of it: holding one across the
+	// rollbacks would deadlock a Fence with itself, or reserved_conns
+	// concurrent Fences with each other.
+	xs, err := s.recoverXIDs(ctx)
 	if err != nil {
 		return s.wrap("fence: XA RECOVER", err)
 	}
@@ -627,10 +626,26 @@ func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.Branc
 			errs = append(errs, err)
 		}
 	}
+	conn, err := s.rdb.Conn(ctx)
+	if err != nil {
+		return errors.Join(append(errs, s.wrap("fence: connect", err))...)
+	}
+	defer conn.Close()
 	if err := s.gcMarkers(ctx, conn, job, writer, kept); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// recoverXIDs lists the prepared XA branches on a connection of the
+// reserved pool that it hands back before returning.
+func (s *Sink) recoverXIDs(ctx context.Context) ([]rawXID, error) {
+	conn, err := s.rdb.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return recoverXIDs(ctx, conn)
 }
 
 // gcMarkers deletes the marker rows of this writer's finished branches: once

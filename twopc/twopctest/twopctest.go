@@ -81,7 +81,8 @@ type Sink struct {
 	fences                                          int
 	// Hang makes the next calls of these kinds block until their context
 	// ends and return its error, as a stopped server does: "write",
-	// "prepare", "commit" (Branch.Commit and Resolve with commit).
+	// "prepare", "commit" (Branch.Commit and Resolve with commit), "abort"
+	// (Branch.Abort), "fence".
 	// Set it with SetHang.
 	Hang    map[string]bool
 	unhang  map[string]chan struct{} // closed when SetHang clears the op
@@ -178,6 +179,9 @@ func (s *Sink) finishLocked(t *tx, commit bool) error {
 
 // Fence aborts every open or prepared transaction of the writer not in keep.
 func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.BranchID) error {
+	if err := s.hang(ctx, "fence"); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fences++
@@ -402,6 +406,9 @@ func (b *branch) Commit(ctx context.Context) error {
 }
 
 func (b *branch) Abort(ctx context.Context) error {
+	if err := b.s.hang(ctx, "abort"); err != nil {
+		return err
+	}
 	b.s.mu.Lock()
 	defer b.s.mu.Unlock()
 	return b.s.finishLocked(b.t, false)

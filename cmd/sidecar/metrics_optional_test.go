@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/txsink/txsink/twopc"
+	"github.com/txsink/txsink/twopc/twopctest"
+)
+
+// timeoutSink is a fake sink with a transaction timeout, like Kafka's.
+type timeoutSink struct{ *twopctest.Sink }
+
+func (timeoutSink) TransactionTimeout() time.Duration { return 42 * time.Second }
+
+// The coordinator learns of a sink's transaction timeout (for its warning)
+// and of a branch's expiry (to fail the session early) through optional
+// methods; the metered wrappers the sidecar hands it must keep them.
+func TestMeteredSinkKeepsOptionalMethods(t *testing.T) {
+	x := newMetrics(twopc.NewMachine(), nil)
+	s := x.wrapSinks(map[string]twopc.Sink{"events": timeoutSink{twopctest.NewSink("events", 2)}})["events"]
+	to, ok := s.(interface{ TransactionTimeout() time.Duration })
+	if !ok || to.TransactionTimeout() != 42*time.Second {
+		t.Fatalf("wrapped sink: TransactionTimeout missing or changed (ok=%v)", ok)
+	}
+	b, err := s.Begin(context.Background(), twopc.BranchID{Job: "j", Writer: "w", Sink: "events", Epoch: 1, Seq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.(interface{ Expired() error }); !ok {
+		t.Fatal("wrapped branch: Expired missing")
+	}
+}
+
+// End to end: a coordinator over metered sinks fails a session whose open
+// branch expired, in its background loop, as it does over the bare sink.
+func TestMeteredSinkExpiryFailsSession(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	x := newMetrics(twopc.NewMachine(), nil)
+	fake := twopctest.NewSink("a", 2)
+	j := twopctest.NewJournal(twopc.NewMachine())
+	c, err := twopc.NewCoordinator(twopc.Config{Node: "n1", Journal: j, Machine: j.Machine(),
+		Sinks: x.wrapSinks(map[string]twopc.Sink{"a": fake}), RetryInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := c.PutJob(ctx, twopc.JobSpec{Name: "j", Commit: twopc.ModeAuto}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.OpenSession(ctx, "j", "w", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(ctx, "j", "w", s.Epoch, nil, []*twopc.Record{{Sink: "a", Value: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	fake.ExpireOpen(fmt.Errorf("%w: fake: open too long", twopc.ErrSinkFailure))
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// No records: the call answers from the session's state only.
+		_, err := c.Write(ctx, "j", "w", s.Epoch, nil, nil)
+		if errors.Is(err, twopc.ErrSinkFailure) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session with an expired branch not failed by the loop (last answer %v)", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := fake.Branches(twopctest.Aborted); len(got) != 1 {
+		t.Fatalf("aborted branches: got %v, want the expired one", got)
+	}
+	cancel()
+	<-done
+}

@@ -1,0 +1,135 @@
+package twopc_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/txsink/txsink/twopc"
+	"github.com/txsink/txsink/twopc/twopctest"
+)
+
+// lateJournal stands for a journal whose proposer stops waiting before the
+// entry is applied (raftlog answers when ctx ends, but raft keeps the entry):
+// while holding, the next "prepared" entry is kept back and the proposer gets
+// ErrUnavailable; apply then applies it late, or drop loses it.
+type lateJournal struct {
+	*twopctest.Journal
+	mu   sync.Mutex
+	hold bool
+	held []byte
+}
+
+func (j *lateJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+	var c twopc.Command
+	if err := json.Unmarshal(cmd, &c); err != nil {
+		return nil, err
+	}
+	j.mu.Lock()
+	if j.hold && c.Op == twopc.OpPrepared {
+		j.hold, j.held = false, cmd
+		j.mu.Unlock()
+		return nil, errors.Join(twopc.ErrUnavailable, context.DeadlineExceeded)
+	}
+	j.mu.Unlock()
+	return j.Journal.Propose(ctx, cmd)
+}
+
+func (j *lateJournal) apply(t *testing.T) {
+	t.Helper()
+	j.mu.Lock()
+	cmd := j.held
+	j.held = nil
+	j.mu.Unlock()
+	if cmd == nil {
+		t.Fatal("no entry was held back")
+	}
+	v, err := j.Journal.Propose(context.Background(), cmd)
+	if err != nil || v.(twopc.ApplyResult).Err != nil {
+		t.Fatalf("late apply: %v %v", v, err)
+	}
+}
+
+func lateEnv(t *testing.T) (*env, *lateJournal) {
+	t.Helper()
+	e := newEnv(t, 1)
+	lj := &lateJournal{Journal: e.j}
+	c, err := twopc.NewCoordinator(twopc.Config{
+		Node: "n1", Journal: lj, Machine: e.j.Machine(),
+		Sinks:         map[string]twopc.Sink{"a": e.a, "b": e.b},
+		RetryInterval: 5 * time.Millisecond, Metrics: countMetrics{e},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	e.c = c
+	return e, lj
+}
+
+// TestCheckpointUnknownOutcomeAppliedLate: a checkpoint whose journal entry
+// was applied after its proposer gave up must commit, not be aborted by the
+// call and then reported as data_loss.
+func TestCheckpointUnknownOutcomeAppliedLate(t *testing.T) {
+	ctx := context.Background()
+	e, lj := lateEnv(t)
+	e.job("j", twopc.ModeAuto, "a")
+	s := e.open("j", "w", nil)
+	e.write("j", "w", s.Epoch, recs("a", "x"))
+	lj.mu.Lock()
+	lj.hold = true
+	lj.mu.Unlock()
+	if _, err := e.c.Checkpoint(ctx, "j", "w", s.Epoch, 1, []byte("s1"), ""); !errors.Is(err, twopc.ErrUnavailable) {
+		t.Fatalf("checkpoint with an unknown outcome: got %v, want ErrUnavailable", err)
+	}
+	lj.apply(t)
+	// The app was told to retry; its retry says reopen, and the reopen
+	// restores what the journal has.
+	if _, err := e.c.Checkpoint(ctx, "j", "w", s.Epoch, 1, []byte("s1"), ""); err == nil {
+		t.Fatal("retry on the session: got success, want an error that says reopen")
+	}
+	s2 := e.open("j", "w", nil)
+	if s2.Checkpoint != 1 || s2.Status != twopc.StatusCommitted || len(s2.DataLoss) != 0 {
+		t.Fatalf("reopen: got checkpoint %d status %s data_loss %v, want 1 committed none", s2.Checkpoint, s2.Status, s2.DataLoss)
+	}
+	wantValues(t, e.a, "x")
+	if n := e.lost.Load(); n != 0 {
+		t.Fatalf("%d branches counted as data loss, want 0", n)
+	}
+}
+
+// TestCheckpointUnknownOutcomeNeverApplied: when the entry never applies,
+// the branch left prepared is aborted by the writer's next open, and the
+// writer goes on from its previous checkpoint.
+func TestCheckpointUnknownOutcomeNeverApplied(t *testing.T) {
+	ctx := context.Background()
+	e, lj := lateEnv(t)
+	e.job("j", twopc.ModeAuto, "a")
+	s := e.open("j", "w", nil)
+	e.write("j", "w", s.Epoch, recs("a", "x"))
+	lj.mu.Lock()
+	lj.hold = true
+	lj.mu.Unlock()
+	if _, err := e.c.Checkpoint(ctx, "j", "w", s.Epoch, 1, []byte("s1"), ""); !errors.Is(err, twopc.ErrUnavailable) {
+		t.Fatalf("checkpoint with an unknown outcome: got %v, want ErrUnavailable", err)
+	}
+	lj.mu.Lock()
+	lj.held = nil // lost: never applied
+	lj.mu.Unlock()
+	s2 := e.open("j", "w", nil)
+	if s2.Checkpoint != 0 || s2.Status != twopc.StatusNone {
+		t.Fatalf("reopen: got checkpoint %d status %s, want 0 none", s2.Checkpoint, s2.Status)
+	}
+	if p := e.a.Branches(twopctest.Prepared); len(p) != 0 {
+		t.Fatalf("branches still prepared after the reopen's fence: %v", p)
+	}
+	e.write("j", "w", s2.Epoch, recs("a", "y"))
+	e.checkpoint("j", "w", s2.Epoch, 1, "s1")
+	wantValues(t, e.a, "y")
+	if n := e.lost.Load(); n != 0 {
+		t.Fatalf("%d branches counted as data loss, want 0", n)
+	}
+}
