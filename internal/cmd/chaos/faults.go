@@ -31,8 +31,10 @@ var allFaults = []string{faultKill, faultBrokerStop, faultDBStop, faultBrokerRes
 
 // Kafka transaction timing of run mode: short, so that an app paused for a
 // few seconds outlives expireShare of it within one round; the rest of the
-// timeout (15 s) is the margin for journaling and committing, longer than
-// any stop of the broker or mariadbd that a round injects.
+// timeout (15 s, the sink's commit window) is the margin for journaling and
+// committing, longer than any stop of the broker or mariadbd that a round
+// injects. The sidecar's checkpoint timeout is set to that window, so that
+// the sidecar has no reason to warn about it.
 const (
 	txnTimeout  = 20 * time.Second
 	expireShare = 0.25

@@ -384,6 +384,7 @@ data_dir: %s
 http_addr: %s
 raft_addr: %s
 log: {level: info}
+timeouts: {checkpoint: %s}
 sinks:
   events:
     kind: kafka
@@ -401,7 +402,7 @@ jobs:
   %s:
     commit: auto
     sinks: [events, db]
-`, filepath.Join(d.dir, "sidecar"), d.httpAddr, raftAddr, d.brokers, txnTimeout, expireShare, d.dbDSN, job)
+`, filepath.Join(d.dir, "sidecar"), d.httpAddr, raftAddr, txnTimeout-maxOpen, d.brokers, txnTimeout, expireShare, d.dbDSN, job)
 	return os.WriteFile(filepath.Join(d.dir, "txsink.yaml"), []byte(cfg), 0o600)
 }
 
