@@ -264,7 +264,7 @@ func (d *driver) slowRound(ctx context.Context, app int) (string, error) {
 	err := waitFor(ctx, pause+30*time.Second, p.name+" (slow checkpoint)", nil, func() bool {
 		d.supervise()
 		outcome, resumed = slowOutcome(readFrom(p.logPath, off))
-		return outcome != "" && (resumed != "" || strings.HasPrefix(outcome, "status "))
+		return outcome != "" && (resumed != "" || accepted(outcome))
 	})
 	_ = os.Remove(trigger) // unused if the wait failed: not to fire later
 	if err != nil {
@@ -274,7 +274,7 @@ func (d *driver) slowRound(ctx context.Context, app int) (string, error) {
 		return fmt.Sprintf("%s asked to pause %s before a checkpoint: no checkpoint came (generating: %v; %v)",
 			p.name, pause.Round(time.Millisecond), d.generator.running(), err), nil
 	}
-	if strings.HasPrefix(outcome, "status ") {
+	if accepted(outcome) {
 		// The sidecar journaled a transaction open longer than it allows:
 		// the broker may abort it before its commit.
 		d.unexpected = append(d.unexpected, fmt.Sprintf("%s paused %s (> %s open) before a checkpoint, and the checkpoint was accepted (%s); want 502 sink_failure",
@@ -291,6 +291,10 @@ func (d *driver) slowRound(ctx context.Context, app int) (string, error) {
 	return fmt.Sprintf("%s paused %s between records and checkpoint (> %s open): %s; %s",
 		p.name, pause.Round(time.Millisecond), maxOpen, answer, resumed), nil
 }
+
+// accepted reports whether the outcome the app logged after its pause is
+// an answer (committed or committing) rather than a refusal.
+func accepted(outcome string) bool { return strings.HasPrefix(outcome, "status ") }
 
 // slowOutcome finds, in an app's log written after a slow round began,
 // the outcome of the checkpoint after the pause and the session that the

@@ -101,6 +101,10 @@ func TestSlowOutcome(t *testing.T) {
 			if outcome != tc.outcome || resumed != tc.resume {
 				t.Fatalf("got %q, %q; want %q, %q", outcome, resumed, tc.outcome, tc.resume)
 			}
+			// Only an accepted checkpoint after the pause fails the run.
+			if got, want := accepted(outcome), tc.name == "accepted"; got != want {
+				t.Fatalf("accepted(%q) = %v, want %v", outcome, got, want)
+			}
 		})
 	}
 }
