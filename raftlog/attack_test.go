@@ -29,7 +29,7 @@ func attackerTransport(t *testing.T, auth peerAuth) raft.Transport {
 			t.Fatal(err)
 		}
 	} else {
-		s, err := newStreamLayer("127.0.0.1:0", nil, auth, slog.New(slog.DiscardHandler))
+		s, err := newStreamLayer("127.0.0.1:0", nil, auth, handshakeTimeout, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}

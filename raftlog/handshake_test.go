@@ -250,11 +250,10 @@ func TestLoadClusterKey(t *testing.T) {
 }
 
 func TestStreamLayerRefusesSilentPeerAndCloses(t *testing.T) {
-	s, err := newStreamLayer("127.0.0.1:0", nil, &keyAuth{key: testKey}, slog.New(slog.DiscardHandler))
+	s, err := newStreamLayer("127.0.0.1:0", nil, &keyAuth{key: testKey}, 100*time.Millisecond, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.timeout = 100 * time.Millisecond
 	defer s.Close()
 
 	c, err := net.Dial("tcp", s.Addr().String())
@@ -301,7 +300,7 @@ func TestStreamLayerRefusesSilentPeerAndCloses(t *testing.T) {
 }
 
 func TestStreamLayerWithoutAuthRefusesEverything(t *testing.T) {
-	s, err := newStreamLayer("127.0.0.1:0", nil, nil, slog.New(slog.DiscardHandler))
+	s, err := newStreamLayer("127.0.0.1:0", nil, nil, handshakeTimeout, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,7 +140,7 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	stream, err := newStreamLayer(cfg.BindAddr, advertise, auth, logger)
+	stream, err := newStreamLayer(cfg.BindAddr, advertise, auth, handshakeTimeout, logger)
 	if errors.Is(err, ErrInvalidConfig) {
 		return nil, err
 	}

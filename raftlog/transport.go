@@ -62,7 +62,9 @@ type streamLayer struct {
 	limiter refusedLog
 }
 
-func newStreamLayer(bindAddr string, advertise net.Addr, auth peerAuth, logger *slog.Logger) (*streamLayer, error) {
+// newStreamLayer listens on bindAddr; timeout bounds each handshake
+// (handshakeTimeout in production, shorter in tests).
+func newStreamLayer(bindAddr string, advertise net.Addr, auth peerAuth, timeout time.Duration, logger *slog.Logger) (*streamLayer, error) {
 	ln, err := net.Listen("tcp", bindAddr)
 	if err != nil {
 		return nil, err
@@ -79,7 +81,7 @@ func newStreamLayer(bindAddr string, advertise net.Addr, auth peerAuth, logger *
 		ln:        ln,
 		advertise: advertise,
 		auth:      auth,
-		timeout:   handshakeTimeout,
+		timeout:   timeout,
 		log:       logger,
 		ctx:       ctx,
 		cancel:    cancel,
