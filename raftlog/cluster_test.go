@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"runtime"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/txsink/txsink/raftlog"
 )
@@ -268,5 +272,47 @@ func TestOpenRefusesBadPeerAuth(t *testing.T) {
 				t.Errorf("Open = %v, want ErrInvalidConfig", err)
 			}
 		})
+	}
+}
+
+func TestGoroutinesStopAfterCloseWithPeers(t *testing.T) {
+	auth := withClusterKey(t)
+	before := runtime.NumGoroutine()
+
+	n1 := openPeer(t, "n1", true, auth)
+	n2 := openPeer(t, "n2", false, auth)
+	ctx := ctxFor(t)
+	if err := n1.n.WaitLeader(ctx); err != nil {
+		t.Fatalf("WaitLeader: %v", err)
+	}
+	if err := n1.n.AddVoter(ctx, "n2", n2.n.Addr()); err != nil {
+		t.Fatalf("AddVoter: %v", err)
+	}
+	propose(t, n1.n, "a")
+	poll(t, "n2 applies a", func() bool { return n2.sm.State()["a"] == 1 })
+	// A peer that never says a word: its handshake is still pending at Close.
+	silent, err := net.Dial("tcp", n1.n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	for _, p := range []*peer{n1, n2} {
+		if err := p.n.Close(); err != nil {
+			t.Fatalf("Close(%s): %v", p.id, err)
+		}
+	}
+	silent.SetReadDeadline(time.Now().Add(waitFor))
+	if _, err := io.Copy(io.Discard, silent); err != nil {
+		t.Errorf("silent connection after Close: %v, want closed by the node (EOF)", err)
+	}
+
+	deadline := time.Now().Add(waitFor)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after Close, want <= %d:\n%s",
+				runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -60,6 +60,14 @@ type streamLayer struct {
 
 	refused atomic.Uint64
 	limiter refusedLog
+
+	// mu guards open and closed. raft's NetworkTransport closes neither its
+	// pooled outbound connections nor its inbound ones on Close, so their
+	// goroutines would block on reads until the peer hangs up; Close closes
+	// every connection handed out instead.
+	mu     sync.Mutex
+	open   map[*trackedConn]struct{}
+	closed bool
 }
 
 // newStreamLayer listens on bindAddr; timeout bounds each handshake
@@ -86,6 +94,7 @@ func newStreamLayer(bindAddr string, advertise net.Addr, auth peerAuth, timeout 
 		ctx:       ctx,
 		cancel:    cancel,
 		conns:     make(chan net.Conn),
+		open:      map[*trackedConn]struct{}{},
 		pending:   make(chan struct{}, maxPendingHandshakes),
 	}
 	s.wg.Add(1)
@@ -144,11 +153,42 @@ func (s *streamLayer) handshake(conn net.Conn) {
 		s.refuse(conn, err)
 		return
 	}
-	select {
-	case s.conns <- authed:
-	case <-s.ctx.Done():
-		authed.Close()
+	tc, err := s.track(authed)
+	if err != nil {
+		return
 	}
+	select {
+	case s.conns <- tc:
+	case <-s.ctx.Done():
+		tc.Close()
+	}
+}
+
+// track registers conn so Close can close it; after Close it closes conn
+// and fails.
+func (s *streamLayer) track(conn net.Conn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		conn.Close()
+		return nil, net.ErrClosed
+	}
+	tc := &trackedConn{Conn: conn, s: s}
+	s.open[tc] = struct{}{}
+	return tc, nil
+}
+
+// trackedConn removes itself from its layer's registry when closed.
+type trackedConn struct {
+	net.Conn
+	s *streamLayer
+}
+
+func (c *trackedConn) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.open, c)
+	c.s.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // refuse closes conn, counts it and logs it at most once per
@@ -173,13 +213,22 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	}
 }
 
-// Close stops listening, ends pending handshakes and waits for them.
+// Close stops listening, ends pending handshakes, waits for them and
+// closes every connection Accept or Dial returned.
 func (s *streamLayer) Close() error {
 	var err error
 	s.once.Do(func() {
 		s.cancel()
 		err = s.ln.Close()
 		s.wg.Wait()
+		s.mu.Lock()
+		s.closed = true
+		open := s.open
+		s.open = nil
+		s.mu.Unlock()
+		for c := range open {
+			c.Conn.Close()
+		}
 	})
 	return err
 }
@@ -215,7 +264,7 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 		// ctx ended just as the handshake finished and conn got closed.
 		return nil, fmt.Errorf("raftlog: authenticate to %s: %w", address, ctx.Err())
 	}
-	return authed, nil
+	return s.track(authed)
 }
 
 // refusedLog is a one-line-per-interval rate limiter for log lines.
