@@ -359,3 +359,65 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestTLSDialerChecksTheServerName(t *testing.T) {
+	ca := NewTestCA(t, "cluster CA")
+	load := func(ip net.IP) *tlsAuth {
+		a, err := loadTLS(ca.nodeFilesFor(t, "node", ip))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	for _, tt := range []struct {
+		name   string
+		server net.IP
+		wantOK bool
+	}{
+		{"certificate for the dialed IP", net.IPv4(127, 0, 0, 1), true},
+		{"certificate for another IP", net.IPv4(10, 9, 9, 9), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := newStreamLayer("127.0.0.1:0", nil, load(tt.server), time.Second, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			cli, err := newStreamLayer("127.0.0.1:0", nil, load(net.IPv4(127, 0, 0, 1)), time.Second, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			conn, err := cli.Dial(raft.ServerAddress(srv.Addr().String()), 5*time.Second)
+			if err == nil {
+				conn.Close()
+			}
+			if (err == nil) != tt.wantOK {
+				t.Errorf("Dial = %v, want ok %v", err, tt.wantOK)
+			}
+		})
+	}
+}
+
+func TestRefusedLogIsRateLimited(t *testing.T) {
+	var l refusedLog
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		at             time.Duration
+		wantOK         bool
+		wantSuppressed uint64
+	}{
+		{0, true, 0},
+		{100 * time.Millisecond, false, 0},
+		{900 * time.Millisecond, false, 0},
+		{refusedLogEvery, true, 2},
+		{refusedLogEvery + time.Millisecond, false, 0},
+		{3 * refusedLogEvery, true, 1},
+	}
+	for i, s := range steps {
+		n, ok := l.allow(t0.Add(s.at))
+		if ok != s.wantOK || (ok && n != s.wantSuppressed) {
+			t.Errorf("step %d at %v: allow = %d, %v; want %d, %v", i, s.at, n, ok, s.wantSuppressed, s.wantOK)
+		}
+	}
+}

@@ -215,13 +215,18 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 
 // checkMembership warns when the stored configuration does not list this
 // node, which happens when NodeID changed since the Dir was bootstrapped:
-// such a node never becomes leader.
+// such a node never becomes leader; and when it lists peers this node
+// cannot talk to for lack of a cluster key or TLS.
 func (n *Node) checkMembership() {
 	cf := n.raft.GetConfiguration()
 	if cf.Error() != nil {
 		return
 	}
 	servers := cf.Configuration().Servers
+	if n.stream.auth == nil && len(servers) > 1 {
+		n.log.Warn("the stored raft configuration has other members, but without a cluster key or TLS "+
+			"this node talks to none of them", "servers", fmt.Sprint(servers))
+	}
 	for _, s := range servers {
 		if s.ID == raft.ServerID(n.cfg.NodeID) {
 			return

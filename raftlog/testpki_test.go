@@ -56,6 +56,12 @@ func NewTestCA(t testing.TB, name string) *TestCA {
 // temporary directory, and returns their paths.
 func (ca *TestCA) NodeFiles(t testing.TB, node string) (certFile, keyFile, caFile string) {
 	t.Helper()
+	return ca.nodeFilesFor(t, node, net.IPv4(127, 0, 0, 1))
+}
+
+// nodeFilesFor is NodeFiles for a certificate naming ip.
+func (ca *TestCA) nodeFilesFor(t testing.TB, node string, ip net.IP) (certFile, keyFile, caFile string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +74,7 @@ func (ca *TestCA) NodeFiles(t testing.TB, node string) (certFile, keyFile, caFil
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		IPAddresses:  []net.IP{ip},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
