@@ -26,7 +26,11 @@ type peer struct {
 type peerAuth func(t *testing.T, cfg *raftlog.Config)
 
 func withClusterKey(t *testing.T) peerAuth {
-	path := raftlog.WriteClusterKey(t, []byte("a-cluster-key-of-more-than-32-bytes-for-tests"))
+	return withKey(t, "a-cluster-key-of-more-than-32-bytes-for-tests")
+}
+
+func withKey(t *testing.T, key string) peerAuth {
+	path := raftlog.WriteClusterKey(t, []byte(key))
 	return func(t *testing.T, cfg *raftlog.Config) { cfg.ClusterKeyFile = path }
 }
 
@@ -73,11 +77,11 @@ func memberIDs(t *testing.T, n *raftlog.Node) []string {
 
 func TestCluster(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		auth func(t *testing.T) peerAuth
+		name        string
+		auth, wrong func(t *testing.T) peerAuth
 	}{
-		{"cluster key", withClusterKey},
-		{"mutual TLS", withTLS},
+		{"cluster key", withClusterKey, func(t *testing.T) peerAuth { return withKey(t, "another-key-of-more-than-32-bytes-for-tests") }},
+		{"mutual TLS", withTLS, withTLS}, // wrong: a certificate of another CA
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			auth := tc.auth(t)
@@ -88,6 +92,8 @@ func TestCluster(t *testing.T) {
 			// The outsider holds the key (or a CA certificate) but is never
 			// added: it must stay out and never receive entries.
 			outsider := openPeer(t, "outsider", false, auth)
+			// A node with the wrong key or CA: even once added, it gets nothing.
+			stranger := openPeer(t, "stranger", false, tc.wrong(t))
 
 			ctx := ctxFor(t)
 			if err := n1.n.WaitLeader(ctx); err != nil || !n1.n.IsLeader() {
@@ -106,7 +112,10 @@ func TestCluster(t *testing.T) {
 			if err := n1.n.AddNonvoter(ctx, "n4", n4.n.Addr()); err != nil {
 				t.Fatalf("AddNonvoter(n4): %v", err)
 			}
-			want := []string{"n1/voter", "n2/voter", "n3/voter", "n4/nonvoter"}
+			if err := n1.n.AddNonvoter(ctx, "stranger", stranger.n.Addr()); err != nil {
+				t.Fatalf("AddNonvoter(stranger): %v", err)
+			}
+			want := []string{"n1/voter", "n2/voter", "n3/voter", "n4/nonvoter", "stranger/nonvoter"}
 			if got := memberIDs(t, n1.n); !slices.Equal(got, want) {
 				t.Fatalf("Members = %v, want %v", got, want)
 			}
@@ -126,6 +135,13 @@ func TestCluster(t *testing.T) {
 			propose(t, n1.n, "a")
 			for _, p := range []*peer{n1, n2, n3, n4} {
 				poll(t, p.id+" applies a", func() bool { return p.sm.State()["a"] == 1 })
+			}
+			poll(t, "the stranger refusing the leader", func() bool { return stranger.n.RefusedPeers() >= 1 })
+			if st := stranger.n.Status(); st.AppliedIndex != 0 || len(stranger.sm.State()) != 0 || len(st.Members) != 0 {
+				t.Errorf("stranger = %+v with state %v, want nothing received", st, stranger.sm.State())
+			}
+			if err := n1.n.Remove(ctx, "stranger"); err != nil {
+				t.Fatalf("Remove(stranger): %v", err)
 			}
 			_, err := n2.n.Propose(ctx, []byte("x"))
 			if !errors.As(err, &nle) || nle.LeaderID != "n1" || nle.LeaderAddr != n1.n.Addr() {
