@@ -11,7 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// The hostile tester of issue 10: a raw raft client (hashicorp/raft's own
+// A hostile tester: a raw raft client (hashicorp/raft's own
 // NetworkTransport) sends a heartbeat of a higher term and an entry to a
 // single-node leader. Without the cluster key or a CA certificate it must be
 // refused; with them (the control) the same RPCs really do take over, which
