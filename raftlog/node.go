@@ -36,11 +36,12 @@ const (
 // Node is one member of a raft cluster replicating a StateMachine. Its
 // methods are safe for concurrent use.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	raft  *raft.Raft
-	trans *raft.NetworkTransport
-	store *raftboltdb.BoltStore
+	cfg    Config
+	log    *slog.Logger
+	raft   *raft.Raft
+	trans  *raft.NetworkTransport
+	stream *streamLayer
+	store  *raftboltdb.BoltStore
 
 	closing  chan struct{} // closed when Close starts: no new work
 	stop     chan struct{} // closed after raft shut down: stops watchLeadership
@@ -67,6 +68,7 @@ type Status struct {
 	Addr string
 	// Role is "leader", "follower", "candidate" or "shutdown".
 	Role              string
+	Term              uint64 // current raft term
 	LeaderID          string // empty when no leader is known
 	LeaderAddr        string
 	Members           []Member
@@ -134,10 +136,24 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 			return nil, fmt.Errorf("%w: AdvertiseAddr: %v", ErrInvalidConfig, err)
 		}
 	}
-	trans, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, transportPool, transportTimeout, hl.Named("net"))
+	auth, err := peerAuthFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	stream, err := newStreamLayer(cfg.BindAddr, advertise, auth, handshakeTimeout, logger)
+	if errors.Is(err, ErrInvalidConfig) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: listen on %s: %w", cfg.BindAddr, err)
 	}
+	closers = append(closers, stream.Close)
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  stream,
+		MaxPool: transportPool,
+		Timeout: transportTimeout,
+		Logger:  hl.Named("net"),
+	})
 	closers = append(closers, trans.Close)
 
 	rc := raft.DefaultConfig()
@@ -151,6 +167,9 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.NoLegacyTelemetry = true
+	// A removed node stays open as a follower with no vote (raft does not
+	// let it start elections), so Node's methods keep working until Close.
+	rc.ShutdownOnRemove = false
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
@@ -178,6 +197,7 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 		log:      logger,
 		raft:     r,
 		trans:    trans,
+		stream:   stream,
 		store:    store,
 		closing:  make(chan struct{}),
 		stop:     make(chan struct{}),
@@ -188,19 +208,25 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 	}
 	n.wg.Add(1)
 	go n.watchLeadership()
-	logger.Info("raft started", "addr", n.Addr(), "existing_state", existing, "dir", cfg.Dir)
+	logger.Info("raft started", "addr", n.Addr(), "existing_state", existing, "dir", cfg.Dir,
+		"peer_auth", peerAuthName(auth))
 	return n, nil
 }
 
 // checkMembership warns when the stored configuration does not list this
 // node, which happens when NodeID changed since the Dir was bootstrapped:
-// such a node never becomes leader.
+// such a node never becomes leader; and when it lists peers this node
+// cannot talk to for lack of a cluster key or TLS.
 func (n *Node) checkMembership() {
 	cf := n.raft.GetConfiguration()
 	if cf.Error() != nil {
 		return
 	}
 	servers := cf.Configuration().Servers
+	if n.stream.auth == nil && len(servers) > 1 {
+		n.log.Warn("the stored raft configuration has other members, but without a cluster key or TLS "+
+			"this node talks to none of them", "servers", fmt.Sprint(servers))
+	}
 	for _, s := range servers {
 		if s.ID == raft.ServerID(n.cfg.NodeID) {
 			return
@@ -270,6 +296,12 @@ func (n *Node) LeadershipChanges() <-chan bool { return n.leaderCh }
 // journal reliably. Like LeadershipChanges it sees raft's coalesced
 // notifications, so flips faster than they are delivered count once.
 func (n *Node) LeaderChanges() uint64 { return n.leaderChanges.Load() }
+
+// RefusedPeers counts inbound raft connections refused since Open: failed
+// authentication, too many pending handshakes, or any connection at all on
+// a node without a cluster key or TLS. For a metric; each refusal is also
+// logged, at most once a second.
+func (n *Node) RefusedPeers() uint64 { return n.stream.refused.Load() }
 
 // IsLeader reports whether this node is the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
@@ -371,7 +403,9 @@ func (n *Node) Status() Status {
 			})
 		}
 	}
-	st.LastSnapshotIndex, _ = strconv.ParseUint(n.raft.Stats()["last_snapshot_index"], 10, 64)
+	stats := n.raft.Stats()
+	st.LastSnapshotIndex, _ = strconv.ParseUint(stats["last_snapshot_index"], 10, 64)
+	st.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
 	return st
 }
 

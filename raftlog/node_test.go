@@ -95,6 +95,11 @@ func TestConfigValidate(t *testing.T) {
 		{"heartbeat too low", raftlog.Config{Dir: "d", HeartbeatTimeout: time.Millisecond}, true},
 		{"lease above heartbeat", raftlog.Config{Dir: "d", HeartbeatTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 200 * time.Millisecond}, true},
 		{"short heartbeat shortens default lease", raftlog.Config{Dir: "d", HeartbeatTimeout: 50 * time.Millisecond}, false},
+		{"TLS cert without key and CA", raftlog.Config{Dir: "d", TLSCertFile: "c"}, true},
+		{"TLS without CA", raftlog.Config{Dir: "d", TLSCertFile: "c", TLSKeyFile: "k"}, true},
+		{"TLS complete", raftlog.Config{Dir: "d", TLSCertFile: "c", TLSKeyFile: "k", TLSCAFile: "ca"}, false},
+		{"cluster key", raftlog.Config{Dir: "d", ClusterKeyFile: "f"}, false},
+		{"TLS and cluster key", raftlog.Config{Dir: "d", TLSCertFile: "c", TLSKeyFile: "k", TLSCAFile: "ca", ClusterKeyFile: "f"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -35,8 +35,17 @@ var (
 	ErrLeadershipLost = errors.New("raftlog: leadership lost, outcome unknown")
 	// ErrDirLocked means another process (or Node) has the data dir open.
 	ErrDirLocked = errors.New("raftlog: data dir in use")
-	// ErrInvalidConfig wraps every Config.Validate failure.
+	// ErrInvalidConfig wraps every Config.Validate failure and every
+	// unusable cluster key or TLS file found by Open.
 	ErrInvalidConfig = errors.New("raftlog: invalid config")
+	// ErrNoPeerAuth means the node was opened without a cluster key and
+	// without TLS, so it is a single node that talks to no peer and cannot
+	// add one.
+	ErrNoPeerAuth = errors.New("raftlog: peers need a cluster key or TLS")
+	// ErrInvalidMember means a membership change was refused as given (bad
+	// ID or address, or a change raft would not make as asked); nothing
+	// changed.
+	ErrInvalidMember = errors.New("raftlog: invalid membership change")
 )
 
 // NotLeaderError is returned by Propose on a node that is not the leader. It
@@ -92,6 +101,18 @@ type Config struct {
 	// no raft state. It is ignored when Dir already holds state, so it is safe
 	// to leave on across restarts.
 	Bootstrap bool
+	// ClusterKeyFile names a file holding the secret every node of the
+	// cluster shares (at least MinClusterKeyLen bytes, surrounding
+	// whitespace ignored, not accessible by group or others). Peers prove
+	// they know it before any raft byte is exchanged, and the session is
+	// encrypted with keys derived from it. Not together with the TLS files.
+	ClusterKeyFile string
+	// TLSCertFile and TLSKeyFile are this node's certificate and key (PEM)
+	// and TLSCAFile the cluster CA (PEM): set all three for mutual TLS 1.3
+	// between nodes; a peer is any holder of a certificate from that CA. With
+	// neither TLS nor ClusterKeyFile the node refuses every inbound raft
+	// connection and dials no peer: it can only be a single node.
+	TLSCertFile, TLSKeyFile, TLSCAFile string
 	// Logger receives raft's logs at their own levels (trace is below
 	// debug). Nil discards them.
 	Logger *slog.Logger
@@ -195,6 +216,12 @@ func (c Config) Validate() error {
 	if c.Dir == "" {
 		return bad("Dir is required")
 	}
+	if n := countSet(c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile); n != 0 && n != 3 {
+		return bad("TLSCertFile, TLSKeyFile and TLSCAFile go together: set all three or none")
+	}
+	if c.TLSCertFile != "" && c.ClusterKeyFile != "" {
+		return bad("set either TLS files or ClusterKeyFile, not both")
+	}
 	if _, _, err := splitHostPort(c.BindAddr); err != nil {
 		return bad("BindAddr %q: %v", c.BindAddr, err)
 	}
@@ -230,6 +257,16 @@ func (c Config) Validate() error {
 		return bad("LeaderLeaseTimeout %v exceeds HeartbeatTimeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
 	}
 	return nil
+}
+
+func countSet(s ...string) int {
+	n := 0
+	for _, v := range s {
+		if v != "" {
+			n++
+		}
+	}
+	return n
 }
 
 func splitHostPort(addr string) (host string, port int, err error) {

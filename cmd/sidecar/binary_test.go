@@ -323,6 +323,7 @@ func TestBinaryOperatorCommandsAndMetrics(t *testing.T) {
 		{"txsink_raft_leader", nil, eq(1), "1"},
 		{"txsink_raft_leader_changes_total", nil, atLeast(1), ">= 1"},
 		{"txsink_raft_last_index", nil, atLeast(4), ">= 4"},
+		{"txsink_raft_refused_peers_total", nil, eq(0), "0"},
 	} {
 		v, ok := value(fams, c.name, c.labels...)
 		if !ok || !c.ok(v) {

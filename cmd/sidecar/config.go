@@ -27,6 +27,13 @@ type Config struct {
 	Socket   string `yaml:"socket"`
 	RaftAddr string `yaml:"raft_addr"`
 	Join     string `yaml:"join"`
+	// ClusterKeyFile (a shared secret, mode 0600, at least 32 bytes) or the
+	// RaftTLS* files (PEM; all three) authenticate raft peers. With neither
+	// the node is a single node that accepts no raft connection.
+	ClusterKeyFile  string `yaml:"cluster_key_file"`
+	RaftTLSCertFile string `yaml:"raft_tls_cert_file"`
+	RaftTLSKeyFile  string `yaml:"raft_tls_key_file"`
+	RaftTLSCAFile   string `yaml:"raft_tls_ca_file"`
 	// TokenFile holds the bearer token every /v1 call must carry. It must
 	// not be readable by others (mode 0600 or 0640/0440 for a group).
 	// Required when http_addr is not a loopback address, unless
@@ -141,6 +148,10 @@ func bindCommon(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "this node's id in the journal [TXSINK_NODE_ID]")
 	fs.StringVar(&c.RaftAddr, "raft-addr", c.RaftAddr, "TCP address of the Raft transport [TXSINK_RAFT_ADDR]")
 	fs.StringVar(&c.Join, "join", c.Join, "address of a cluster member to join (multi-node: not yet supported) [TXSINK_JOIN]")
+	fs.StringVar(&c.ClusterKeyFile, "cluster-key-file", c.ClusterKeyFile, "file holding the secret that authenticates Raft peers [TXSINK_CLUSTER_KEY_FILE]")
+	fs.StringVar(&c.RaftTLSCertFile, "raft-tls-cert-file", c.RaftTLSCertFile, "PEM certificate of this node for mutual TLS between Raft peers [TXSINK_RAFT_TLS_CERT_FILE]")
+	fs.StringVar(&c.RaftTLSKeyFile, "raft-tls-key-file", c.RaftTLSKeyFile, "PEM private key of --raft-tls-cert-file [TXSINK_RAFT_TLS_KEY_FILE]")
+	fs.StringVar(&c.RaftTLSCAFile, "raft-tls-ca-file", c.RaftTLSCAFile, "PEM CA certificate of the Raft peers [TXSINK_RAFT_TLS_CA_FILE]")
 	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the bearer token /v1 calls must carry [TXSINK_TOKEN_FILE]")
 	fs.BoolVar(&c.InsecureNoToken, "insecure-no-token", c.InsecureNoToken, "allow a non-loopback --http-addr without --token-file [TXSINK_INSECURE_NO_TOKEN]")
 	fs.StringVar(&c.TLSCertFile, "tls-cert-file", c.TLSCertFile, "PEM certificate: serve the TCP listener over TLS (with --tls-key-file) [TXSINK_TLS_CERT_FILE]")
@@ -192,7 +203,7 @@ func (c *Config) Finish() error {
 	if c.SinkWait < 0 || c.ShutdownTimeout < 0 {
 		return errors.New("sink_wait and shutdown_timeout must not be negative")
 	}
-	errs = append(errs, c.checkTimeouts(), c.checkExposure())
+	errs = append(errs, c.checkTimeouts(), c.checkExposure(), c.raftConfig().Validate())
 	if len(c.Sinks) == 0 {
 		errs = append(errs, errors.New("no sinks configured"))
 	}

@@ -52,6 +52,10 @@ func TestLoadConfig(t *testing.T) {
 		{"job with unknown sink", goodConfig + "  other: {sinks: [nope]}\n", `unknown sink "nope"`},
 		{"bad log format", goodConfig + "log: {format: xml}\n", "log.format"},
 		{"join", goodConfig + "join: 127.0.0.1:1\n", "not supported yet"},
+		{"raft TLS incomplete", goodConfig + "raft_tls_cert_file: c.pem\n", "set all three"},
+		{"raft TLS and cluster key", goodConfig + "raft_tls_cert_file: c\nraft_tls_key_file: k\nraft_tls_ca_file: ca\ncluster_key_file: f\n", "not both"},
+		{"raft TLS", goodConfig + "raft_tls_cert_file: c\nraft_tls_key_file: k\nraft_tls_ca_file: ca\n", ""},
+		{"cluster key", goodConfig + "cluster_key_file: /etc/txsink/cluster.key\n", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := LoadConfig(writeFile(t, tc.body))

@@ -97,6 +97,9 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_raft_leader_changes_total",
 			Help: "Times this node gained or lost the journal's leadership. Alert on a rate: a flapping leader stalls checkpoints."},
 			func() float64 { return float64(node.LeaderChanges()) }))
+		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_raft_refused_peers_total",
+			Help: "Inbound Raft connections refused: failed peer authentication, or any on a node without cluster key or Raft TLS."},
+			func() float64 { return float64(node.RefusedPeers()) }))
 	}
 	return x
 }

@@ -159,8 +159,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		return nil, err
 	}
 	machine := twopc.NewMachine()
-	rcfg := raftlog.DefaultConfig()
-	rcfg.NodeID, rcfg.Dir, rcfg.BindAddr, rcfg.Bootstrap = cfg.NodeID, filepath.Join(cfg.DataDir, "raft"), cfg.RaftAddr, true
+	rcfg := cfg.raftConfig()
 	rcfg.Logger = log.With("component", "raft")
 	sc.node, err = raftlog.Open(rcfg, machine)
 	if err != nil {
@@ -354,4 +353,14 @@ func commitWindowWarnings(sinks map[string]twopc.Sink, checkpointTimeout time.Du
 		}
 	}
 	return out
+}
+
+// raftConfig is the journal's configuration: a single node that bootstraps
+// itself, with peers authenticated by the cluster key or the Raft TLS files.
+func (c *Config) raftConfig() raftlog.Config {
+	rcfg := raftlog.DefaultConfig()
+	rcfg.NodeID, rcfg.Dir, rcfg.BindAddr, rcfg.Bootstrap = c.NodeID, filepath.Join(c.DataDir, "raft"), c.RaftAddr, true
+	rcfg.ClusterKeyFile = c.ClusterKeyFile
+	rcfg.TLSCertFile, rcfg.TLSKeyFile, rcfg.TLSCAFile = c.RaftTLSCertFile, c.RaftTLSKeyFile, c.RaftTLSCAFile
+	return rcfg
 }
