@@ -216,7 +216,9 @@ func (c *Coordinator) propose(ctx context.Context, cmd Command) (ApplyResult, er
 		if errors.Is(err, ErrUnavailable) {
 			return ApplyResult{}, err
 		}
-		return ApplyResult{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		// %w twice: the cause (e.g. raftlog's *NotLeaderError, which names
+		// the leader to forward to) stays reachable by errors.As.
+		return ApplyResult{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	r, ok := v.(ApplyResult)
 	if !ok {

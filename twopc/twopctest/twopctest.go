@@ -22,7 +22,9 @@ type Journal struct {
 	mu      sync.Mutex
 	m       *twopc.Machine
 	entries [][]byte
-	// Fail, when set, makes Propose fail without applying.
+	// Fail, when set, makes Propose fail without applying, with an error
+	// wrapping both twopc.ErrUnavailable and Fail (a test can make it a
+	// raftlog.NotLeaderError, as a follower's journal returns).
 	Fail error
 }
 
@@ -32,12 +34,12 @@ func NewJournal(m *twopc.Machine) *Journal { return &Journal{m: m} }
 // Propose applies cmd and keeps it.
 func (j *Journal) Propose(ctx context.Context, cmd []byte) (any, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%w: %v", twopc.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", twopc.ErrUnavailable, err)
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.Fail != nil {
-		return nil, fmt.Errorf("%w: %v", twopc.ErrUnavailable, j.Fail)
+		return nil, fmt.Errorf("%w: %w", twopc.ErrUnavailable, j.Fail)
 	}
 	j.entries = append(j.entries, slices.Clone(cmd))
 	return j.m.Apply(cmd), nil
