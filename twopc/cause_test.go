@@ -22,9 +22,9 @@ type bareJournal struct {
 	fail error
 }
 
-func (j *bareJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+func (j *bareJournal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
 	if j.fail != nil {
-		return nil, j.fail
+		return twopc.ApplyResult{}, j.fail
 	}
 	return j.Journal.Propose(ctx, cmd)
 }

@@ -211,7 +211,7 @@ func (c *Coordinator) failpoint(p string) {
 func (c *Coordinator) propose(ctx context.Context, cmd Command) (ApplyResult, error) {
 	cmd.Key = c.keyPfx + strconv.FormatUint(c.keySeq.Add(1), 36)
 	cmd.Time = c.now().UnixNano()
-	v, err := c.cfg.Journal.Propose(ctx, EncodeCommand(cmd))
+	r, err := c.cfg.Journal.Propose(ctx, EncodeCommand(cmd))
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			return ApplyResult{}, err
@@ -220,11 +220,7 @@ func (c *Coordinator) propose(ctx context.Context, cmd Command) (ApplyResult, er
 		// the leader to forward to) stays reachable by errors.As.
 		return ApplyResult{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	r, ok := v.(ApplyResult)
-	if !ok {
-		return ApplyResult{}, fmt.Errorf("twopc: journal returned %T, want ApplyResult", v)
-	}
-	return r, r.Err
+	return r, r.Err()
 }
 
 // ---- jobs ----
