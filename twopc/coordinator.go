@@ -106,23 +106,16 @@ type Coordinator struct {
 	// per writer; it has its own lock.
 	opening writerLocks
 
+	// branches: prepared branches held in memory and who is finishing
+	// which (inflight.go); it has its own lock.
+	branches *inflight
+
 	mu       sync.Mutex
 	sessions map[writerKey]*session
-	live     map[branchKey]Branch // prepared branches this process still holds a connection for
-	busy     map[branchKey]bool   // branches some goroutine is finishing right now
 	closed   bool
 }
 
 type writerKey struct{ job, writer string }
-
-type branchKey struct {
-	job, writer, sink string
-	epoch, seq        uint64
-}
-
-func keyOf(id BranchID) branchKey {
-	return branchKey{id.Job, id.Writer, id.Sink, id.Epoch, id.Seq}
-}
 
 // session is a writer's current incarnation on this node.
 type session struct {
@@ -184,8 +177,7 @@ func NewCoordinator(cfg Config) (*Coordinator, error) {
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
 	c := &Coordinator{
 		cfg: cfg, lim: limitsOf(cfg), m: cfg.Machine, log: cfg.Logger, metrics: cfg.Metrics, now: cfg.Now,
-		sessions: map[writerKey]*session{},
-		live:     map[branchKey]Branch{}, busy: map[branchKey]bool{},
+		sessions: map[writerKey]*session{}, branches: newInflight(),
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -465,13 +457,7 @@ func (c *Coordinator) fenceWriter(ctx context.Context, job, writer string, sinks
 	// Branches held for a checkpoint whose journal entry had an unknown
 	// outcome and that the journal does not keep were just aborted by the
 	// fences: forget them. Busy ones are being finished (journaled).
-	c.mu.Lock()
-	for k := range c.live {
-		if k.job == job && k.writer == writer && !c.busy[k] && !slices.ContainsFunc(keep[k.sink], func(id BranchID) bool { return keyOf(id) == k }) {
-			delete(c.live, k)
-		}
-	}
-	c.mu.Unlock()
+	c.branches.forgetFenced(job, writer, keep)
 	return nil
 }
 
@@ -793,15 +779,13 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 
 	// The durable point: PREPARED (+ DECIDED in auto mode) in one entry.
 	jbs := make([]JournalBranch, len(obs))
-	keys := make([]branchKey, len(obs))
-	c.mu.Lock()
+	ids := make([]BranchID, len(obs))
+	brs := make([]Branch, len(obs))
 	for i, ob := range obs {
 		jbs[i] = JournalBranch{ID: ob.id, Handle: handles[i]}
-		keys[i] = keyOf(ob.id)
-		c.live[keys[i]] = ob.br
-		c.busy[keys[i]] = true
+		ids[i], brs[i] = ob.id, ob.br
 	}
-	c.mu.Unlock()
+	c.branches.hold(ids, brs)
 	clear(s.open)
 	t1 := c.now()
 	auto := spec.Commit == ModeAuto
@@ -817,16 +801,12 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 			err = nil
 		} else {
 			// Aborting now would turn a late apply into data_loss. The
-			// branches stay prepared and held (c.live, not busy): if
-			// the entry applies, the recovery loop or the writer's next
+			// branches stay prepared and held, not claimed: if the
+			// entry applies, the recovery loop or the writer's next
 			// open finishes them; if it never does, the next open —
 			// whose own entry comes after this one in the journal —
-			// fences them away (fenceWriter drops them from c.live).
-			c.mu.Lock()
-			for _, k := range keys {
-				delete(c.busy, k)
-			}
-			c.mu.Unlock()
+			// fences them away (fenceWriter forgets them).
+			c.branches.release(ids)
 			s.failed = err
 			c.log.Warn("checkpoint's journal entry has an unknown outcome; its branches stay prepared until the journal settles",
 				"job", job, "writer", writer, "checkpoint", n, "err", err)
@@ -838,7 +818,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 			if aerr := ob.br.Abort(cl.cleanup); aerr != nil {
 				c.log.Warn("abort after failed journal entry", "branch", ob.id.String(), "err", aerr)
 			}
-			c.release(keys[i])
+			c.branches.forget(ids[i])
 		}
 		s.failed = err
 		return CheckpointResult{}, err
@@ -848,11 +828,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	s.lastN, s.lastSum, s.dirty = n, maphash.Bytes(stateSeed, state), false
 
 	if !auto || len(obs) == 0 {
-		c.mu.Lock()
-		for _, k := range keys {
-			delete(c.busy, k) // held in c.live for the external commit
-		}
-		c.mu.Unlock()
+		c.branches.release(ids) // held for the external commit
 		r, _ := c.m.CheckpointStatus(job, writer, n)
 		s.last = &r
 		return r, nil
@@ -901,40 +877,16 @@ func branchInfosOf(jbs []JournalBranch, status string) []BranchInfo {
 	return out
 }
 
-// release forgets a branch held in memory.
-func (c *Coordinator) release(k branchKey) {
-	c.mu.Lock()
-	delete(c.live, k)
-	delete(c.busy, k)
-	c.mu.Unlock()
-}
-
-// claim marks branches as being finished by the caller and returns those
-// nobody else is finishing and that are still unresolved in the journal.
-//
-// The journal check matters: the list was read before the claim, and the
-// owner may meanwhile have finished a branch, journaled RESOLVED, released it
-// and begun a new branch on the same slot. With Kafka's EndTxn v4 the new
-// transaction has the same producer id and epoch, so a late Resolve of the
-// old branch would commit the new one early. The owner journals RESOLVED
-// before it releases, both under the rules of busy, so checking the journal
-// while holding c.mu closes that window.
+// claim claims the branches of ps that nobody else is finishing and that
+// the journal still shows unresolved (the list was read before the claim;
+// see inflight for why the journal is checked again under its lock).
 func (c *Coordinator) claim(ps []PendingBranch) []PendingBranch {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := ps[:0:0]
-	for _, p := range ps {
-		k := keyOf(p.Branch.ID)
-		if c.busy[k] || !c.m.unresolved(p.Job, p.Writer, p.Checkpoint, p.Branch.ID) {
-			continue
-		}
-		c.busy[k] = true
-		out = append(out, p)
-	}
-	return out
+	return c.branches.claim(ps, func(p PendingBranch) bool {
+		return c.m.unresolved(p.Job, p.Writer, p.Checkpoint, p.Branch.ID)
+	})
 }
 
-// finish commits or aborts decided branches that the caller has marked busy
+// finish commits or aborts decided branches that the caller has claimed
 // and journals their outcomes. Branches this process prepared are finished on
 // their own connection; others through the sink's Resolve with the handle.
 // A branch that fails stays unresolved for the recovery loop.
@@ -948,11 +900,8 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 			c.failpoint("after-commit-first-sink")
 		}
 		id := p.Branch.ID
-		k := keyOf(id)
 		commit := p.Decision == decisionCommit
-		c.mu.Lock()
-		br := c.live[k]
-		c.mu.Unlock()
+		br := c.branches.branch(id)
 		var err error
 		switch {
 		case br != nil && commit:
@@ -977,7 +926,7 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 			c.metrics.CommitRetry(id.Sink)
 			c.log.Warn("finishing branch failed; will retry", "job", p.Job, "writer", p.Writer,
 				"checkpoint", p.Checkpoint, "branch", id.String(), "commit", commit, "err", err)
-			c.release(k) // the retry goes through Resolve with the handle
+			c.branches.forget(id) // the retry goes through Resolve with the handle
 			continue
 		}
 		byJob[p.Job] = append(byJob[p.Job], BranchOutcome{Writer: p.Writer, Checkpoint: p.Checkpoint, Sink: id.Sink,
@@ -991,7 +940,7 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 		}
 	}
 	for _, p := range ps {
-		c.release(keyOf(p.Branch.ID))
+		c.branches.forget(p.Branch.ID)
 	}
 	if len(ps) > 0 {
 		c.metrics.CheckpointDone(ps[0].Job, "commit", c.now().Sub(t0))
