@@ -131,6 +131,21 @@ type ApplyResult struct {
 	Decided map[string][]int64 `json:"decided,omitempty"`
 }
 
+// clone returns a deep copy: the machine keeps remembered results apart
+// from the ones it hands out.
+func (r ApplyResult) clone() ApplyResult {
+	r.Session.State = slices.Clone(r.Session.State)
+	r.Session.DataLoss = slices.Clone(r.Session.DataLoss)
+	if r.Decided != nil {
+		d := make(map[string][]int64, len(r.Decided))
+		for w, ns := range r.Decided {
+			d[w] = slices.Clone(ns)
+		}
+		r.Decided = d
+	}
+	return r
+}
+
 // Err returns the domain error the result carries (nil when the command
 // applied), wrapping its sentinel so errors.Is works.
 func (r ApplyResult) Err() error { return CodeError(r.Code, r.Message) }
@@ -210,7 +225,7 @@ func (m *Machine) Apply(index uint64, data []byte) any {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if c.Key != "" && m.st.Keys[c.Key] {
-		r := m.st.Results[c.Key]
+		r := m.st.Results[c.Key].clone()
 		r.Duplicate = true
 		return r
 	}
@@ -244,7 +259,7 @@ func (m *Machine) Apply(index uint64, data []byte) any {
 // dedupeKeys or dedupeStateBytes (never the newest).
 func (m *Machine) remember(key string, r ApplyResult) {
 	m.st.Keys[key] = true
-	m.st.Results[key] = r
+	m.st.Results[key] = r.clone() // the proposer gets r and may change it
 	m.st.KeyOrder = append(m.st.KeyOrder, key)
 	m.resultBytes += len(r.Session.State)
 	for len(m.st.KeyOrder) > 1 && (len(m.st.KeyOrder) > dedupeKeys || m.resultBytes > dedupeStateBytes) {

@@ -105,6 +105,13 @@ func TestMachineResultsSurviveSnapshot(t *testing.T) {
 	if !reflect.DeepEqual(got, first) {
 		t.Fatalf("after restore: got %+v, want the first result %+v", got, first)
 	}
+	// What a proposer does with its result does not reach the kept one.
+	got.Decided["0"][0] = 42
+	got.Session.State[0] = 'X'
+	again := m2.Apply(100, EncodeCommand(open)).(ApplyResult)
+	if !reflect.DeepEqual(again, first) {
+		t.Fatalf("after changing a returned result: got %+v, want %+v", again, first)
+	}
 	if w, _ := m2.Writer("x", "0"); w.Epoch != 2 {
 		t.Fatalf("duplicate changed the epoch to %d, want 2", w.Epoch)
 	}
