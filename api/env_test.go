@@ -59,9 +59,9 @@ type flakyJournal struct {
 	down atomic.Bool
 }
 
-func (f *flakyJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+func (f *flakyJournal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
 	if f.down.Load() {
-		return nil, fmt.Errorf("%w: no leader (test)", twopc.ErrUnavailable)
+		return twopc.ApplyResult{}, fmt.Errorf("%w: no leader (test)", twopc.ErrUnavailable)
 	}
 	return f.Journal.Propose(ctx, cmd)
 }

@@ -20,9 +20,10 @@ type Counters struct {
 	m        map[string]int
 	applies  int
 	restores int
+	index    uint64 // of the last command applied
 }
 
-func (c *Counters) Apply(cmd []byte) any {
+func (c *Counters) Apply(index uint64, cmd []byte) any {
 	if string(cmd) == "block" && c.Block != nil {
 		if c.Blocking != nil {
 			close(c.Blocking)
@@ -36,6 +37,7 @@ func (c *Counters) Apply(cmd []byte) any {
 	}
 	c.m[string(cmd)]++
 	c.applies++
+	c.index = index
 	return c.m[string(cmd)]
 }
 
@@ -62,6 +64,13 @@ func (c *Counters) State() map[string]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return maps.Clone(c.m)
+}
+
+// Index returns the log index of the last command applied.
+func (c *Counters) Index() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.index
 }
 
 // Calls returns how many commands were applied and snapshots restored.

@@ -22,7 +22,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	return f.sm.Apply(l.Data)
+	return f.sm.Apply(l.Index, l.Data)
 }
 
 // Snapshot captures the state now, while Apply is not running; Persist then

@@ -52,7 +52,7 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 			}
 
 			dst := &Counters{}
-			dst.Apply([]byte("stale")) // Restore replaces, not merges
+			dst.Apply(1, []byte("stale")) // Restore replaces, not merges
 			if err := (&fsm{sm: dst}).Restore(io.NopCloser(&sink.Buffer)); err != nil {
 				t.Fatalf("Restore: %v", err)
 			}
@@ -60,6 +60,23 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 				t.Errorf("restored state = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestFSMPassesLogIndex checks that the state machine learns the index of
+// each command, which it returns to the proposer.
+func TestFSMPassesLogIndex(t *testing.T) {
+	c := &Counters{}
+	f := &fsm{sm: c}
+	for _, idx := range []uint64{3, 4, 9} {
+		f.Apply(&raft.Log{Index: idx, Type: raft.LogCommand, Data: []byte("a")})
+		if got := c.Index(); got != idx {
+			t.Fatalf("got index %d, want %d", got, idx)
+		}
+	}
+	f.Apply(&raft.Log{Index: 10, Type: raft.LogNoop})
+	if got := c.Index(); got != 9 {
+		t.Errorf("after a no-op entry: got index %d, want 9 (not a command)", got)
 	}
 }
 

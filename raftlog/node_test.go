@@ -115,14 +115,22 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestProposeReturnsStateMachineResult(t *testing.T) {
-	n := openLeader(t, testConfig(t, t.TempDir()), &raftlog.Counters{})
+	sm := &raftlog.Counters{}
+	n := openLeader(t, testConfig(t, t.TempDir()), sm)
 
 	for i, tt := range []struct {
 		cmd  string
 		want int
 	}{{"a", 1}, {"a", 2}, {"b", 1}, {"a", 3}} {
+		before := sm.Index()
 		if got := propose(t, n, tt.cmd); got != tt.want {
 			t.Errorf("Propose #%d(%q) = %v, want %d", i, tt.cmd, got, tt.want)
+		}
+		// Apply learned the entry's index: above the previous command's,
+		// and within the log.
+		if idx := sm.Index(); idx <= before || idx > n.Status().LastIndex {
+			t.Errorf("Propose #%d: state machine saw index %d, want above %d and at most the last index %d",
+				i, idx, before, n.Status().LastIndex)
 		}
 	}
 

@@ -69,11 +69,12 @@ func (e *NotLeaderError) Unwrap() error { return ErrNotLeader }
 // StateMachine is what raftlog replicates. raft calls Apply, Snapshot and
 // Restore from one goroutine, never concurrently with each other.
 type StateMachine interface {
-	// Apply applies one committed command and returns the result handed to
-	// Propose on the leader. It must be deterministic and free of side
-	// effects: every node applies the same commands in the same order, and a
-	// restart replays them.
-	Apply(cmd []byte) any
+	// Apply applies one committed command, the log's entry at index, and
+	// returns the result handed to Propose on the leader. It must be
+	// deterministic and free of side effects: every node applies the same
+	// commands at the same indexes in the same order, and a restart replays
+	// them. Indexes increase but have gaps (entries that are not commands).
+	Apply(index uint64, cmd []byte) any
 	// Snapshot returns the whole state. It runs between Apply calls, so it
 	// sees a consistent state; keep the state small.
 	Snapshot() ([]byte, error)

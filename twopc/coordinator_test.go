@@ -620,19 +620,16 @@ type recordingJournal struct {
 	ops []string // "open_session", or "put_job:<mode>"
 }
 
-func (r *recordingJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+func (r *recordingJournal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
 	r.mu.Lock() // one at a time, so ops are in the journal's order
 	defer r.mu.Unlock()
 	v, err := r.Journal.Propose(ctx, cmd)
-	if err != nil {
-		return v, err
-	}
-	if res, ok := v.(twopc.ApplyResult); !ok || res.Err != nil || res.Duplicate {
+	if err != nil || v.Err() != nil || v.Duplicate {
 		return v, err
 	}
 	var c twopc.Command
 	if err := json.Unmarshal(cmd, &c); err != nil {
-		return nil, err
+		return twopc.ApplyResult{}, err
 	}
 	switch c.Op {
 	case twopc.OpOpenSession:

@@ -20,6 +20,9 @@ import (
 type Machine struct {
 	mu sync.RWMutex
 	st machineState
+	// resultBytes is the size of the session states in st.Results,
+	// derived from st (so alike on every replica), for dedupeStateBytes.
+	resultBytes int
 }
 
 // Op names a command.
@@ -53,11 +56,17 @@ const (
 // GET /v1/jobs/{job}/checkpoints; the last committed state is kept apart.
 const recentPerWriter = 8
 
-// dedupeKeys bounds the idempotency keys remembered.
+// dedupeKeys bounds the idempotency keys remembered, with their results.
 const dedupeKeys = 4096
 
+// dedupeStateBytes bounds the session states held by remembered results
+// (open_session returns the restored state, up to MaxStateBytes each):
+// past it the oldest keys are forgotten early, so snapshots stay small.
+const dedupeStateBytes = 8 << 20
+
 // Command is one journal entry. Key makes it idempotent: a command whose key
-// was applied already changes nothing and returns Duplicate.
+// was applied already changes nothing and returns the first one's result,
+// marked Duplicate.
 type Command struct {
 	Op   Op     `json:"op"`
 	Key  string `json:"key"`
@@ -100,22 +109,56 @@ type BranchOutcome struct {
 	Outcome    string `json:"outcome"`
 }
 
-// ApplyResult is what Apply returns to the proposer.
+// ApplyResult is what Apply returns to the proposer. It is plain data, so a
+// follower that forwards a command to the leader can get it back over the
+// network (it round-trips through JSON): a domain error travels as its
+// stable code and message, and Err turns them back into an error.
 type ApplyResult struct {
-	Err       error
-	Duplicate bool
+	// Code is "" when the command applied, else ErrorCode of the domain
+	// error that refused it (and changed nothing).
+	Code string `json:"code,omitempty"`
+	// Message is the error's text when Code is set.
+	Message string `json:"message,omitempty"`
+	// Index is the journal (raft log) index at which the command applied;
+	// for a Duplicate, the index of the first command with its key.
+	Index uint64 `json:"index"`
+	// Duplicate: the key was applied before; this is that first result.
+	Duplicate bool `json:"duplicate,omitempty"`
 	// Session: open_session's result.
-	Session SessionInfo
+	Session SessionInfo `json:"session,omitzero"`
 	// Decided lists per writer the checkpoints this command decided
 	// (open_session with restore, decide).
-	Decided map[string][]int64
+	Decided map[string][]int64 `json:"decided,omitempty"`
 }
+
+// clone returns a deep copy: the machine keeps remembered results apart
+// from the ones it hands out.
+func (r ApplyResult) clone() ApplyResult {
+	r.Session.State = slices.Clone(r.Session.State)
+	r.Session.DataLoss = slices.Clone(r.Session.DataLoss)
+	if r.Decided != nil {
+		d := make(map[string][]int64, len(r.Decided))
+		for w, ns := range r.Decided {
+			d[w] = slices.Clone(ns)
+		}
+		r.Decided = d
+	}
+	return r
+}
+
+// Err returns the domain error the result carries (nil when the command
+// applied), wrapping its sentinel so errors.Is works.
+func (r ApplyResult) Err() error { return CodeError(r.Code, r.Message) }
 
 type machineState struct {
 	Jobs map[string]*jobState `json:"jobs"`
-	// Keys and KeyOrder remember recent idempotency keys (FIFO).
-	Keys     map[string]bool `json:"keys"`
-	KeyOrder []string        `json:"key_order"`
+	// Keys and KeyOrder remember recent idempotency keys (FIFO), Results
+	// what each key's command returned. Snapshots written before Results
+	// existed restore without them: such a key's duplicate returns only
+	// Duplicate.
+	Keys     map[string]bool        `json:"keys"`
+	KeyOrder []string               `json:"key_order"`
+	Results  map[string]ApplyResult `json:"results,omitempty"`
 }
 
 type jobState struct {
@@ -160,7 +203,7 @@ func NewMachine() *Machine {
 }
 
 func emptyState() machineState {
-	return machineState{Jobs: map[string]*jobState{}, Keys: map[string]bool{}}
+	return machineState{Jobs: map[string]*jobState{}, Keys: map[string]bool{}, Results: map[string]ApplyResult{}}
 }
 
 // EncodeCommand encodes a command for Propose.
@@ -172,8 +215,9 @@ func EncodeCommand(c Command) []byte {
 	return b
 }
 
-// Apply applies one encoded command and returns an ApplyResult.
-func (m *Machine) Apply(data []byte) any {
+// Apply applies one encoded command, the journal's entry at index, and
+// returns an ApplyResult.
+func (m *Machine) Apply(index uint64, data []byte) any {
 	var c Command
 	if err := json.Unmarshal(data, &c); err != nil {
 		panic(fmt.Sprintf("twopc: undecodable journal command: %v", err))
@@ -181,7 +225,9 @@ func (m *Machine) Apply(data []byte) any {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if c.Key != "" && m.st.Keys[c.Key] {
-		return ApplyResult{Duplicate: true}
+		r := m.st.Results[c.Key].clone()
+		r.Duplicate = true
+		return r
 	}
 	var r ApplyResult
 	switch c.Op {
@@ -200,22 +246,32 @@ func (m *Machine) Apply(data []byte) any {
 	default:
 		panic(fmt.Sprintf("twopc: unknown journal op %q", c.Op))
 	}
-	if c.Key != "" && r.Err == nil {
-		m.remember(c.Key)
+	r.Index = index
+	// A refused command changed nothing, so its key is not remembered: a
+	// retry is judged afresh.
+	if c.Key != "" && r.Code == "" {
+		m.remember(c.Key, r)
 	}
 	return r
 }
 
-func (m *Machine) remember(key string) {
+// remember keeps key and its result, forgetting the oldest keys past
+// dedupeKeys or dedupeStateBytes (never the newest).
+func (m *Machine) remember(key string, r ApplyResult) {
 	m.st.Keys[key] = true
+	m.st.Results[key] = r.clone() // the proposer gets r and may change it
 	m.st.KeyOrder = append(m.st.KeyOrder, key)
-	if len(m.st.KeyOrder) > dedupeKeys {
-		delete(m.st.Keys, m.st.KeyOrder[0])
+	m.resultBytes += len(r.Session.State)
+	for len(m.st.KeyOrder) > 1 && (len(m.st.KeyOrder) > dedupeKeys || m.resultBytes > dedupeStateBytes) {
+		old := m.st.KeyOrder[0]
+		m.resultBytes -= len(m.st.Results[old].Session.State)
+		delete(m.st.Keys, old)
+		delete(m.st.Results, old)
 		m.st.KeyOrder = m.st.KeyOrder[1:]
 	}
 }
 
-func errResult(err error) ApplyResult { return ApplyResult{Err: err} }
+func errResult(err error) ApplyResult { return ApplyResult{Code: ErrorCode(err), Message: err.Error()} }
 
 func (m *Machine) putJob(c Command) ApplyResult {
 	s := c.Spec
@@ -447,6 +503,13 @@ func (m *Machine) Restore(data []byte) error {
 	if st.Keys == nil {
 		st.Keys = map[string]bool{}
 	}
+	if st.Results == nil {
+		st.Results = map[string]ApplyResult{}
+	}
+	size := 0
+	for _, r := range st.Results {
+		size += len(r.Session.State)
+	}
 	for _, j := range st.Jobs {
 		if j.Writers == nil {
 			j.Writers = map[string]*writerState{}
@@ -459,6 +522,7 @@ func (m *Machine) Restore(data []byte) error {
 	}
 	m.mu.Lock()
 	m.st = st
+	m.resultBytes = size
 	m.mu.Unlock()
 	return nil
 }

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
+	"sync/atomic"
 	"testing"
 )
+
+// nextIndex numbers the commands apply applies, as a journal would.
+var nextIndex atomic.Uint64
 
 // apply applies cmd (with a fresh key unless one is given) and checks that a
 // snapshot → restore round trip reproduces the state exactly.
@@ -15,7 +20,7 @@ func apply(t *testing.T, m *Machine, c Command) ApplyResult {
 		c.Key = fmt.Sprintf("%s-%d", t.Name(), len(m.st.KeyOrder))
 	}
 	c.Time++
-	r := m.Apply(EncodeCommand(c)).(ApplyResult)
+	r := m.Apply(nextIndex.Add(1), EncodeCommand(c)).(ApplyResult)
 	snap, err := m.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -40,16 +45,16 @@ func TestMachineCommands(t *testing.T) {
 		m := NewMachine()
 		for _, spec := range []*JobSpec{nil, {Name: "bad name", Commit: ModeAuto, Sinks: []string{"k"}},
 			{Name: "j", Commit: "sometimes", Sinks: []string{"k"}}, {Name: "j", Commit: ModeAuto}} {
-			if r := apply(t, m, Command{Op: OpPutJob, Spec: spec}); !errors.Is(r.Err, ErrInvalid) {
-				t.Errorf("spec %+v: got %v, want ErrInvalid", spec, r.Err)
+			if r := apply(t, m, Command{Op: OpPutJob, Spec: spec}); !errors.Is(r.Err(), ErrInvalid) {
+				t.Errorf("spec %+v: got %v, want ErrInvalid", spec, r.Err())
 			}
 		}
 		if got := m.JobNames(); len(got) != 0 {
 			t.Fatalf("bad specs created jobs %v", got)
 		}
 		for range 2 {
-			if r := apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeAuto, Sinks: []string{"k"}}}); r.Err != nil {
-				t.Fatal(r.Err)
+			if r := apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeAuto, Sinks: []string{"k"}}}); r.Err() != nil {
+				t.Fatal(r.Err())
 			}
 		}
 		if got := m.JobNames(); len(got) != 1 {
@@ -59,8 +64,8 @@ func TestMachineCommands(t *testing.T) {
 
 	t.Run("sessions fence and checkpoints order", func(t *testing.T) {
 		m := NewMachine()
-		if r := apply(t, m, Command{Op: OpOpenSession, Job: "nope", Writer: "0"}); !errors.Is(r.Err, ErrJobNotFound) {
-			t.Fatalf("got %v, want ErrJobNotFound", r.Err)
+		if r := apply(t, m, Command{Op: OpOpenSession, Job: "nope", Writer: "0"}); !errors.Is(r.Err(), ErrJobNotFound) {
+			t.Fatalf("got %v, want ErrJobNotFound", r.Err())
 		}
 		apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeAuto, Sinks: []string{"k"}}})
 		r1 := apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Node: "n1"})
@@ -68,20 +73,20 @@ func TestMachineCommands(t *testing.T) {
 		if r1.Session.Epoch != 1 || r2.Session.Epoch != 2 {
 			t.Fatalf("got epochs %d, %d, want 1, 2", r1.Session.Epoch, r2.Session.Epoch)
 		}
-		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 1, Checkpoint: 1, Decide: true}); !errors.Is(r.Err, ErrSessionFenced) {
-			t.Fatalf("stale epoch: got %v, want ErrSessionFenced", r.Err)
+		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 1, Checkpoint: 1, Decide: true}); !errors.Is(r.Err(), ErrSessionFenced) {
+			t.Fatalf("stale epoch: got %v, want ErrSessionFenced", r.Err())
 		}
-		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 2, Checkpoint: 1}); !errors.Is(r.Err, ErrModeConflict) {
-			t.Fatalf("undecided prepare in auto mode: got %v, want ErrModeConflict", r.Err)
+		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 2, Checkpoint: 1}); !errors.Is(r.Err(), ErrModeConflict) {
+			t.Fatalf("undecided prepare in auto mode: got %v, want ErrModeConflict", r.Err())
 		}
 		r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 2, Checkpoint: 5, State: []byte("s5"), Decide: true,
 			Branches: []JournalBranch{jb("j", "0", "k", 2, 1, 0)}})
-		if r.Err != nil {
-			t.Fatal(r.Err)
+		if r.Err() != nil {
+			t.Fatal(r.Err())
 		}
 		for _, n := range []int64{5, 4} {
-			if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 2, Checkpoint: n, Decide: true}); !errors.Is(r.Err, ErrCheckpointOrder) {
-				t.Fatalf("checkpoint %d after 5: got %v, want ErrCheckpointOrder", n, r.Err)
+			if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 2, Checkpoint: n, Decide: true}); !errors.Is(r.Err(), ErrCheckpointOrder) {
+				t.Fatalf("checkpoint %d after 5: got %v, want ErrCheckpointOrder", n, r.Err())
 			}
 		}
 		st, _ := m.CheckpointStatus("j", "0", 5)
@@ -107,8 +112,8 @@ func TestMachineCommands(t *testing.T) {
 			t.Fatalf("got status %s, want committed", st.Status)
 		}
 		// The order holds across sessions.
-		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 3, Checkpoint: 5, Decide: true}); !errors.Is(r.Err, ErrCheckpointOrder) {
-			t.Fatalf("got %v, want ErrCheckpointOrder", r.Err)
+		if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 3, Checkpoint: 5, Decide: true}); !errors.Is(r.Err(), ErrCheckpointOrder) {
+			t.Fatalf("got %v, want ErrCheckpointOrder", r.Err())
 		}
 	})
 
@@ -120,16 +125,16 @@ func TestMachineCommands(t *testing.T) {
 			for n := int64(1); n <= 3; n++ {
 				r := apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: w, Epoch: 1, Checkpoint: n, State: []byte{byte(n)},
 					Branches: []JournalBranch{jb("x", w, "k", 1, uint64(n), int(n))}})
-				if r.Err != nil {
-					t.Fatal(r.Err)
+				if r.Err() != nil {
+					t.Fatal(r.Err())
 				}
 			}
 		}
-		if r := apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: "0", Epoch: 1, Checkpoint: 9, Decide: true}); !errors.Is(r.Err, ErrModeConflict) {
-			t.Fatalf("decided prepare in external mode: got %v, want ErrModeConflict", r.Err)
+		if r := apply(t, m, Command{Op: OpPrepared, Job: "x", Writer: "0", Epoch: 1, Checkpoint: 9, Decide: true}); !errors.Is(r.Err(), ErrModeConflict) {
+			t.Fatalf("decided prepare in external mode: got %v, want ErrModeConflict", r.Err())
 		}
-		if r := apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "x", Commit: ModeAuto, Sinks: []string{"k"}}}); !errors.Is(r.Err, ErrModeConflict) {
-			t.Fatalf("mode change with open checkpoints: got %v, want ErrModeConflict", r.Err)
+		if r := apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "x", Commit: ModeAuto, Sinks: []string{"k"}}}); !errors.Is(r.Err(), ErrModeConflict) {
+			t.Fatalf("mode change with open checkpoints: got %v, want ErrModeConflict", r.Err())
 		}
 		r := apply(t, m, Command{Op: OpDecide, Job: "x", Checkpoint: 2, Commit: true})
 		if got := r.Decided["0"]; len(got) != 2 || got[1] != 2 || len(r.Decided["1"]) != 2 {
@@ -165,12 +170,18 @@ func TestMachineCommands(t *testing.T) {
 		m := NewMachine()
 		apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeAuto, Sinks: []string{"k"}}})
 		apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Key: "same"})
+		first := apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Key: "same"})
 		r := apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0", Key: "same"})
 		if !r.Duplicate {
 			t.Fatal("got no Duplicate for a repeated key")
 		}
 		if w, _ := m.Writer("j", "0"); w.Epoch != 1 {
 			t.Fatalf("got epoch %d, want 1", w.Epoch)
+		}
+		// The duplicate answers what the first answered, index included.
+		first.Duplicate = true
+		if !reflect.DeepEqual(r, first) {
+			t.Fatalf("duplicate: got %+v, want the first result %+v", r, first)
 		}
 	})
 
@@ -223,35 +234,35 @@ func TestMachinePanicsOnGarbage(t *testing.T) {
 					t.Errorf("Apply(%q) did not panic", in)
 				}
 			}()
-			NewMachine().Apply([]byte(in))
+			NewMachine().Apply(1, []byte(in))
 		}()
 	}
 }
 
 func TestMachineDeleteWriter(t *testing.T) {
 	m := NewMachine()
-	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err, ErrJobNotFound) {
-		t.Fatalf("unknown job: got %v, want ErrJobNotFound", r.Err)
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err(), ErrJobNotFound) {
+		t.Fatalf("unknown job: got %v, want ErrJobNotFound", r.Err())
 	}
 	apply(t, m, Command{Op: OpPutJob, Spec: &JobSpec{Name: "j", Commit: ModeExternal, Sinks: []string{"k"}}})
-	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); r.Err != nil {
-		t.Fatalf("unknown writer: got %v, want nil (idempotent)", r.Err)
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); r.Err() != nil {
+		t.Fatalf("unknown writer: got %v, want nil (idempotent)", r.Err())
 	}
 	for range 3 {
 		apply(t, m, Command{Op: OpOpenSession, Job: "j", Writer: "0"})
 	}
 	apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 3, Checkpoint: 4, State: []byte("s4"),
 		Branches: []JournalBranch{jb("j", "0", "k", 3, 1, 0)}})
-	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err, ErrWriterInDoubt) {
-		t.Fatalf("writer with a prepared checkpoint: got %v, want ErrWriterInDoubt", r.Err)
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err(), ErrWriterInDoubt) {
+		t.Fatalf("writer with a prepared checkpoint: got %v, want ErrWriterInDoubt", r.Err())
 	}
 	apply(t, m, Command{Op: OpDecide, Job: "j", Checkpoint: 4, Commit: true})
-	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err, ErrWriterInDoubt) {
-		t.Fatalf("writer with a decided, unfinished checkpoint: got %v, want ErrWriterInDoubt", r.Err)
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); !errors.Is(r.Err(), ErrWriterInDoubt) {
+		t.Fatalf("writer with a decided, unfinished checkpoint: got %v, want ErrWriterInDoubt", r.Err())
 	}
 	apply(t, m, Command{Op: OpResolved, Job: "j", Outcomes: []BranchOutcome{{Writer: "0", Checkpoint: 4, Sink: "k", Epoch: 3, Seq: 1, Outcome: OutcomeCommitted}}})
-	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); r.Err != nil {
-		t.Fatal(r.Err)
+	if r := apply(t, m, Command{Op: OpDeleteWriter, Job: "j", Writer: "0"}); r.Err() != nil {
+		t.Fatal(r.Err())
 	}
 	if _, ok := m.Writer("j", "0"); ok {
 		t.Fatal("writer still there after delete")
@@ -263,10 +274,10 @@ func TestMachineDeleteWriter(t *testing.T) {
 		t.Fatalf("reopened deleted writer: got epoch %d checkpoint %d state %q, want 4, 0, nil",
 			r.Session.Epoch, r.Session.Checkpoint, r.Session.State)
 	}
-	if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 3, Checkpoint: 1}); !errors.Is(r.Err, ErrSessionFenced) {
-		t.Fatalf("an epoch of the deleted writer: got %v, want ErrSessionFenced", r.Err)
+	if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 3, Checkpoint: 1}); !errors.Is(r.Err(), ErrSessionFenced) {
+		t.Fatalf("an epoch of the deleted writer: got %v, want ErrSessionFenced", r.Err())
 	}
-	if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 4, Checkpoint: 1}); r.Err != nil {
-		t.Fatalf("checkpoint 1 after delete: %v", r.Err)
+	if r := apply(t, m, Command{Op: OpPrepared, Job: "j", Writer: "0", Epoch: 4, Checkpoint: 1}); r.Err() != nil {
+		t.Fatalf("checkpoint 1 after delete: %v", r.Err())
 	}
 }

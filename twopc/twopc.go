@@ -203,7 +203,9 @@ type Branch interface {
 // twopctest has an in-memory one.
 type Journal interface {
 	// Propose makes cmd durable, applies it to the Machine and returns what
-	// Machine.Apply returned. An error means it is unknown whether cmd was
-	// applied (e.g. no leader): wrap ErrUnavailable.
-	Propose(ctx context.Context, cmd []byte) (any, error)
+	// Machine.Apply returned: plain data, so a journal may as well get it
+	// from another node. A domain error is in the result (its Code), not
+	// in the error. An error means it is unknown whether cmd was applied
+	// (e.g. no leader); keep its cause reachable for errors.As.
+	Propose(ctx context.Context, cmd []byte) (ApplyResult, error)
 }

@@ -23,16 +23,16 @@ type lateJournal struct {
 	held []byte
 }
 
-func (j *lateJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+func (j *lateJournal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
 	var c twopc.Command
 	if err := json.Unmarshal(cmd, &c); err != nil {
-		return nil, err
+		return twopc.ApplyResult{}, err
 	}
 	j.mu.Lock()
 	if j.hold && c.Op == twopc.OpPrepared {
 		j.hold, j.held = false, cmd
 		j.mu.Unlock()
-		return nil, errors.Join(twopc.ErrUnavailable, context.DeadlineExceeded)
+		return twopc.ApplyResult{}, errors.Join(twopc.ErrUnavailable, context.DeadlineExceeded)
 	}
 	j.mu.Unlock()
 	return j.Journal.Propose(ctx, cmd)
@@ -48,7 +48,7 @@ func (j *lateJournal) apply(t *testing.T) {
 		t.Fatal("no entry was held back")
 	}
 	v, err := j.Journal.Propose(context.Background(), cmd)
-	if err != nil || v.(twopc.ApplyResult).Err != nil {
+	if err != nil || v.Err() != nil {
 		t.Fatalf("late apply: %v %v", v, err)
 	}
 }

@@ -161,7 +161,7 @@ type meteredJournal struct {
 	apply prometheus.Observer
 }
 
-func (m *meteredJournal) Propose(ctx context.Context, cmd []byte) (any, error) {
+func (m *meteredJournal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
 	t0 := time.Now()
 	res, err := m.j.Propose(ctx, cmd)
 	if err == nil {

@@ -180,7 +180,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	sc.ready = newReadiness(func() string { return sc.node.Status().LeaderID }, pingers, cfg.Timeouts.Ready, 0)
 	met := newMetrics(machine, sc.node)
 	sc.coord, err = twopc.NewCoordinator(twopc.Config{
-		Node: cfg.NodeID, Journal: met.journal(sc.node), Machine: machine, Sinks: met.wrapSinks(sc.sinks),
+		Node: cfg.NodeID, Journal: met.journal(raftJournal{sc.node}), Machine: machine, Sinks: met.wrapSinks(sc.sinks),
 		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Timeouts: twopc.Timeouts{Write: cfg.Timeouts.Write, Checkpoint: cfg.Timeouts.Checkpoint,
 			Session: cfg.Timeouts.Session, Commit: cfg.Timeouts.Commit},

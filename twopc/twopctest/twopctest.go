@@ -22,25 +22,27 @@ type Journal struct {
 	mu      sync.Mutex
 	m       *twopc.Machine
 	entries [][]byte
-	// Fail, when set, makes Propose fail without applying.
+	// Fail, when set, makes Propose fail without applying, with an error
+	// wrapping both twopc.ErrUnavailable and Fail (a test can make it a
+	// raftlog.NotLeaderError, as a follower's journal returns).
 	Fail error
 }
 
 // NewJournal returns a journal applying to m.
 func NewJournal(m *twopc.Machine) *Journal { return &Journal{m: m} }
 
-// Propose applies cmd and keeps it.
-func (j *Journal) Propose(ctx context.Context, cmd []byte) (any, error) {
+// Propose applies cmd and keeps it; its index is its 1-based position.
+func (j *Journal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%w: %v", twopc.ErrUnavailable, err)
+		return twopc.ApplyResult{}, fmt.Errorf("%w: %w", twopc.ErrUnavailable, err)
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.Fail != nil {
-		return nil, fmt.Errorf("%w: %v", twopc.ErrUnavailable, j.Fail)
+		return twopc.ApplyResult{}, fmt.Errorf("%w: %w", twopc.ErrUnavailable, j.Fail)
 	}
 	j.entries = append(j.entries, slices.Clone(cmd))
-	return j.m.Apply(cmd), nil
+	return j.m.Apply(uint64(len(j.entries)), cmd).(twopc.ApplyResult), nil
 }
 
 // Reopen returns a new journal over a new Machine that has replayed every
@@ -49,8 +51,8 @@ func (j *Journal) Reopen() *Journal {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	m := twopc.NewMachine()
-	for _, e := range j.entries {
-		m.Apply(e)
+	for i, e := range j.entries {
+		m.Apply(uint64(i+1), e)
 	}
 	return &Journal{m: m, entries: slices.Clone(j.entries)}
 }

@@ -1,0 +1,90 @@
+package twopc
+
+import (
+	"context"
+	"errors"
+)
+
+// claim claims the branches of ps that nobody else is finishing and that
+// the journal still shows unresolved (the list was read before the claim;
+// see inflight for why the journal is checked again under its lock).
+func (c *Coordinator) claim(ps []PendingBranch) []PendingBranch {
+	return c.branches.claim(ps, func(p PendingBranch) bool {
+		return c.m.unresolved(p.Job, p.Writer, p.Checkpoint, p.Branch.ID)
+	})
+}
+
+// finish commits or aborts decided branches that the caller has claimed
+// and journals their outcomes. Branches this process prepared are finished on
+// their own connection; others through the sink's Resolve with the handle.
+// A branch that fails stays unresolved for the recovery loop.
+func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
+	ctx, cancel := context.WithTimeout(ctx, finishTimeout)
+	defer cancel()
+	t0 := c.now()
+	byJob := map[string][]BranchOutcome{}
+	for i, p := range ps {
+		if i == 1 {
+			c.failpoint("after-commit-first-sink")
+		}
+		id := p.Branch.ID
+		commit := p.Decision == decisionCommit
+		br := c.branches.branch(id)
+		var err error
+		switch {
+		case br != nil && commit:
+			err = br.Commit(ctx)
+		case br != nil:
+			err = br.Abort(ctx)
+		default:
+			err = c.cfg.Sinks[id.Sink].Resolve(ctx, id, p.Branch.Handle, commit)
+		}
+		outcome := OutcomeAborted
+		if commit {
+			outcome = OutcomeCommitted
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrDataLoss):
+			outcome = OutcomeDataLoss
+			c.metrics.DataLoss(p.Job, id.Sink)
+			c.log.Error("DATA LOSS: the sink had aborted a transaction the journal decided to commit",
+				"job", p.Job, "writer", p.Writer, "checkpoint", p.Checkpoint, "branch", id.String(), "err", err)
+		default:
+			c.metrics.CommitRetry(id.Sink)
+			c.log.Warn("finishing branch failed; will retry", "job", p.Job, "writer", p.Writer,
+				"checkpoint", p.Checkpoint, "branch", id.String(), "commit", commit, "err", err)
+			c.branches.forget(id) // the retry goes through Resolve with the handle
+			continue
+		}
+		byJob[p.Job] = append(byJob[p.Job], BranchOutcome{Writer: p.Writer, Checkpoint: p.Checkpoint, Sink: id.Sink,
+			Seq: id.Seq, Epoch: id.Epoch, Outcome: outcome})
+	}
+	for job, outs := range byJob {
+		if _, err := c.propose(ctx, Command{Op: OpResolved, Job: job, Outcomes: outs}); err != nil {
+			// The sinks are finished; the journal will learn it on a retry
+			// (finishing again is idempotent).
+			c.log.Warn("journaling finished branches failed; will retry", "job", job, "err", err)
+		}
+	}
+	for _, p := range ps {
+		c.branches.forget(p.Branch.ID)
+	}
+	if len(ps) > 0 {
+		c.metrics.CheckpointDone(ps[0].Job, "commit", c.now().Sub(t0))
+	}
+}
+
+// finishDecided finishes every decided, unresolved branch that match
+// selects and that no other goroutine is finishing.
+func (c *Coordinator) finishDecided(ctx context.Context, match func(PendingBranch) bool) {
+	var ps []PendingBranch
+	for _, p := range c.m.Pending("") {
+		if p.Decision != decisionNone && match(p) {
+			ps = append(ps, p)
+		}
+	}
+	if ps = c.claim(ps); len(ps) > 0 {
+		c.finish(ctx, ps)
+	}
+}
