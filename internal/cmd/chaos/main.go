@@ -181,6 +181,7 @@ type driver struct {
 	dbDSN     string // DSN of the chaos database
 	brokers   string
 	httpAddr  string
+	raftAddr  string
 	broker    *proc
 	sidecar   *proc
 	generator *proc
@@ -264,13 +265,20 @@ func repoRoot() string {
 	return "."
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// freeAddrs reserves n distinct loopback ports: every listener stays open
+// until all are chosen, so the kernel cannot hand one out twice (a sidecar
+// once got the same port for Raft and HTTP that way).
+func freeAddrs(n int) ([]string, error) {
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		addrs = append(addrs, ln.Addr().String())
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return addrs, nil
 }
 
 func (d *driver) startAll(ctx context.Context) error {
@@ -283,9 +291,12 @@ func (d *driver) startAll(ctx context.Context) error {
 	if d.dbDSN, err = createSchema(ctx, d.db.DSN()); err != nil {
 		return err
 	}
-	if d.brokers, err = freeAddr(); err != nil {
+	// The broker's, the sidecar's HTTP and its Raft port, chosen together.
+	addrs, err := freeAddrs(3)
+	if err != nil {
 		return err
 	}
+	d.brokers, d.httpAddr, d.raftAddr = addrs[0], addrs[1], addrs[2]
 	if d.cfg.mode == "dev" {
 		if err := d.devSidecar(); err != nil {
 			return err
@@ -349,14 +360,6 @@ func (d *driver) devDataDir() string { return filepath.Join(d.dir, "sidecar") }
 // The input topic is created by the generator, the output topic by the
 // dev sink (create_topics).
 func (d *driver) devSidecar() error {
-	var err error
-	if d.httpAddr, err = freeAddr(); err != nil {
-		return err
-	}
-	raftAddr, err := freeAddr()
-	if err != nil {
-		return err
-	}
 	c, err := gomysql.ParseDSN(d.db.DSN())
 	if err != nil {
 		return err
@@ -364,20 +367,12 @@ func (d *driver) devSidecar() error {
 	c.DBName = "txsink_dev"
 	d.dbDSN = c.FormatDSN()
 	d.sidecar = newProc("sidecar", filepath.Join(d.dir, "sidecar.log"), filepath.Join(d.bin, "sidecar"),
-		"dev", "--data-dir", d.devDataDir(), "--http-addr", d.httpAddr, "--raft-addr", raftAddr,
+		"dev", "--data-dir", d.devDataDir(), "--http-addr", d.httpAddr, "--raft-addr", d.raftAddr,
 		"--kafka-addr", d.brokers, "--mysql-dsn", d.db.DSN())
 	return nil
 }
 
 func (d *driver) writeSidecarConfig() error {
-	var err error
-	if d.httpAddr, err = freeAddr(); err != nil {
-		return err
-	}
-	raftAddr, err := freeAddr()
-	if err != nil {
-		return err
-	}
 	cfg := fmt.Sprintf(`# written by the chaos driver
 node_id: chaos
 data_dir: %s
@@ -402,7 +397,7 @@ jobs:
   %s:
     commit: auto
     sinks: [events, db]
-`, filepath.Join(d.dir, "sidecar"), d.httpAddr, raftAddr, txnTimeout-maxOpen, d.brokers, txnTimeout, expireShare, d.dbDSN, job)
+`, filepath.Join(d.dir, "sidecar"), d.httpAddr, d.raftAddr, txnTimeout-maxOpen, d.brokers, txnTimeout, expireShare, d.dbDSN, job)
 	return os.WriteFile(filepath.Join(d.dir, "txsink.yaml"), []byte(cfg), 0o600)
 }
 
