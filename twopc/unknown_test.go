@@ -70,11 +70,11 @@ func lateEnv(t *testing.T) (*env, *lateJournal) {
 	return e, lj
 }
 
-// TestCheckpointUnknownOutcomeAppliedLate: a checkpoint whose journal entry
-// was applied after its proposer gave up must commit, not be aborted by the
-// call and then reported as data_loss.
-func TestCheckpointUnknownOutcomeAppliedLate(t *testing.T) {
-	ctx := context.Background()
+// unknownCheckpoint writes a record for writer j/w and checkpoints it while
+// the journal holds the entry back, so the call ends with an unknown
+// outcome (ErrUnavailable).
+func unknownCheckpoint(t *testing.T) (*env, *lateJournal, twopc.SessionInfo) {
+	t.Helper()
 	e, lj := lateEnv(t)
 	e.job("j", twopc.ModeAuto, "a")
 	s := e.open("j", "w", nil)
@@ -82,9 +82,18 @@ func TestCheckpointUnknownOutcomeAppliedLate(t *testing.T) {
 	lj.mu.Lock()
 	lj.hold = true
 	lj.mu.Unlock()
-	if _, err := e.c.Checkpoint(ctx, "j", "w", s.Epoch, 1, []byte("s1"), ""); !errors.Is(err, twopc.ErrUnavailable) {
+	if _, err := e.c.Checkpoint(context.Background(), "j", "w", s.Epoch, 1, []byte("s1"), ""); !errors.Is(err, twopc.ErrUnavailable) {
 		t.Fatalf("checkpoint with an unknown outcome: got %v, want ErrUnavailable", err)
 	}
+	return e, lj, s
+}
+
+// TestCheckpointUnknownOutcomeAppliedLate: a checkpoint whose journal entry
+// was applied after its proposer gave up must commit, not be aborted by the
+// call and then reported as data_loss.
+func TestCheckpointUnknownOutcomeAppliedLate(t *testing.T) {
+	ctx := context.Background()
+	e, lj, s := unknownCheckpoint(t)
 	lj.apply(t)
 	// The app was told to retry; its retry says reopen, and the reopen
 	// restores what the journal has.
@@ -105,17 +114,7 @@ func TestCheckpointUnknownOutcomeAppliedLate(t *testing.T) {
 // the branch left prepared is aborted by the writer's next open, and the
 // writer goes on from its previous checkpoint.
 func TestCheckpointUnknownOutcomeNeverApplied(t *testing.T) {
-	ctx := context.Background()
-	e, lj := lateEnv(t)
-	e.job("j", twopc.ModeAuto, "a")
-	s := e.open("j", "w", nil)
-	e.write("j", "w", s.Epoch, recs("a", "x"))
-	lj.mu.Lock()
-	lj.hold = true
-	lj.mu.Unlock()
-	if _, err := e.c.Checkpoint(ctx, "j", "w", s.Epoch, 1, []byte("s1"), ""); !errors.Is(err, twopc.ErrUnavailable) {
-		t.Fatalf("checkpoint with an unknown outcome: got %v, want ErrUnavailable", err)
-	}
+	e, lj, _ := unknownCheckpoint(t)
 	lj.mu.Lock()
 	lj.held = nil // lost: never applied
 	lj.mu.Unlock()
