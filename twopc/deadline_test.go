@@ -178,19 +178,7 @@ func TestCallWaitingForBusyWriterAnswersInTime(t *testing.T) {
 	s := e.open("j", "0", nil)
 	e.write("j", "0", s.Epoch, recs("a", "a1"))
 	e.a.SetHang("prepare", true)
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.c.Checkpoint(context.Background(), "j", "0", s.Epoch, 1, nil, "")
-		done <- err
-	}()
-	// Wait until the checkpoint holds the writer (its prepare hangs).
-	deadline := time.Now().Add(5 * time.Second)
-	for e.a.Hanging("prepare") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the checkpoint did not start within 5s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	done := hungCheckpoint(t, e, s.Epoch)
 	var err error
 	within(t, time.Second, "write behind a hung checkpoint", func() {
 		_, err = e.c.Write(context.Background(), "j", "0", s.Epoch, nil, recs("a", "a2"))
@@ -219,18 +207,7 @@ func TestOpenBehindBusySessionAnswersInTime(t *testing.T) {
 	e.write("j", "0", s.Epoch, recs("a", "a1"))
 	e.a.SetHang("prepare", true)
 	t.Cleanup(func() { e.a.SetHang("prepare", false) })
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.c.Checkpoint(context.Background(), "j", "0", s.Epoch, 1, nil, "")
-		done <- err
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for e.a.Hanging("prepare") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the checkpoint did not start within 5s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	done := hungCheckpoint(t, e, s.Epoch)
 	var err error
 	within(t, 2*time.Second, "open behind a hung checkpoint", func() {
 		_, err = e.c.OpenSession(context.Background(), "j", "0", nil)
@@ -250,4 +227,24 @@ func TestOpenBehindBusySessionAnswersInTime(t *testing.T) {
 		t.Fatalf("reopen: got checkpoint %d status %s, want 1 committed", s2.Checkpoint, s2.Status)
 	}
 	wantValues(t, e.a, "a1")
+}
+
+// hungCheckpoint starts checkpoint 1 of writer j/0 (whose sink "a" must hang
+// prepares) and returns once its prepare hangs, so the call holds the
+// writer; the channel gets the call's error.
+func hungCheckpoint(t *testing.T, e *env, epoch uint64) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.c.Checkpoint(context.Background(), "j", "0", epoch, 1, nil, "")
+		done <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.a.Hanging("prepare") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the checkpoint did not start within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return done
 }
