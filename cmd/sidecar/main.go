@@ -96,6 +96,13 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	bindCommon(pre, &scratch)
 	_ = pre.Parse(args)
 	if *prePath == "" {
+		// No file to bind the flags over: bind them over the defaults, so
+		// that "sidecar run -h" lists every flag, not only --config.
+		def := DefaultConfig()
+		bindCommon(fs, &def)
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
 		fs.Usage()
 		return errors.New("run needs --config FILE (or TXSINK_CONFIG)")
 	}
