@@ -86,7 +86,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		log.Info("stopping the Kafka broker", "pid", broker.PID)
 		if err := broker.stop(context.Background()); err != nil {
-			log.Error("the Kafka broker did not stop; stop it with sidecar dev --stop-broker", "err", err)
+			log.Error("the Kafka broker did not stop; stop it with "+stopBrokerCommand(os.Args[0], cfg.DataDir), "err", err)
 		}
 	}()
 	brokers := []string{broker.Addr}
@@ -128,7 +128,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer sc.close()
 	started = true
 	printBanner(stdout, bannerInfo{httpAddr: sc.httpAddr, socket: cfg.Socket, broker: broker.Addr, brokerPID: broker.PID,
-		dataDir: cfg.DataDir, mysqlNote: mysqlNote, withDB: cfg.Sinks["db"].Kind != ""})
+		dataDir: cfg.DataDir, mysqlNote: mysqlNote, withDB: cfg.Sinks["db"].Kind != "", self: os.Args[0]})
 	<-ctx.Done()
 	log.Info("stopping")
 	return nil
@@ -209,8 +209,17 @@ func stopDevBroker(ctx context.Context, stdout io.Writer, kdir, socket string) e
 // bannerInfo is what printBanner shows.
 type bannerInfo struct {
 	httpAddr, socket, broker, dataDir, mysqlNote string
-	brokerPID                                    int
-	withDB                                       bool
+	// self is the binary as it was invoked (os.Args[0], e.g. bin/sidecar
+	// under make run), so the printed stop command runs when pasted.
+	self      string
+	brokerPID int
+	withDB    bool
+}
+
+// stopBrokerCommand is the command line that stops a dev broker left
+// running in dataDir, for the binary invoked as self.
+func stopBrokerCommand(self, dataDir string) string {
+	return self + " dev --stop-broker --data-dir " + dataDir
 }
 
 func printBanner(w io.Writer, bi bannerInfo) {
@@ -223,7 +232,7 @@ txsink dev sidecar is ready (single node, data in the --data-dir).
 The Kafka broker runs as pid %[5]d, a process of its own: it survives a kill of the sidecar,
 and a restarted "sidecar dev" on the same --data-dir reuses it. Ctrl-C stops the sidecar, then
 the broker. Stop a broker left running by a killed sidecar with:
-  sidecar dev --stop-broker --data-dir %[6]s
+  %[6]s
 
 Try it (use the epoch the session call returns):
   curl -X PUT %[1]s/v1/jobs/demo -d '{"commit":"auto"}'
@@ -232,7 +241,7 @@ Try it (use the epoch the session call returns):
        --data-binary $'{"sink":"events","key":"k1","value":"hello"}\n{"sink":"events","key":"k2","value":{"n":2}}\n'
   curl -X POST '%[1]s/v1/jobs/demo/writers/0/checkpoints/1?epoch=1' -d '{"state":"b2Zmc2V0PTI="}'
   kcat -C -b %[3]s -t events -X isolation.level=read_committed -e
-`, bi.httpAddr, bi.socket, bi.broker, bi.mysqlNote, bi.brokerPID, bi.dataDir)
+`, bi.httpAddr, bi.socket, bi.broker, bi.mysqlNote, bi.brokerPID, stopBrokerCommand(bi.self, bi.dataDir))
 	if bi.withDB {
 		fmt.Fprintf(w, `  curl -X POST '%[1]s/v1/jobs/demo/writers/0/records?epoch=1' -H 'Content-Type: application/x-ndjson' \
        --data-binary $'{"sink":"db","stmt":"insert_event","args":["k1","hello"]}\n'

@@ -199,8 +199,8 @@ func ensureDevBroker(ctx context.Context, log *slog.Logger, kdir, addr string) (
 	if ok {
 		if b.Addr != addr {
 			return nil, fmt.Errorf("the Kafka broker of this data dir runs as pid %d on %s, but --kafka-addr is %s: "+
-				"pass --kafka-addr %s, or stop it first with: sidecar dev --stop-broker --data-dir %s",
-				b.PID, b.Addr, addr, b.Addr, filepath.Dir(kdir))
+				"pass --kafka-addr %s, or stop it first with: %s",
+				b.PID, b.Addr, addr, b.Addr, stopBrokerCommand(os.Args[0], filepath.Dir(kdir)))
 		}
 		log.Info("reusing the running Kafka broker", "pid", b.PID, "addr", b.Addr)
 		return b, nil

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -74,6 +75,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	default:
 		fmt.Fprint(stderr, usage)
+		if strings.HasPrefix(args[0], "-") {
+			// "sidecar --addr X jobs" is the likeliest slip: say where flags go.
+			return fmt.Errorf("unknown command %q: flags go after the command (sidecar jobs --addr ADDR)", args[0])
+		}
 		return fmt.Errorf("unknown command %q", args[0])
 	}
 }
@@ -91,6 +96,13 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	bindCommon(pre, &scratch)
 	_ = pre.Parse(args)
 	if *prePath == "" {
+		// No file to bind the flags over: bind them over the defaults, so
+		// that "sidecar run -h" lists every flag, not only --config.
+		def := DefaultConfig()
+		bindCommon(fs, &def)
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
 		fs.Usage()
 		return errors.New("run needs --config FILE (or TXSINK_CONFIG)")
 	}

@@ -114,8 +114,10 @@ else
 	echo "(the sidecar has no \"db\" sink - it needs MariaDB/MySQL when it starts: Kafka only)"
 fi
 # rec KEY VALUE: a Kafka record, and with the db sink an insert_event of the same key (prefixed with the job).
+# Every Kafka record goes to partition 0: a read_committed reader stops at a partition's first open transaction,
+# so k4 showing up behind k3 in the same partition is what proves k3's transaction was aborted (step 11).
 rec() {
-	printf '{"sink":"events","topic":"%s","key":"%s","value":%s}\n' "$TOPIC" "$1" "$2"
+	printf '{"sink":"events","topic":"%s","partition":0,"key":"%s","value":%s}\n' "$TOPIC" "$1" "$2"
 	if [[ $DB == 1 ]]; then
 		printf '{"sink":"db","stmt":"insert_event","args":["%s/%s","%s"]}\n' "$JOB" "$1" "$(tr -d '"\\' <<<"$2")"
 	fi
@@ -191,7 +193,7 @@ expect '"commit":"external"'
 call 200 -X POST "$XW/session"
 EX=$(json_num epoch)
 call 200 -X POST "$XW/records?epoch=$EX&seq=1" -H 'Content-Type: application/x-ndjson' \
-	--data-binary "{\"sink\":\"events\",\"topic\":\"$TOPIC\",\"key\":\"x1\",\"value\":\"external\"}"
+	--data-binary "{\"sink\":\"events\",\"topic\":\"$TOPIC\",\"partition\":0,\"key\":\"x1\",\"value\":\"external\"}"
 call 200 -X POST "$XW/checkpoints/1?epoch=$EX" -H 'Content-Type: application/json' \
 	-d "{\"state\":\"$(b64 'line=1')\",\"wait\":\"prepared\"}"
 expect '"status":"prepared"'
