@@ -148,7 +148,10 @@ func dial(addr, token string) (*client.Client, string, error) {
 	}
 	fi, err := os.Stat(addr)
 	if err != nil {
-		return nil, "", usageErr("--addr %q: no Unix socket there (an address is an http:// or https:// URL or a socket path): %w", addr, err)
+		// Most often the sidecar is not running (its socket is removed on
+		// a clean stop): that is "cannot reach" (exit 1), not a usage error.
+		return nil, "", &cliError{code: exitProblem, err: fmt.Errorf("cannot reach the sidecar at %s: no Unix socket there "+
+			"(is it running? an address is an http:// or https:// URL or a socket path): %w", addr, err)}
 	}
 	if fi.Mode()&fs.ModeSocket == 0 {
 		return nil, "", usageErr("--addr %q is not a Unix socket", addr)

@@ -410,12 +410,17 @@ func TestCLIToken(t *testing.T) {
 
 func TestCLIAddr(t *testing.T) {
 	t.Setenv("TXSINK_ADDR", "")
+	notSocket := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notSocket, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		addr, want string
 		code       int
 	}{
 		{"tcp://127.0.0.1:1", "want an http:// or https:// URL or a Unix socket path", exitUsage},
-		{filepath.Join(t.TempDir(), "nosock"), "no Unix socket there", exitUsage},
+		{filepath.Join(t.TempDir(), "nosock"), "cannot reach the sidecar at", exitProblem},
+		{notSocket, "is not a Unix socket", exitUsage},
 		{"http://127.0.0.1:1", "cannot reach the sidecar at http://127.0.0.1:1", exitProblem},
 	} {
 		_, errOut, code := cliRun(t, "status", "--addr", tc.addr)
