@@ -1,7 +1,7 @@
 # txsink — see README.md. Every target works on a fresh machine with Go;
 # `make test` gets a MariaDB by itself (internal/mysqltest), stops it at the
-# end (internal/cmd/testrun), and needs kcat only for the kcat check
-# (installed by .ci/run).
+# end (internal/cmd/testrun), and needs kcat only for the kcat check and
+# podman for the image test (both installed by .ci/run).
 GO       ?= go
 BIN      := bin
 PKGS     := ./...
