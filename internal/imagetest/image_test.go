@@ -9,15 +9,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/txsink/txsink/internal/kafkatest"
 )
 
 // The image's user: distroless's "nonroot", so that volumes prepared for
@@ -140,7 +145,13 @@ func TestImage(t *testing.T) {
 		}
 	})
 
-	tmp := t.TempDir()
+	// Not t.TempDir: the sidecar's Unix socket under it must stay within
+	// the ~100 bytes a socket path may have.
+	tmp, err := os.MkdirTemp("", "txsink-image-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
 	archive := filepath.Join(tmp, "image.tar")
 	run(ctx, t, root, append(podman, "save", "--quiet", "--format", "docker-archive", "-o", archive, tag)...)
 	rootfs := filepath.Join(tmp, "rootfs")
@@ -227,6 +238,144 @@ func TestImage(t *testing.T) {
 			t.Errorf("sidecar version (%s): got %q, want %q", how, got, want)
 		}
 	})
+
+	t.Run("run", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("running the sidecar chrooted into the image's root filesystem needs root")
+		}
+		runSidecar(ctx, t, rootfs)
+	})
+}
+
+// runSidecar starts `sidecar run` chrooted into rootfs as the image's user,
+// with a config at the image's default path and a Kafka sink on an
+// in-process kfake; it proves the sidecar starts from the image alone,
+// writes its journal into the data volume and answers on its Unix socket
+// there, then stops cleanly on SIGTERM.
+func runSidecar(ctx context.Context, t *testing.T, rootfs string) {
+	broker := kafkatest.NewCluster(t)
+	conf := fmt.Sprintf(`node_id: node1
+data_dir: /var/lib/txsink
+http_addr: 127.0.0.1:0
+raft_addr: 127.0.0.1:0
+sink_wait: 10s
+sinks:
+  events:
+    kind: kafka
+    brokers: [%q]
+    default_topic: events
+jobs:
+  demo:
+    commit: auto
+    sinks: [events]
+`, kafkatest.Addr(broker))
+	if err := os.MkdirAll(filepath.Join(rootfs, "etc", "txsink"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "etc", "txsink", "txsink.yaml"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The image's entrypoint and default command, in its working dir.
+	cmd := exec.Command("/sidecar", "run", "--config", "/etc/txsink/txsink.yaml")
+	cmd.Env = []string{}
+	cmd.Dir = "/var/lib/txsink"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: rootfs, Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	exited := false
+	t.Cleanup(func() {
+		if !exited {
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+
+	sock := filepath.Join(rootfs, "var", "lib", "txsink", "sidecar.sock")
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}}
+	// Poll readiness: the journal and the sink come up within seconds.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := hc.Get("http://unix/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-done:
+			exited = true
+			t.Fatalf("sidecar exited before it was ready: %v\n%s", err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sidecar not ready after 30s (last: %v)\n%s", err, out.String())
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+
+	resp, err := hc.Post("http://unix/v1/jobs/demo/writers/0/session", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var session struct{ Epoch int64 }
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &session) != nil || session.Epoch != 1 {
+		t.Errorf("open session: got %d %s, want 200 with epoch 1", resp.StatusCode, body)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		exited = true
+		if err != nil {
+			t.Errorf("sidecar after SIGTERM: got %v, want exit 0\n%s", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("sidecar still running 30s after SIGTERM\n%s", out.String())
+	}
+	// The journal is in the volume and belongs to the image's user.
+	fi, err := os.Stat(filepath.Join(rootfs, "var", "lib", "txsink", "raft", "raft.db"))
+	if err != nil {
+		t.Fatalf("journal in the data volume: %v\n%s", err, out.String())
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid {
+		t.Errorf("raft.db owner: got uid %d, want %d", st.Uid, uid)
+	}
+}
+
+// syncBuffer collects a process's output for failure messages.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // extractImage unpacks a docker-archive (`podman save --format
@@ -278,14 +427,26 @@ func extractImage(t *testing.T, archive, dir, rootfs string) map[string]*tar.Hea
 			hdrs[name] = h
 			switch h.Typeflag {
 			case tar.TypeDir:
-				return os.MkdirAll(p, 0o755)
-			case tar.TypeReg:
-				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				if err := os.MkdirAll(p, 0o755); err != nil {
 					return err
 				}
-				return writeFile(p, r, os.FileMode(h.Mode&0o755))
+			case tar.TypeReg:
+				if err := writeFile(p, r, os.FileMode(h.Mode&0o755)); err != nil {
+					return err
+				}
+			default:
+				return fmt.Errorf("%s: unexpected entry type %q", name, h.Typeflag)
 			}
-			return fmt.Errorf("%s: unexpected entry type %q", name, h.Typeflag)
+			if os.Geteuid() != 0 {
+				return nil
+			}
+			// As root, owners and modes as a container runtime sets them,
+			// so that the sidecar run as the image's user meets the same
+			// permissions.
+			if err := os.Lchown(p, h.Uid, h.Gid); err != nil {
+				return err
+			}
+			return os.Chmod(p, h.FileInfo().Mode()&(os.ModePerm|os.ModeSticky|os.ModeSetuid|os.ModeSetgid))
 		})
 		if err != nil {
 			t.Fatalf("layer %s: %v", layer, err)
