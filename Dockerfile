@@ -1,8 +1,8 @@
 # The txsink image for machines that can pull base images (docker, or podman
 # with a registry): build a static sidecar in the Go image, ship it on scratch.
-# `make image` passes VERSION and REVISION. The final stage has the same
-# layout as Dockerfile.prebuilt (what `make image` builds with podman from a
-# binary built on the host), so the image test of that path covers this one.
+# `make image` passes VERSION and REVISION. Keep the final stage the same as
+# Dockerfile.prebuilt (what `make image` builds with podman from a binary
+# built on the host, and what internal/imagetest checks): one layout.
 ARG GO_IMAGE=golang:1.26-bookworm
 
 FROM ${GO_IMAGE} AS build

@@ -29,8 +29,8 @@ import (
 // distroless images fit.
 const uid = 65532
 
-// podman is the command the test and `make image` use: the vfs driver,
-// because overlay mounts are refused where these tests run.
+// podman is the command the test and `make image` use: the vfs driver
+// needs no overlay support, wherever the tests run.
 var podman = []string{"podman", "--storage-driver", "vfs"}
 
 // requirePodman fails the test with how to get podman, unless the caller
