@@ -45,6 +45,14 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 		}
 		switch {
 		case err == nil:
+		case errors.Is(err, ErrDataLoss) && !c.m.unresolved(p.Job, p.Writer, p.Checkpoint, id):
+			// An earlier attempt's RESOLVED (whose journaling had an
+			// unknown outcome) applied meanwhile: the branch was finished
+			// and its slot may be in use again, so this attempt's "already
+			// ended" answer is no verdict about the branch.
+			c.log.Info("branch already resolved in the journal; a repeated finish found it ended",
+				"job", p.Job, "writer", p.Writer, "checkpoint", p.Checkpoint, "branch", id.String(), "err", err)
+			continue
 		case errors.Is(err, ErrDataLoss):
 			outcome = OutcomeDataLoss
 			c.metrics.DataLoss(p.Job, id.Sink)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +22,8 @@ type lateJournal struct {
 	mu   sync.Mutex
 	hold bool
 	held []byte
+	// op is the kind of entry held back ("": OpPrepared).
+	op twopc.Op
 }
 
 func (j *lateJournal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
@@ -29,7 +32,11 @@ func (j *lateJournal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResul
 		return twopc.ApplyResult{}, err
 	}
 	j.mu.Lock()
-	if j.hold && c.Op == twopc.OpPrepared {
+	op := j.op
+	if op == "" {
+		op = twopc.OpPrepared
+	}
+	if j.hold && c.Op == op {
 		j.hold, j.held = false, cmd
 		j.mu.Unlock()
 		return twopc.ApplyResult{}, errors.Join(twopc.ErrUnavailable, context.DeadlineExceeded)
@@ -131,4 +138,55 @@ func TestCheckpointUnknownOutcomeNeverApplied(t *testing.T) {
 	if n := e.lost.Load(); n != 0 {
 		t.Fatalf("%d branches counted as data loss, want 0", n)
 	}
+}
+
+// staleResolveSink answers every Resolve with data loss, as a Kafka EndTxn
+// with a stale epoch does once the slot was reused; before answering it lets
+// the held RESOLVED entry apply, as a late raft apply would.
+type staleResolveSink struct {
+	*twopctest.Sink
+	lj *lateJournal
+	t  *testing.T
+}
+
+func (s staleResolveSink) Resolve(context.Context, twopc.BranchID, twopc.Handle, bool) error {
+	s.lj.apply(s.t)
+	return fmt.Errorf("%w: producer fenced (stale epoch)", twopc.ErrDataLoss)
+}
+
+// TestResolveAfterLateResolvedIsNoDataLoss: a RESOLVED entry with an unknown
+// outcome that applies while the branch is finished again must not make the
+// second attempt's "already ended" answer count as data loss.
+func TestResolveAfterLateResolvedIsNoDataLoss(t *testing.T) {
+	e := newEnv(t, 1)
+	lj := &lateJournal{Journal: e.j, op: twopc.OpResolved}
+	c, err := twopc.NewCoordinator(twopc.Config{
+		Node: "n1", Journal: lj, Machine: e.j.Machine(),
+		Sinks:         map[string]twopc.Sink{"a": staleResolveSink{Sink: e.a, lj: lj, t: t}},
+		RetryInterval: 5 * time.Millisecond, Metrics: countMetrics{e},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	e.c = c
+	e.job("j", twopc.ModeAuto, "a")
+	s := e.open("j", "w", nil)
+	e.write("j", "w", s.Epoch, recs("a", "x"))
+	lj.mu.Lock()
+	lj.hold = true
+	lj.mu.Unlock()
+	// The commit succeeds; journaling RESOLVED has an unknown outcome.
+	if r := e.checkpoint("j", "w", s.Epoch, 1, "s1"); r.Status != twopc.StatusCommitting {
+		t.Fatalf("checkpoint: got %s, want committing (RESOLVED not applied yet)", r.Status)
+	}
+	// The reopen finishes the decided branch again through Resolve.
+	s2 := e.open("j", "w", nil)
+	if s2.Status != twopc.StatusCommitted || len(s2.DataLoss) != 0 {
+		t.Fatalf("reopen: got status %s data_loss %v, want committed and none", s2.Status, s2.DataLoss)
+	}
+	if n := e.lost.Load(); n != 0 {
+		t.Fatalf("%d data-loss events counted for a branch the journal has as committed, want 0", n)
+	}
+	wantValues(t, e.a, "x")
 }
