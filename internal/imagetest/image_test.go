@@ -241,7 +241,8 @@ func TestImage(t *testing.T) {
 
 	t.Run("run", func(t *testing.T) {
 		if os.Geteuid() != 0 {
-			t.Skip("running the sidecar chrooted into the image's root filesystem needs root")
+			t.Fatal("running the sidecar chrooted into the image's root filesystem needs root: run the tests as root, " +
+				"or set TXSINK_TEST_SKIP_IMAGE=1 to skip the image test")
 		}
 		runSidecar(ctx, t, rootfs)
 	})
