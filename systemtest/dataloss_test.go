@@ -1,17 +1,16 @@
 package systemtest
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/txsink/txsink/api"
+	"github.com/txsink/txsink/internal/testenv"
 	"github.com/txsink/txsink/twopc"
 	"github.com/txsink/txsink/twopc/twopctest"
 )
@@ -61,20 +60,7 @@ func TestExamplesStopOnDataLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		wg.Wait()
-	})
+	testenv.Serve(t, srv, ln)
 
 	input := filepath.Join(t.TempDir(), "clicks.ndjson")
 	py := []string{"examples/pageviews-python/pageviews.py", "--socket", sock, "--input", input, "--events", "1000", "--every", "250"}

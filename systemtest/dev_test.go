@@ -18,6 +18,7 @@ import (
 	"github.com/txsink/txsink/api/client"
 	"github.com/txsink/txsink/internal/kafkatest"
 	"github.com/txsink/txsink/internal/mysqltest"
+	"github.com/txsink/txsink/internal/testenv"
 	"github.com/txsink/txsink/twopc"
 )
 
@@ -168,7 +169,7 @@ func TestDevKill9PageviewsPython(t *testing.T) {
 	app := exec.Command("python3", "examples/pageviews-python/pageviews.py", "--socket", d.socket, "--input", input,
 		"--events", fmt.Sprint(events), "--every", fmt.Sprint(every), "--job", job, "--kafka", d.kafkaAddr)
 	app.Dir = repoRoot(t)
-	appOut := &syncBuf{}
+	appOut := &testenv.Buffer{}
 	app.Stdout, app.Stderr = appOut, appOut
 	if err := app.Start(); err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@
 package systemtest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/internal/testenv"
 )
 
 var sidecarBin string
@@ -77,24 +77,6 @@ func freeAddr(t *testing.T) string {
 	return ""
 }
 
-// syncBuf is a bytes.Buffer safe for the process's writer goroutine.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // node is one sidecar installation: a config, a data dir and fixed ports,
 // so that it can be killed and started again as the same node.
 type node struct {
@@ -105,7 +87,7 @@ type node struct {
 	raftAddr string
 	cmd      *exec.Cmd
 	done     chan struct{}
-	logs     *syncBuf
+	logs     *testenv.Buffer
 }
 
 // newNode writes a config with the given sinks YAML (indented under sinks:).
@@ -127,7 +109,7 @@ func newNode(t *testing.T, sinksYAML string) *node {
 	return n
 }
 
-func tail(b *syncBuf, lines int) string {
+func tail(b *testenv.Buffer, lines int) string {
 	if b == nil {
 		return ""
 	}
@@ -142,7 +124,7 @@ func tail(b *syncBuf, lines int) string {
 // waits until it is ready.
 func (n *node) start(env ...string) *client.Client {
 	n.t.Helper()
-	n.logs = &syncBuf{}
+	n.logs = &testenv.Buffer{}
 	n.cmd = exec.Command(sidecarBin, "run", "--config", n.cfgPath)
 	n.cmd.Env = append(os.Environ(), env...)
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
@@ -159,7 +141,7 @@ func (n *node) start(env ...string) *client.Client {
 // waitReady polls the sidecar's readiness until it answers, the process
 // exits (done is closed) or 30 s pass; the last two fail the test with the
 // tail of its logs.
-func waitReady(t *testing.T, c *client.Client, cmd *exec.Cmd, done <-chan struct{}, logs *syncBuf) {
+func waitReady(t *testing.T, c *client.Client, cmd *exec.Cmd, done <-chan struct{}, logs *testenv.Buffer) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/txsink/txsink/api/client"
 	"github.com/txsink/txsink/internal/mysqltest"
+	"github.com/txsink/txsink/internal/testenv"
 )
 
 // readmeBlocks returns the ```sh blocks of README.md's walk-through section.
@@ -97,7 +98,7 @@ type devSidecar struct {
 	socket    string // the API's Unix socket
 	dataDir   string // --data-dir
 	dsn       string // the MariaDB server, no database selected
-	logs      *syncBuf
+	logs      *testenv.Buffer
 	args      []string // the command line, for restarts
 	cmd       *exec.Cmd
 	done      chan struct{} // closed when cmd has exited
@@ -124,7 +125,7 @@ func startDevOn(t *testing.T, dsn string) *devSidecar {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	d := &devSidecar{httpAddr: freeAddr(t), kafkaAddr: freeAddr(t), socket: filepath.Join(dir, "sidecar.sock"),
-		dataDir: dir, dsn: dsn, logs: &syncBuf{}}
+		dataDir: dir, dsn: dsn, logs: &testenv.Buffer{}}
 	d.args = []string{"dev", "--data-dir", dir, "--http-addr", d.httpAddr, "--kafka-addr", d.kafkaAddr,
 		"--raft-addr", freeAddr(t), "--mysql-dsn", d.dsn}
 	t.Cleanup(func() {

@@ -2,16 +2,8 @@ package systemtest
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,46 +13,9 @@ import (
 	"time"
 
 	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/internal/testenv"
 	"github.com/txsink/txsink/twopc"
 )
-
-// writeCert writes a self-signed certificate for 127.0.0.1 and its key
-// into dir and returns their paths and a pool that trusts the certificate.
-func writeCert(t *testing.T, dir string) (string, string, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "txsink systemtest"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
-}
 
 // The sidecar serves its TCP listener over TLS with tls_cert_file and
 // tls_key_file, requires the token from a 0600 token_file, and a whole
@@ -68,14 +23,14 @@ func writeCert(t *testing.T, dir string) (string, string, *x509.CertPool) {
 func TestTLSAndToken(t *testing.T) {
 	broker := startBroker(t)
 	n := newNode(t, kafkaSinkYAML(broker))
-	certFile, keyFile, pool := writeCert(t, n.dir)
+	certFile, keyFile, pool := testenv.SelfSigned(t, n.dir)
 	tokenFile := filepath.Join(n.dir, "token")
 	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	n.appendConfig(fmt.Sprintf("tls_cert_file: %s\ntls_key_file: %s\ntoken_file: %s\n", certFile, keyFile, tokenFile))
 
-	n.logs = &syncBuf{}
+	n.logs = &testenv.Buffer{}
 	n.cmd = exec.Command(sidecarBin, "run", "--config", n.cfgPath)
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	if err := n.cmd.Start(); err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/txsink/txsink/api/client"
 	"github.com/txsink/txsink/internal/kafkatest"
+	"github.com/txsink/txsink/internal/testenv"
 	"github.com/txsink/txsink/twopc"
 )
 
@@ -72,24 +73,6 @@ func TestBinaryVersion(t *testing.T) {
 	}
 }
 
-// syncBuf is a bytes.Buffer safe for the process's writer goroutine.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runningSidecar is a "sidecar run" process with a Kafka sink on an
 // in-process kfake broker and a token.
 type runningSidecar struct {
@@ -128,7 +111,7 @@ sinks:
 	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var stdout, stderr syncBuf
+	var stdout, stderr testenv.Buffer
 	cmd := exec.Command(sidecarBinary(t), "run", "--config", conf)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {

@@ -11,12 +11,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/txsink/txsink/api"
+	"github.com/txsink/txsink/internal/testenv"
 	"github.com/txsink/txsink/twopc"
 	"github.com/txsink/txsink/twopc/twopctest"
 )
@@ -87,20 +87,7 @@ func newCLIEnv(t *testing.T, token string, wrap func(*svcWrap)) *cliEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		wg.Wait()
-	})
+	testenv.Serve(t, srv, ln)
 	e.url = "http://" + ln.Addr().String()
 	return e
 }

@@ -17,12 +17,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/txsink/txsink/internal/kafkatest"
+	"github.com/txsink/txsink/internal/testenv"
 )
 
 // The image's user: distroless's "nonroot", so that volumes prepared for
@@ -281,7 +281,7 @@ jobs:
 	cmd.Env = []string{}
 	cmd.Dir = "/var/lib/txsink"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: rootfs, Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-	var out syncBuffer
+	var out testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -359,24 +359,6 @@ jobs:
 	if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid {
 		t.Errorf("raft.db owner: got uid %d, want %d", st.Uid, uid)
 	}
-}
-
-// syncBuffer collects a process's output for failure messages.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // extractImage unpacks a docker-archive (`podman save --format
