@@ -13,13 +13,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/txsink/txsink/api"
 	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/internal/testenv"
 	"github.com/txsink/txsink/twopc"
 	"github.com/txsink/txsink/twopc/twopctest"
 )
@@ -173,24 +172,7 @@ func (e *env) serve(cfg api.Config, svc api.Service) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	for _, ln := range []net.Listener{tcp, unix} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ln); err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		}()
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		wg.Wait()
-	})
+	testenv.Serve(t, srv, tcp, unix)
 	s := loadSpec(t)
 	tcpT := http.DefaultTransport.(*http.Transport).Clone()
 	unixT := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

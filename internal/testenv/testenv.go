@@ -42,22 +42,27 @@ func (s *Buffer) String() string {
 	return s.b.String()
 }
 
-// Serve serves srv on ln until the test ends; then it shuts the server down
-// and waits for Serve to return. A Serve error fails the test.
-func Serve(t testing.TB, srv *api.Server, ln net.Listener) {
+// Serve serves srv on every listener until the test ends; then it shuts the
+// server down and waits for each Serve to return. A Serve or Shutdown error
+// fails the test.
+func Serve(t testing.TB, srv *api.Server, lns ...net.Listener) {
 	t.Helper()
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		}()
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(ctx)
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
 		wg.Wait()
 	})
 }
