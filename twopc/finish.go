@@ -69,7 +69,7 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 			Seq: id.Seq, Epoch: id.Epoch, Outcome: outcome})
 	}
 	for job, outs := range byJob {
-		if _, err := c.propose(ctx, Command{Op: OpResolved, Job: job, Outcomes: outs}); err != nil {
+		if _, err := c.propose(ctx, Command{Op: OpResolved, Job: job, Node: c.cfg.Node, Outcomes: outs}); err != nil {
 			// The sinks are finished; the journal will learn it on a retry
 			// (finishing again is idempotent).
 			c.log.Warn("journaling finished branches failed; will retry", "job", job, "err", err)

@@ -77,7 +77,9 @@ type Command struct {
 
 	Spec *JobSpec `json:"spec,omitempty"` // put_job
 
-	Node    string `json:"node,omitempty"`    // open_session
+	// Node: open_session and takeover (the new owner), release (the
+	// owner that stops), resolved (the finisher), remove_member.
+	Node    string `json:"node,omitempty"`
 	Restore *int64 `json:"restore,omitempty"` // open_session (external mode)
 	// MaxWriters bounds the job's writers when open_session names a new
 	// one (0: no limit). In the command, so every replica decides alike.
@@ -90,6 +92,8 @@ type Command struct {
 	Decide     bool            `json:"decide,omitempty"`     // prepared: auto mode, decision commit in the same entry
 	Commit     bool            `json:"commit,omitempty"`     // decide
 	Outcomes   []BranchOutcome `json:"outcomes,omitempty"`   // resolved
+
+	Member *MemberInfo `json:"member,omitempty"` // put_member
 }
 
 // JournalBranch is a prepared branch as the journal keeps it.
@@ -129,6 +133,11 @@ type ApplyResult struct {
 	// Decided lists per writer the checkpoints this command decided
 	// (open_session with restore, decide).
 	Decided map[string][]int64 `json:"decided,omitempty"`
+	// Handover: open_session and takeover, the grant they replaced.
+	Handover *Handover `json:"handover,omitempty"`
+	// Ignored counts resolved outcomes not applied because the proposer
+	// no longer owned the writer.
+	Ignored int `json:"ignored,omitempty"`
 }
 
 // clone returns a deep copy: the machine keeps remembered results apart
@@ -142,6 +151,10 @@ func (r ApplyResult) clone() ApplyResult {
 			d[w] = slices.Clone(ns)
 		}
 		r.Decided = d
+	}
+	if r.Handover != nil {
+		h := *r.Handover
+		r.Handover = &h
 	}
 	return r
 }
@@ -159,6 +172,8 @@ type machineState struct {
 	Keys     map[string]bool        `json:"keys"`
 	KeyOrder []string               `json:"key_order"`
 	Results  map[string]ApplyResult `json:"results,omitempty"`
+	// Members: the cluster's nodes with their API addresses (members.go).
+	Members map[string]*MemberInfo `json:"members,omitempty"`
 }
 
 type jobState struct {
@@ -172,7 +187,11 @@ type jobState struct {
 
 type writerState struct {
 	Epoch uint64 `json:"epoch"`
-	Owner string `json:"owner"`
+	// Owner is the node granted Epoch (ownership.go); GrantedAt when.
+	Owner     string `json:"owner"`
+	GrantedAt int64  `json:"granted_at,omitempty"`
+	// Released is the highest epoch whose owner said it stopped acting.
+	Released uint64 `json:"released,omitempty"`
 	// MaxCheckpoint is the highest checkpoint ever prepared: a new one must
 	// be greater, across sessions, so a number never names two checkpoints.
 	MaxCheckpoint int64  `json:"max_checkpoint"`
@@ -243,6 +262,14 @@ func (m *Machine) Apply(index uint64, data []byte) any {
 		r = m.resolved(c)
 	case OpDeleteWriter:
 		r = m.deleteWriter(c)
+	case OpTakeover:
+		r = m.takeover(c)
+	case OpRelease:
+		r = m.release(c)
+	case OpPutMember:
+		r = m.putMember(c)
+	case OpRemoveMember:
+		r = m.removeMember(c)
 	default:
 		panic(fmt.Sprintf("twopc: unknown journal op %q", c.Op))
 	}
@@ -308,9 +335,8 @@ func (m *Machine) openSession(c Command) ApplyResult {
 		w = &writerState{Epoch: j.DeletedEpoch, Open: map[int64]*checkpointState{}}
 		j.Writers[c.Writer] = w
 	}
-	w.Epoch++
-	w.Owner = c.Node
-	r := ApplyResult{}
+	h := grant(w, c.Node, c.Time)
+	r := ApplyResult{Handover: &h}
 	if j.Spec.Commit == ModeExternal && c.Restore != nil {
 		restore := *c.Restore
 		for _, n := range sortedKeys(w.Open) {
@@ -411,9 +437,18 @@ func (m *Machine) resolved(c Command) ApplyResult {
 	if j == nil {
 		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
 	}
+	r := ApplyResult{}
 	for _, o := range c.Outcomes {
 		w := j.Writers[o.Writer]
 		if w == nil {
+			continue
+		}
+		if c.Node != "" && w.Owner != c.Node {
+			// The finishing rule: only the writer's owner finishes its
+			// branches. A node that lost the writer meanwhile may have
+			// ended the branch the same way (finishing is idempotent),
+			// but its word does not count; the owner finishes it again.
+			r.Ignored++
 			continue
 		}
 		cp := w.Open[o.Checkpoint]
@@ -431,7 +466,7 @@ func (m *Machine) resolved(c Command) ApplyResult {
 		}
 		m.finishIfDone(w, cp)
 	}
-	return ApplyResult{}
+	return r
 }
 
 // deleteWriter forgets a writer: its epoch, checkpoints and last state. A
