@@ -64,18 +64,16 @@ func (c *Coordinator) Unfenced() int {
 }
 
 // RecoverDecided is the part of start-up recovery that must finish before
-// serving: it finishes every decided branch, and marks every known writer
-// for fencing, which Run then does in the background (first thing, then
-// every round until it succeeded), so start-up does not scale with idle
-// writers. A session opened meanwhile fences its writer itself.
+// serving: it finishes the decided branches of the writers this node owns,
+// and marks those writers for fencing, which Run then does in the
+// background (first thing, then every round until it succeeded), so
+// start-up does not scale with idle writers. A session opened meanwhile
+// fences its writer itself. Writers other nodes own are theirs: a node
+// restarting fences only its own (the leader takes over those of a dead
+// node, takeoverStale).
 func (c *Coordinator) RecoverDecided(ctx context.Context) {
 	c.finishDecided(ctx, func(PendingBranch) bool { return true })
-	ws := c.m.Writers()
-	ks := make([]writerKey, len(ws))
-	for i, jw := range ws {
-		ks[i] = writerKey{jw[0], jw[1]}
-	}
-	c.unfenced.add(ks)
+	c.unfenced.add(c.m.Owned(c.cfg.Node))
 	if left := c.countDecided(); left > 0 {
 		c.log.Warn("start-up recovery left decided branches unfinished; retrying in the background", "branches", left)
 	}
@@ -126,28 +124,20 @@ func (c *Coordinator) fenceBacklog(ctx context.Context) error {
 	return nil
 }
 
-// fenceBacklogged fences one writer of the backlog under its opening mutex,
-// unless a session open did it meanwhile.
+// fenceBacklogged fences one writer of the backlog, unless a session open
+// did it meanwhile or the writer is not this node's any more. The fence
+// runs only while this node owns the writer at the epoch the journal
+// shows (recoverWriter), so it stops when another node is granted it.
 func (c *Coordinator) fenceBacklogged(ctx context.Context, k writerKey) error {
-	defer c.opening.lock(k)()
 	if !c.unfenced.has(k) {
 		return nil
 	}
-	spec, ok := c.m.JobSpec(k.job)
-	if !ok {
+	owner, epoch, _, ok := c.m.Owner(k.job, k.writer)
+	if _, job := c.m.JobSpec(k.job); !ok || !job || owner != c.cfg.Node {
 		c.unfenced.done(k)
 		return nil
 	}
-	// Bounded like a session open's fence: a sink that does not answer
-	// must not stop the recovery loop (ctx is Run's, without deadline),
-	// nor hold the writer's opening lock for good. The next round retries.
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeouts.Session)
-	defer cancel()
-	if err := c.fenceWriter(ctx, k.job, k.writer, spec.Sinks); err != nil {
-		return err
-	}
-	c.unfenced.done(k)
-	return nil
+	return c.recoverWriter(ctx, k, epoch, false)
 }
 
 // writerLocks serialises OpenSession, DeleteWriter and the start-up fence

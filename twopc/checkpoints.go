@@ -34,6 +34,8 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	if err != nil {
 		return CheckpointResult{}, err
 	}
+	ctx, unbind := bindSession(ctx, s)
+	defer unbind()
 	cl := bound(ctx, c.cfg.Timeouts.Checkpoint)
 	defer cl.done()
 	if err := lockWithin(cl.work, &s.mu, job, writer); err != nil {
@@ -240,6 +242,9 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 	// read as committed. The status comes from the journal instead.
 	scope := c.decidedCommits(job, inScope)
 	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finishDecided(ctx, inScope) })
+	// Writers other nodes own are finished there (or taken over by the
+	// leader): wait for the journal to say so, within the call's time.
+	c.waitResolved(cl.ctx, inScope)
 	out := CommitResult{Checkpoint: n, Status: StatusCommitted, Writers: res.Decided}
 	if !commit {
 		out.Status = StatusAborted

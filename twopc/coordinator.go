@@ -23,9 +23,28 @@ type Config struct {
 	Machine *Machine
 	// Sinks by name.
 	Sinks map[string]Sink
-	// IsLeader reports whether this node runs the recovery loop for branches
-	// owned by other (dead) nodes. Nil means always (single node).
+	// IsLeader reports whether this node takes over the writers of other
+	// nodes that leave decided branches unfinished (ownership.go). Nil
+	// means always (single node).
 	IsLeader func() bool
+	// Lease reports whether this node may act for the writers it owns: it
+	// heard from the journal's leader recently (or is the leader). A node
+	// without it stops every session and finishes nothing, because another
+	// node may be granted its writers after HandoverWait. Nil means always.
+	Lease func() bool
+	// NodeAlive reports whether another node is known to be up (nil: not
+	// known). A writer whose owner is not alive is taken over at once;
+	// otherwise after TakeoverAfter.
+	NodeAlive func(id string) bool
+	// HandoverWait is how long a new owner waits for the previous owner
+	// on another node to release a writer before it acts anyway (0:
+	// DefaultHandoverWait). It must exceed the lease by a margin for
+	// requests still in flight.
+	HandoverWait time.Duration
+	// TakeoverAfter: the leader takes over a writer of another node whose
+	// decided branches stayed unfinished this long (0:
+	// DefaultTakeoverAfter).
+	TakeoverAfter time.Duration
 	// RetryInterval is the pause of the recovery loop between rounds.
 	RetryInterval time.Duration
 	// MaxRecordsPerCall bounds one write call (0: 100,000).
@@ -117,24 +136,31 @@ type writerKey struct{ job, writer string }
 
 // session is a writer's current incarnation on this node.
 type session struct {
-	mu      sync.Mutex
-	job     string
-	writer  string
-	epoch   uint64
-	fenced  bool  // a newer session was opened, or the coordinator closed
-	failed  error // a sink failed; every branch was aborted; reopen
-	lost    bool  // forgotten as idle (forgetIdle): the next call is ErrSessionLost
-	used    atomic.Int64
-	hasSeq  bool
-	seq     int64
-	seqSum  uint64 // digest of the last seq's body, from the caller
-	lastAcc int
-	open    map[string]*openBranch // by sink
-	nextSeq uint64
-	lastN   int64
-	lastSum uint64 // digest of checkpoint lastN's state
-	dirty   bool   // records were sent to a sink since checkpoint lastN
-	last    *CheckpointResult
+	mu     sync.Mutex
+	job    string
+	writer string
+	epoch  uint64
+	// ctx ends when the session may no longer act: the journal gave the
+	// writer to another node or a later epoch, or this node lost its
+	// lease. Calls in progress run under it (bindSession).
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	retiring atomic.Bool // checkOwnership started to drop it
+	fenced   bool        // a newer session was opened, or the coordinator closed
+	fencedBy error       // why, when not a newer session on this node (checkOwnership)
+	failed   error       // a sink failed; every branch was aborted; reopen
+	lost     bool        // forgotten as idle (forgetIdle): the next call is ErrSessionLost
+	used     atomic.Int64
+	hasSeq   bool
+	seq      int64
+	seqSum   uint64 // digest of the last seq's body, from the caller
+	lastAcc  int
+	open     map[string]*openBranch // by sink
+	nextSeq  uint64
+	lastN    int64
+	lastSum  uint64 // digest of checkpoint lastN's state
+	dirty    bool   // records were sent to a sink since checkpoint lastN
+	last     *CheckpointResult
 }
 
 // stateSeed hashes checkpoint states for the repeat check; a digest is
@@ -165,6 +191,12 @@ func NewCoordinator(cfg Config) (*Coordinator, error) {
 	}
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
+	}
+	if cfg.HandoverWait <= 0 {
+		cfg.HandoverWait = DefaultHandoverWait
+	}
+	if cfg.TakeoverAfter <= 0 {
+		cfg.TakeoverAfter = DefaultTakeoverAfter
 	}
 	if cfg.MaxRecordsPerCall <= 0 {
 		cfg.MaxRecordsPerCall = 100_000

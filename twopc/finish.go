@@ -5,12 +5,13 @@ import (
 	"errors"
 )
 
-// claim claims the branches of ps that nobody else is finishing and that
-// the journal still shows unresolved (the list was read before the claim;
-// see inflight for why the journal is checked again under its lock).
+// claim claims the branches of ps that nobody else is finishing, that the
+// journal still shows unresolved (the list was read before the claim; see
+// inflight for why the journal is checked again under its lock) and whose
+// writer this node owns (the finishing rule across nodes, ownership.go).
 func (c *Coordinator) claim(ps []PendingBranch) []PendingBranch {
 	return c.branches.claim(ps, func(p PendingBranch) bool {
-		return c.m.unresolved(p.Job, p.Writer, p.Checkpoint, p.Branch.ID)
+		return c.m.unresolved(p.Job, p.Writer, p.Checkpoint, p.Branch.ID) && c.owns(p.Job, p.Writer)
 	})
 }
 
@@ -29,6 +30,13 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 		}
 		id := p.Branch.ID
 		commit := p.Decision == decisionCommit
+		if !c.owns(p.Job, p.Writer) {
+			// Another node was granted the writer since the claim: it
+			// finishes the branch now, and this node must not touch it.
+			c.log.Info("not finishing a branch: the writer moved to another node", "job", p.Job,
+				"writer", p.Writer, "checkpoint", p.Checkpoint, "branch", id.String())
+			continue
+		}
 		br := c.branches.branch(id)
 		var err error
 		switch {
@@ -45,6 +53,12 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 		}
 		switch {
 		case err == nil:
+		case errors.Is(err, ErrDataLoss) && !c.m.ownedBy(p.Job, p.Writer, c.cfg.Node):
+			// The writer moved while this node finished: the new owner
+			// may have fenced the slot, so "ended" says nothing.
+			c.log.Info("a finish found the branch ended after the writer moved to another node; the new owner decides",
+				"job", p.Job, "writer", p.Writer, "checkpoint", p.Checkpoint, "branch", id.String(), "err", err)
+			continue
 		case errors.Is(err, ErrDataLoss) && !c.m.unresolved(p.Job, p.Writer, p.Checkpoint, id):
 			// An earlier attempt's RESOLVED (whose journaling had an
 			// unknown outcome) applied meanwhile: the branch was finished

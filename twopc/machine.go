@@ -20,6 +20,11 @@ import (
 type Machine struct {
 	mu sync.RWMutex
 	st machineState
+	// changed gets a token after every Apply and Restore (never blocks).
+	changed chan struct{}
+	// decided counts decisions applied by this process (not replicated
+	// state: a change signal for watchOwnership).
+	decided uint64
 	// resultBytes is the size of the session states in st.Results,
 	// derived from st (so alike on every replica), for dedupeStateBytes.
 	resultBytes int
@@ -192,6 +197,9 @@ type writerState struct {
 	GrantedAt int64  `json:"granted_at,omitempty"`
 	// Released is the highest epoch whose owner said it stopped acting.
 	Released uint64 `json:"released,omitempty"`
+	// PrevOwner held PrevEpoch, the last grant to a node other than Owner.
+	PrevOwner string `json:"prev_owner,omitempty"`
+	PrevEpoch uint64 `json:"prev_epoch,omitempty"`
 	// MaxCheckpoint is the highest checkpoint ever prepared: a new one must
 	// be greater, across sessions, so a number never names two checkpoints.
 	MaxCheckpoint int64  `json:"max_checkpoint"`
@@ -218,7 +226,7 @@ type checkpointState struct {
 
 // NewMachine returns an empty machine.
 func NewMachine() *Machine {
-	return &Machine{st: emptyState()}
+	return &Machine{st: emptyState(), changed: make(chan struct{}, 1)}
 }
 
 func emptyState() machineState {
@@ -243,6 +251,7 @@ func (m *Machine) Apply(index uint64, data []byte) any {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	defer m.notify()
 	if c.Key != "" && m.st.Keys[c.Key] {
 		r := m.st.Results[c.Key].clone()
 		r.Duplicate = true
@@ -362,6 +371,7 @@ func (m *Machine) openSession(c Command) ApplyResult {
 // decideCheckpoint records a decision; a commit moves the writer's restore
 // point, because from now on the checkpoint will be committed whatever fails.
 func (m *Machine) decideCheckpoint(w *writerState, cp *checkpointState, d string, now int64) {
+	m.decided++
 	cp.Decision = d
 	cp.DecidedAt = now
 	if d == decisionCommit && cp.N > w.LastCommitted {
@@ -559,7 +569,26 @@ func (m *Machine) Restore(data []byte) error {
 	m.st = st
 	m.resultBytes = size
 	m.mu.Unlock()
+	m.notify()
 	return nil
+}
+
+// decisions counts the decisions applied so far (see decided).
+func (m *Machine) decisions() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.decided
+}
+
+// Changed receives a token after the state changed (Apply, Restore); a
+// reader that was slow sees one token for many changes.
+func (m *Machine) Changed() <-chan struct{} { return m.changed }
+
+func (m *Machine) notify() {
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
 }
 
 // ---- reads (for the coordinator and the API) ----

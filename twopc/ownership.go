@@ -42,10 +42,16 @@ type Handover struct {
 	Wait bool `json:"wait,omitempty"`
 }
 
-// grant makes node the owner of w at a new epoch and says what it replaced.
+// grant makes node the owner of w at a new epoch and says which other
+// node's grant it must wait for. The last grant to another node is kept
+// (PrevOwner, PrevEpoch), so a node that is granted the writer again before
+// that node released it (say, its first open gave up waiting) waits again.
 func grant(w *writerState, node string, now int64) Handover {
-	h := Handover{From: w.Owner, Epoch: w.Epoch}
-	h.Wait = w.Owner != "" && w.Owner != node && w.Released < w.Epoch
+	if w.Owner != "" && w.Owner != node {
+		w.PrevOwner, w.PrevEpoch = w.Owner, w.Epoch
+	}
+	h := Handover{From: w.PrevOwner, Epoch: w.PrevEpoch}
+	h.Wait = w.PrevOwner != "" && w.PrevOwner != node && w.Released < w.PrevEpoch
 	w.Epoch++
 	w.Owner = node
 	w.GrantedAt = now

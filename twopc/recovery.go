@@ -28,14 +28,22 @@ func (c *Coordinator) countDecided() int {
 	return n
 }
 
-// Run retries unfinished decided branches until ctx ends, fences the writers
-// RecoverDecided left (first thing, then every round until each succeeded),
-// forgets idle sessions, and warns when a prepared branch grows old
-// compared with the sinks' transaction timeouts.
+// Run retries the unfinished decided branches of the writers this node
+// owns until ctx ends, fences the writers RecoverDecided left (first thing,
+// then every round until each succeeded), drops the sessions whose writer
+// moved to another node (watchOwnership), forgets idle sessions, and on the
+// leader takes over the writers whose owner leaves decided branches
+// unfinished and warns when a prepared branch grows old compared with the
+// sinks' transaction timeouts.
 func (c *Coordinator) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.RetryInterval)
 	defer t.Stop()
-	if c.cfg.IsLeader == nil || c.cfg.IsLeader() {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.watchOwnership(ctx)
+	}()
+	if c.leaseOK() {
 		_ = c.fenceBacklog(ctx) // logged; retried below
 	}
 	for {
@@ -44,14 +52,17 @@ func (c *Coordinator) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if c.cfg.IsLeader != nil && !c.cfg.IsLeader() {
+		c.forgetIdle()
+		if !c.leaseOK() {
 			continue
 		}
 		c.finishDecided(ctx, func(PendingBranch) bool { return true })
 		c.failExpired(ctx)
 		_ = c.fenceBacklog(ctx)
-		c.warnOld()
-		c.forgetIdle()
+		if c.cfg.IsLeader == nil || c.cfg.IsLeader() {
+			c.takeoverStale(ctx)
+			c.warnOld()
+		}
 	}
 }
 

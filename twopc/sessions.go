@@ -71,17 +71,27 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 		c.retire(ctx, k, old)
 		old = nil
 	}
+	// Another node held the writer: act only once it let go (or its lease
+	// passed), so two nodes never touch its transactions at once.
+	if err := c.waitHandover(ctx, job, writer, res.Handover); err != nil {
+		return SessionInfo{}, err
+	}
 	// Finish what is decided, then fence the sinks around what stays. The
 	// checkpoints decided to commit are noted first: once finished they are
 	// no longer pending, and a lost one must still be reported.
+	octx, done := c.whileOwner(ctx, job, writer, res.Session.Epoch)
+	defer done()
 	mine := func(p PendingBranch) bool { return p.Job == job && p.Writer == writer }
 	touched := c.decidedCommits(job, mine)
-	c.finishDecided(ctx, mine)
-	if err := c.fenceWriter(ctx, job, writer, spec.Sinks); err != nil {
+	c.finishDecided(octx, mine)
+	if err := c.fenceWriter(octx, job, writer, spec.Sinks); err != nil {
+		if cause := context.Cause(octx); cause != nil && octx.Err() != nil && ctx.Err() == nil {
+			return SessionInfo{}, fmt.Errorf("%w: %s/%s epoch %d: %v while opening; reopen", ErrSessionFenced, job, writer, res.Session.Epoch, cause)
+		}
 		return SessionInfo{}, err
 	}
 	c.unfenced.done(k) // under the opening lock: no background fence of k after this
-	s := &session{job: job, writer: writer, epoch: res.Session.Epoch, open: map[string]*openBranch{}}
+	s := newSession(job, writer, res.Session.Epoch)
 	c.touch(s)
 	c.mu.Lock()
 	c.sessions[k] = s
@@ -119,6 +129,9 @@ func (c *Coordinator) retire(ctx context.Context, k writerKey, old *session) {
 	}
 	c.mu.Unlock()
 	old.fenced = true
+	if old.cancel != nil {
+		old.cancel(errMoved)
+	}
 	c.abortOpen(ctx, old)
 	old.mu.Unlock()
 }
@@ -162,6 +175,9 @@ func (c *Coordinator) fenceWriter(ctx context.Context, job, writer string, sinks
 
 // sessionFor finds the live session for (job, writer, epoch).
 func (c *Coordinator) sessionFor(job, writer string, epoch uint64) (*session, error) {
+	if !c.leaseOK() {
+		return nil, fmt.Errorf("%w: %v; reopen the session on a node that has", ErrUnavailable, errLeaseLost)
+	}
 	wv, ok := c.m.Writer(job, writer)
 	if !ok {
 		if _, ok := c.m.JobSpec(job); !ok {
@@ -188,6 +204,9 @@ func (c *Coordinator) sessionFor(job, writer string, epoch uint64) (*session, er
 
 // usable reports why a session cannot take calls. Needs s.mu.
 func (s *session) usable() error {
+	if s.fenced && s.fencedBy != nil {
+		return fmt.Errorf("%w: %s/%s epoch %d: %v; reopen the session", ErrSessionFenced, s.job, s.writer, s.epoch, s.fencedBy)
+	}
 	if s.fenced {
 		return fmt.Errorf("%w: %s/%s epoch %d", ErrSessionFenced, s.job, s.writer, s.epoch)
 	}

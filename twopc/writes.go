@@ -48,6 +48,8 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	if err != nil {
 		return WriteResult{}, err
 	}
+	ctx, unbind := bindSession(ctx, s)
+	defer unbind()
 	cl := bound(ctx, c.cfg.Timeouts.Write)
 	defer cl.done()
 	if err := lockWithin(cl.work, &s.mu, job, writer); err != nil {
