@@ -35,6 +35,9 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 			// finishes the branch now, and this node must not touch it.
 			c.log.Info("not finishing a branch: the writer moved to another node", "job", p.Job,
 				"writer", p.Writer, "checkpoint", p.Checkpoint, "branch", id.String())
+			if d, ok := c.branches.branch(id).(Detacher); ok {
+				d.Detach()
+			}
 			continue
 		}
 		br := c.branches.branch(id)

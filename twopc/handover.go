@@ -174,6 +174,13 @@ func (c *Coordinator) checkOwnership(ctx context.Context) {
 			c.dropSession(ctx, s, cause, moved && lease)
 		}()
 	}
+	// Prepared branches held without a session (an external job's
+	// checkpoint whose session went away) are let go the same way.
+	for _, k := range c.branches.heldWriters() {
+		if !lease || !c.m.ownedBy(k.job, k.writer, c.cfg.Node) {
+			c.detach(k.job, k.writer)
+		}
+	}
 }
 
 // dropSession ends a session that may no longer act: it waits for the call
@@ -193,9 +200,21 @@ func (c *Coordinator) dropSession(ctx context.Context, s *session, cause error, 
 	defer cancel()
 	c.abortOpen(actx, s)
 	s.mu.Unlock()
+	c.detach(s.job, s.writer)
 	c.log.Info("session dropped", "job", s.job, "writer", s.writer, "epoch", s.epoch, "reason", cause.Error())
 	if release {
 		c.release(actx, s.job, s.writer, s.epoch)
+	}
+}
+
+// detach lets go of the prepared branches this node holds for a writer it
+// no longer owns, so that the new owner can finish them (a MySQL branch
+// cannot be finished elsewhere while its preparing connection lives).
+func (c *Coordinator) detach(job, writer string) {
+	for _, br := range c.branches.detachWriter(job, writer) {
+		if d, ok := br.(Detacher); ok {
+			d.Detach()
+		}
 	}
 }
 

@@ -107,6 +107,36 @@ func (f *inflight) forgetFenced(job, writer string, keep map[string][]BranchID) 
 	}
 }
 
+// detachWriter removes and returns the held, unclaimed branches of a
+// writer: it moved to another node, which finishes them from their handles.
+func (f *inflight) detachWriter(job, writer string) []Branch {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Branch
+	for k, br := range f.held {
+		if k.job == job && k.writer == writer && !f.claimed[k] {
+			out = append(out, br)
+			delete(f.held, k)
+		}
+	}
+	return out
+}
+
+// heldWriters lists the writers with held branches.
+func (f *inflight) heldWriters() []writerKey {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	seen := map[writerKey]bool{}
+	var out []writerKey
+	for k := range f.held {
+		if w := (writerKey{k.job, k.writer}); !seen[w] {
+			seen[w] = true
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
 // branch returns the held branch of id, or nil.
 func (f *inflight) branch(id BranchID) Branch {
 	f.mu.Lock()

@@ -199,6 +199,15 @@ type Branch interface {
 	Abort(ctx context.Context) error
 }
 
+// Detacher is implemented by branches that can let go of a prepared
+// branch without ending it: the process keeps no connection or client for
+// it any more, and whoever owns the writer finishes it from its handle. The
+// coordinator detaches the prepared branches it holds for a writer that
+// moved to another node.
+type Detacher interface {
+	Detach()
+}
+
 // Journal replicates commands for Machine. cmd/sidecar adapts raftlog to it;
 // twopctest has an in-memory one.
 type Journal interface {

@@ -392,3 +392,14 @@ func (b *branch) Abort(ctx context.Context) error {
 	b.state = stateAborted
 	return nil
 }
+
+// Detach lets go of a prepared branch without ending it (twopc.Detacher):
+// the slot's client is dropped (closing a client does not end its
+// transaction), so this process never sends another request with the
+// branch's producer id and epoch from it, and the next branch on the slot
+// gets a new client whose InitProducerID bumps the epoch.
+func (b *branch) Detach() {
+	if b.state == statePrepared {
+		b.s.drop(b.sl)
+	}
+}

@@ -396,3 +396,17 @@ func (st branchState) String() string {
 	}
 	return fmt.Sprintf("state(%d)", int(st))
 }
+
+// Detach lets go of a prepared branch without ending it (twopc.Detacher):
+// its connection is closed, so the server keeps the XA branch prepared and
+// detached, and the node that now owns the writer can finish it from its
+// handle (Resolve waits for the preparer's session to be gone).
+func (b *branch) Detach() {
+	b.mu.Lock()
+	if b.state == statePrepared {
+		b.dropConn()
+		b.state = stateClosed
+	}
+	b.mu.Unlock()
+	b.s.forget(b)
+}
