@@ -38,11 +38,13 @@ func (c *Coordinator) countDecided() int {
 func (c *Coordinator) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.RetryInterval)
 	defer t.Stop()
-	c.wg.Add(1)
+	// Not in c.wg: Close waits for that and may run before ctx ends.
+	watching := make(chan struct{})
 	go func() {
-		defer c.wg.Done()
+		defer close(watching)
 		c.watchOwnership(ctx)
 	}()
+	defer func() { <-watching }()
 	if c.leaseOK() {
 		_ = c.fenceBacklog(ctx) // logged; retried below
 	}

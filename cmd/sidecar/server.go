@@ -128,6 +128,13 @@ func openWithRetry[S any](ctx context.Context, log *slog.Logger, wait time.Durat
 	}
 }
 
+// nodeLease is how long a node keeps acting for its writers without hearing
+// from the journal's leader (twopc.Config.Lease); twopc's default handover
+// wait (2.5 s) exceeds it by a margin for requests in flight. It is longer
+// than an election here (heartbeat timeout 300–600 ms plus the vote), so a
+// leader change alone does not stop the sessions of the other nodes.
+const nodeLease = 1500 * time.Millisecond
+
 // startSidecar opens the journal, the sinks, runs recovery and serves the API.
 func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar, err error) {
 	sc := &sidecar{cfg: cfg, log: log, runDone: make(chan struct{})}
@@ -181,7 +188,8 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	met := newMetrics(machine, sc.node)
 	sc.coord, err = twopc.NewCoordinator(twopc.Config{
 		Node: cfg.NodeID, Journal: met.journal(raftJournal{sc.node}), Machine: machine, Sinks: met.wrapSinks(sc.sinks),
-		IsLeader: sc.node.IsLeader, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
+		IsLeader: sc.node.IsLeader, Lease: func() bool { return sc.node.HasLease(nodeLease) },
+		MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Timeouts: twopc.Timeouts{Write: cfg.Timeouts.Write, Checkpoint: cfg.Timeouts.Checkpoint,
 			Session: cfg.Timeouts.Session, Commit: cfg.Timeouts.Commit},
 		Logger: log.With("component", "coordinator"), Metrics: met, Failpoint: failpoint,
