@@ -258,3 +258,39 @@ func TestLostLeaseStopsSessions(t *testing.T) {
 		t.Fatalf("write after the lease came back: %v, want the dropped session refused", err)
 	}
 }
+
+// TestCommitOnAnotherNodeIsFinishedByTheOwner: an external commit decided
+// on node b is finished by node a, the live owner, on its own connection
+// (no takeover), and b's call waits for it and answers committed.
+func TestCommitOnAnotherNodeIsFinishedByTheOwner(t *testing.T) {
+	n := newNodes(t, "a", "b")
+	n.run("a")
+	n.run("b")
+	ctx := context.Background()
+	sa, err := n.c["a"].OpenSession(ctx, "j", "w", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.c["a"].Write(ctx, "j", "w", sa.Epoch, nil, recs("s", "v1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.c["a"].Checkpoint(ctx, "j", "w", sa.Epoch, 1, nil, twopc.WaitPrepared); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	res, err := n.c["b"].Commit(ctx, "j", 1)
+	if err != nil || res.Status != twopc.StatusCommitted {
+		t.Fatalf("commit on b: %+v, %v", res, err)
+	}
+	if took := time.Since(t0); took >= testTakeover {
+		t.Fatalf("commit took %v: the live owner should finish it without a takeover (%v)", took, testTakeover)
+	}
+	if owner, epoch, _ := n.owner("j", "w"); owner != "a" || epoch != sa.Epoch {
+		t.Fatalf("owner %s epoch %d; want a still owning epoch %d", owner, epoch, sa.Epoch)
+	}
+	wantValues(t, n.s, "v1")
+	// a's session goes on.
+	if _, err := n.c["a"].Write(ctx, "j", "w", sa.Epoch, nil, recs("s", "v2")); err != nil {
+		t.Fatal(err)
+	}
+}
