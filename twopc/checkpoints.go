@@ -243,8 +243,13 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 	scope := c.decidedCommits(job, inScope)
 	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finishDecided(ctx, inScope) })
 	// Writers other nodes own are finished there (or taken over by the
-	// leader): wait for the journal to say so, within the call's time.
-	c.waitResolved(cl.ctx, inScope)
+	// leader): wait for the journal to say so, within the call's working
+	// time, and for this node's takeovers and finishes in progress. This
+	// node's own branches that failed to finish are the recovery loop's.
+	c.waitResolved(cl.work, func(p PendingBranch) bool {
+		return inScope(p) && (!c.m.ownedBy(p.Job, p.Writer, c.cfg.Node) || c.branches.isClaimed(p.Branch.ID) ||
+			c.recovering(writerKey{p.Job, p.Writer}))
+	})
 	out := CommitResult{Checkpoint: n, Status: StatusCommitted, Writers: res.Decided}
 	if !commit {
 		out.Status = StatusAborted

@@ -127,6 +127,12 @@ type Coordinator struct {
 	// which (inflight.go); it has its own lock.
 	branches *inflight
 
+	// guards: the whileOwner contexts in use, inRecovery: the writers
+	// recoverWriter works on (handover.go); guardMu is a leaf.
+	guardMu    sync.Mutex
+	guards     map[*guard]bool
+	inRecovery map[writerKey]int
+
 	mu       sync.Mutex
 	sessions map[writerKey]*session
 	closed   bool

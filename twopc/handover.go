@@ -56,32 +56,46 @@ func bindSession(ctx context.Context, s *session) (context.Context, func()) {
 // whileOwner returns ctx, also ended as soon as this node no longer owns
 // the writer at epoch (or lost its lease): fences and finishing done
 // outside a session (an open in progress, a takeover) stop issuing sink
-// requests once another node may act for the writer.
+// requests once another node may act for the writer. checkOwnership ends
+// it (guards); a coordinator whose Run does not run never does.
 func (c *Coordinator) whileOwner(ctx context.Context, job, writer string, epoch uint64) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(ownershipPoll)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if !c.leaseOK() {
-				cancel(errLeaseLost)
-				return
-			}
-			if owner, e, _, ok := c.m.Owner(job, writer); !ok || owner != c.cfg.Node || e != epoch {
-				cancel(errMoved)
-				return
-			}
+	g := &guard{k: writerKey{job, writer}, epoch: epoch, cancel: cancel}
+	c.guardMu.Lock()
+	if c.guards == nil {
+		c.guards = map[*guard]bool{}
+	}
+	c.guards[g] = true
+	c.guardMu.Unlock()
+	return ctx, func() {
+		c.guardMu.Lock()
+		delete(c.guards, g)
+		c.guardMu.Unlock()
+		cancel(nil)
+	}
+}
+
+// guard is a whileOwner context: it holds while this node owns k at epoch.
+type guard struct {
+	k      writerKey
+	epoch  uint64
+	cancel context.CancelCauseFunc
+}
+
+// checkGuards ends the whileOwner contexts whose writer moved on, or all of
+// them without a lease.
+func (c *Coordinator) checkGuards(lease bool) {
+	c.guardMu.Lock()
+	defer c.guardMu.Unlock()
+	for g := range c.guards {
+		if !lease {
+			g.cancel(errLeaseLost)
+			continue
 		}
-	}()
-	return ctx, func() { close(done); cancel(nil) }
+		if owner, e, _, ok := c.m.Owner(g.k.job, g.k.writer); !ok || owner != c.cfg.Node || e != g.epoch {
+			g.cancel(errMoved)
+		}
+	}
 }
 
 // waitHandover waits, after a grant, until the previous owner on another
@@ -148,6 +162,7 @@ func (c *Coordinator) watchOwnership(ctx context.Context) {
 // by itself; the app's next call answers session_fenced.
 func (c *Coordinator) checkOwnership(ctx context.Context) {
 	lease := c.leaseOK()
+	c.checkGuards(lease)
 	c.mu.Lock()
 	ss := make([]*session, 0, len(c.sessions))
 	for _, s := range c.sessions {
@@ -236,6 +251,19 @@ func (c *Coordinator) release(ctx context.Context, job, writer string, epoch uin
 // writer at that epoch (whileOwner).
 func (c *Coordinator) recoverWriter(ctx context.Context, k writerKey, epoch uint64, takeover bool) error {
 	defer c.opening.lock(k)()
+	c.guardMu.Lock()
+	if c.inRecovery == nil {
+		c.inRecovery = map[writerKey]int{}
+	}
+	c.inRecovery[k]++
+	c.guardMu.Unlock()
+	defer func() {
+		c.guardMu.Lock()
+		if c.inRecovery[k]--; c.inRecovery[k] == 0 {
+			delete(c.inRecovery, k)
+		}
+		c.guardMu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeouts.Session)
 	defer cancel()
 	if takeover {
@@ -283,6 +311,13 @@ func (c *Coordinator) waitResolved(ctx context.Context, match func(PendingBranch
 		case <-t.C:
 		}
 	}
+}
+
+// recovering reports whether recoverWriter runs for k now.
+func (c *Coordinator) recovering(k writerKey) bool {
+	c.guardMu.Lock()
+	defer c.guardMu.Unlock()
+	return c.inRecovery[k] > 0
 }
 
 // hasDecided reports whether a decided branch selected by match is still

@@ -122,6 +122,13 @@ func (f *inflight) detachWriter(job, writer string) []Branch {
 	return out
 }
 
+// isClaimed reports whether some goroutine is finishing id now.
+func (f *inflight) isClaimed(id BranchID) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.claimed[keyOf(id)]
+}
+
 // heldWriters lists the writers with held branches.
 func (f *inflight) heldWriters() []writerKey {
 	f.mu.Lock()
