@@ -71,25 +71,33 @@ func TestProxyPassesSessionCallsToOwner(t *testing.T) {
 	if res.Accepted != 3 {
 		t.Fatalf("write via n2: %+v", res)
 	}
-	res = must[twopc.WriteResult](t)(n2.unix.WriteNDJSON(ctx(t), "j", "w", s.Epoch, client.Seq(2), ndjson("d")))
+	// curl sends large bodies with Expect: 100-continue; the interim
+	// answers cross the pass-through too.
+	r := n2.raw(t, "POST", fmt.Sprintf("/v1/jobs/j/writers/w/records?epoch=%d&seq=2", s.Epoch), string(ndjson("d")),
+		"Content-Type", "application/x-ndjson", "Expect", "100-continue")
+	if r.status != 200 || !strings.Contains(string(r.body), `"accepted":1`) {
+		t.Fatalf("write with Expect: 100-continue via n2: %s", r)
+	}
+	res = must[twopc.WriteResult](t)(n2.unix.WriteNDJSON(ctx(t), "j", "w", s.Epoch, client.Seq(3), ndjson("e")))
 	if res.Accepted != 1 {
 		t.Fatalf("write via n2's Unix socket: %+v", res)
 	}
-	// A retry of seq 2 through n2 reaches the same session: a duplicate.
-	res = must[twopc.WriteResult](t)(n2.c.WriteNDJSON(ctx(t), "j", "w", s.Epoch, client.Seq(2), ndjson("d")))
+	// A retry of seq 3 through n2 reaches the same session: a duplicate.
+	res = must[twopc.WriteResult](t)(n2.c.WriteNDJSON(ctx(t), "j", "w", s.Epoch, client.Seq(3), ndjson("e")))
 	if !res.Duplicate {
 		t.Fatalf("repeated seq via n2: %+v, want a duplicate", res)
 	}
-	cp := must[twopc.CheckpointResult](t)(n2.c.Checkpoint(ctx(t), "j", "w", s.Epoch, 1, []byte("pos=4"), ""))
+	cp := must[twopc.CheckpointResult](t)(n2.c.Checkpoint(ctx(t), "j", "w", s.Epoch, 1, []byte("pos=5"), ""))
 	if cp.Status != twopc.StatusCommitted {
 		t.Fatalf("checkpoint via n2: %+v", cp)
 	}
-	c.wantKafka("a", "b", "c", "d")
+	c.wantKafka("a", "b", "c", "d", "e")
 
-	n2.waitProxied(t, api.ProxyAnswered, api.ProxyAnswered, api.ProxyAnswered, api.ProxyAnswered)
+	five := []string{api.ProxyAnswered, api.ProxyAnswered, api.ProxyAnswered, api.ProxyAnswered, api.ProxyAnswered}
+	n2.waitProxied(t, five...)
 	tapped, _, _ := n1.snapshot()
-	if len(tapped) != 4 {
-		t.Fatalf("n1 got %d calls through its API address, want 4", len(tapped))
+	if len(tapped) != 5 {
+		t.Fatalf("n1 got %d calls through its API address, want 5", len(tapped))
 	}
 	for i, h := range tapped {
 		if got := h.Get(api.ForwardedByHeader); got != "n2" {
@@ -106,12 +114,12 @@ func TestProxyPassesSessionCallsToOwner(t *testing.T) {
 
 	// Session open is never passed on: on n2 it moves the writer to n2.
 	s2 := must[twopc.SessionInfo](t)(n2.c.OpenSession(ctx(t), "j", "w", nil))
-	if o := c.owner("j", "w"); o != "n2" || s2.Checkpoint != 1 || string(s2.State) != "pos=4" {
+	if o := c.owner("j", "w"); o != "n2" || s2.Checkpoint != 1 || string(s2.State) != "pos=5" {
 		t.Fatalf("open on n2: owner %q, session %+v; want owner n2 restoring checkpoint 1", o, s2)
 	}
-	n2.waitProxied(t, api.ProxyAnswered, api.ProxyAnswered, api.ProxyAnswered, api.ProxyAnswered)
+	n2.waitProxied(t, five...)
 	// Now n1 passes the calls to n2.
-	must[twopc.WriteResult](t)(n1.c.WriteNDJSON(ctx(t), "j", "w", s2.Epoch, nil, ndjson("e")))
+	must[twopc.WriteResult](t)(n1.c.WriteNDJSON(ctx(t), "j", "w", s2.Epoch, nil, ndjson("f")))
 	if cp := must[twopc.CheckpointResult](t)(n1.c.Checkpoint(ctx(t), "j", "w", s2.Epoch, 2, nil, "")); cp.Status != twopc.StatusCommitted {
 		t.Fatalf("checkpoint 2 via n1: %+v", cp)
 	}
@@ -119,7 +127,7 @@ func TestProxyPassesSessionCallsToOwner(t *testing.T) {
 	// The old epoch through n1 reaches n2, which fences it.
 	_, err := n1.c.WriteNDJSON(ctx(t), "j", "w", s.Epoch, nil, ndjson("stale"))
 	wantCode(t, err, http.StatusConflict, api.CodeSessionFenced)
-	c.wantKafka("a", "b", "c", "d", "e")
+	c.wantKafka("a", "b", "c", "d", "e", "f")
 }
 
 // TestProxyStreamsBodyUndecoded: the node that passes a call on neither
@@ -530,4 +538,35 @@ func acceptAddr(t *testing.T, fn func(net.Conn)) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// TestClientErrReopen: which answers the client reports as ErrReopen. A 503
+// that names no owner (here: no journal leader) is "retry the call", not
+// "reopen"; a write after a restart (session_lost) is "reopen".
+func TestClientErrReopen(t *testing.T) {
+	e := newEnv(t)
+	c := e.ts[0].c
+	must[twopc.JobInfo](t)(c.PutJob(ctx(t), "j", "", []string{"events"}))
+	s := must[twopc.SessionInfo](t)(c.OpenSession(ctx(t), "j", "w", nil))
+	e.journal.down.Store(true)
+	_, err := c.Checkpoint(ctx(t), "j", "w", s.Epoch, 1, nil, "")
+	e.journal.down.Store(false)
+	wantCode(t, err, http.StatusServiceUnavailable, api.CodeUnavailable)
+	if errors.Is(err, client.ErrReopen) {
+		t.Fatalf("503 without owner matches ErrReopen: %v", err)
+	}
+	// That 503 failed the session (the checkpoint may be journaled): the
+	// next call says so, and that is a reopen.
+	_, err = c.WriteNDJSON(ctx(t), "j", "w", s.Epoch, nil, []byte(values("a")))
+	if !errors.Is(err, client.ErrReopen) || client.Code(err) != api.CodeSinkFailure {
+		t.Fatalf("write after the failed checkpoint: %v, want sink_failure matching ErrReopen", err)
+	}
+	_, err = c.WriteNDJSON(ctx(t), "j", "w", s.Epoch+5, nil, []byte(values("a")))
+	if !errors.Is(err, client.ErrReopen) || client.Code(err) != api.CodeNoSession {
+		t.Fatalf("write with an epoch never opened: %v, want no_session matching ErrReopen", err)
+	}
+	_, err = c.PutJob(ctx(t), "j", twopc.ModeExternal, nil)
+	if client.Code(err) != api.CodeModeConflict || errors.Is(err, client.ErrReopen) {
+		t.Fatalf("mode change with an open session: %v, want mode_conflict not matching ErrReopen", err)
+	}
 }
