@@ -137,8 +137,10 @@ func (s *Server) owned(timeout time.Duration, fn func(http.ResponseWriter, *http
 		pc := &proxyCall{node: node, addr: addr, route: r.Pattern, path: r.URL.Path, started: time.Now()}
 		u, err := url.Parse(addr)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			s.proxied(pc, ProxyUnreachable, http.StatusServiceUnavailable, fmt.Errorf("bad API address %q in the journal", addr))
-			return s.unreachableErr(pc, fmt.Errorf("its API address %q in the journal is not an http(s) URL", addr))
+			err := fmt.Errorf("its API address %q in the journal is not an http(s) URL", addr)
+			s.proxied(pc, ProxyUnreachable, http.StatusServiceUnavailable, err)
+			s.problem(w, r, s.unreachableErr(pc, err))
+			return nil
 		}
 		pc.target = u
 		s.pass(w, r, pc, timeout)

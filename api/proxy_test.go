@@ -570,3 +570,17 @@ func TestClientErrReopen(t *testing.T) {
 		t.Fatalf("mode change with an open session: %v, want mode_conflict not matching ErrReopen", err)
 	}
 }
+
+// TestProxyBadOwnerAddress: an API address in the journal that is not an
+// http(s) URL is 503 naming the owner, like an unreachable one.
+func TestProxyBadOwnerAddress(t *testing.T) {
+	c := newCluster(t, []string{"n1", "n2"}, nil, nil)
+	n2 := c.nodes["n2"]
+	bad := func(string, string) (string, string, bool) { return "n1", "127.0.0.1:8470", true }
+	n2.owner.Store(&bad)
+	r := n2.raw(t, "POST", "/v1/jobs/j/writers/w/records?epoch=1", string(ndjson("x")), "Content-Type", "application/x-ndjson")
+	if p := r.problem(t); r.status != 503 || p.Owner != "n1" || !strings.Contains(p.Detail, "not an http(s) URL") {
+		t.Fatalf("owner with a bad address: %s", r)
+	}
+	n2.waitProxied(t, api.ProxyUnreachable)
+}
