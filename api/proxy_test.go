@@ -584,3 +584,23 @@ func TestProxyBadOwnerAddress(t *testing.T) {
 	}
 	n2.waitProxied(t, api.ProxyUnreachable)
 }
+
+// TestProxyConfig: SessionOwner needs this node's id (it is what the
+// owner sees in Txsink-Forwarded-By), and the call timeouts are not
+// negative.
+func TestProxyConfig(t *testing.T) {
+	e := newEnv(t)
+	owner := func(string, string) (string, string, bool) { return "", "", false }
+	for _, cfg := range []api.Config{
+		{SessionOwner: owner},
+		{SessionOwner: owner, Node: "bad name"},
+		{WriteTimeout: -time.Second},
+	} {
+		if _, err := api.New(e.coord, cfg); err == nil {
+			t.Errorf("api.New(%+v): no error", cfg)
+		}
+	}
+	if _, err := api.New(e.coord, api.Config{SessionOwner: owner, Node: "n1"}); err != nil {
+		t.Fatal(err)
+	}
+}
