@@ -10,6 +10,7 @@ package api
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"os"
 	"strings"
 	"time"
@@ -128,6 +130,37 @@ type Config struct {
 	// IdleTimeout closes a keep-alive connection idle for this long
 	// (0: DefaultIdleTimeout).
 	IdleTimeout time.Duration
+
+	// Passing session calls to the node that owns the session (proxy.go).
+
+	// Node is this node's id, sent to the owner in the Txsink-Forwarded-By
+	// header. Required with SessionOwner.
+	Node string
+	// SessionOwner, when set, says whether a session call (records,
+	// checkpoint) for (job, writer) belongs to another node: remote true
+	// with that node's id and the base URL of its API (e.g.
+	// "https://10.0.0.5:8470"). Such a call is passed to it at the HTTP
+	// level before its body is read. It runs on every session call that
+	// was not forwarded already: keep it cheap. nil: every call is served
+	// here.
+	SessionOwner func(job, writer string) (node, apiAddr string, remote bool)
+	// ProxyTLS configures TLS to an owner whose address is https (its
+	// RootCAs: the CA of the nodes' API certificates; nil: the system's).
+	ProxyTLS *tls.Config
+	// ProxyTransport, when set, carries the passed calls instead of the
+	// transport built from ProxyTLS (tests, custom dialers).
+	ProxyTransport http.RoundTripper
+	// ObserveProxy, when set, is called once for every call passed to an
+	// owner, with the route's mux pattern and the outcome: ProxyAnswered
+	// (the owner's answer, whatever its status, was passed back),
+	// ProxyUnreachable (answered 503 unavailable here) or ProxyCanceled
+	// (the caller went away first).
+	ObserveProxy func(route, outcome string)
+	// WriteTimeout and CheckpointTimeout are the coordinator's deadlines of
+	// a records and a checkpoint call (twopc.Timeouts; 0: its defaults).
+	// The owner answers within them once it has the body, so they bound
+	// how long a passed call waits for the owner (plus proxyMargin).
+	WriteTimeout, CheckpointTimeout time.Duration
 }
 
 // UnmatchedRoute is the route Observe gets for a request no route matched
@@ -153,6 +186,12 @@ func (c Config) Validate() error {
 	if strings.ContainsAny(c.Token, " \t\r\n") {
 		return errors.New("api: Token contains white space")
 	}
+	if c.WriteTimeout < 0 || c.CheckpointTimeout < 0 {
+		return fmt.Errorf("api: WriteTimeout %s and CheckpointTimeout %s must not be negative", c.WriteTimeout, c.CheckpointTimeout)
+	}
+	if c.SessionOwner != nil && !twopc.ValidName(c.Node) {
+		return fmt.Errorf("api: SessionOwner needs Node, this node's id (got %q)", c.Node)
+	}
 	return nil
 }
 
@@ -172,16 +211,27 @@ func (c Config) withDefaults() Config {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
 	}
+	def := twopc.DefaultTimeouts()
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = def.Write
+	}
+	if c.CheckpointTimeout == 0 {
+		c.CheckpointTimeout = def.Checkpoint
+	}
 	return c
 }
 
 // Server serves the API on any number of listeners.
 type Server struct {
-	svc  Service
-	cfg  Config
-	log  *slog.Logger
-	mux  *http.ServeMux
-	http *http.Server
+	svc   Service
+	cfg   Config
+	log   *slog.Logger
+	mux   *http.ServeMux
+	http  *http.Server
+	proxy *httputil.ReverseProxy // nil without Config.SessionOwner
+	// margin is what a passed call may take beyond the owner's deadline
+	// (proxyMargin).
+	margin time.Duration
 }
 
 // New returns a Server for svc. It serves nothing until Serve.
@@ -193,7 +243,10 @@ func New(svc Service, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{svc: svc, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{svc: svc, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), margin: proxyMargin}
+	if cfg.SessionOwner != nil {
+		s.proxy = s.newProxy()
+	}
 	s.routes()
 	s.http = &http.Server{
 		Handler:           s.Handler(),
@@ -225,7 +278,15 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Shutdown stops accepting, closes every listener (removing the Unix socket
 // file) and waits for the calls in progress until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	if s.proxy != nil {
+		if t, ok := s.proxy.Transport.(interface{ CloseIdleConnections() }); ok {
+			t.CloseIdleConnections()
+		}
+	}
+	return err
+}
 
 // ListenUnix listens on the Unix socket path with mode 0660. A stale socket
 // file (one nobody listens on) is removed first; a live one or a file that

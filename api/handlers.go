@@ -33,8 +33,10 @@ func (s *Server) routes() {
 	h("GET /v1/jobs/{job}", s.job)
 	h("POST /v1/jobs/{job}/writers/{writer}/session", s.openSession)
 	h("DELETE /v1/jobs/{job}/writers/{writer}", s.deleteWriter)
-	h("POST /v1/jobs/{job}/writers/{writer}/records", s.write)
-	h("POST /v1/jobs/{job}/writers/{writer}/checkpoints/{n}", s.checkpoint)
+	// The session calls: passed to the node owning the session when that
+	// is another node (proxy.go). The session open never is.
+	h("POST /v1/jobs/{job}/writers/{writer}/records", s.owned(s.cfg.WriteTimeout, s.write))
+	h("POST /v1/jobs/{job}/writers/{writer}/checkpoints/{n}", s.owned(s.cfg.CheckpointTimeout, s.checkpoint))
 	h("POST /v1/jobs/{job}/checkpoints/{n}/commit", s.commit)
 	h("POST /v1/jobs/{job}/checkpoints/{n}/abort", s.abort)
 	h("GET /v1/jobs/{job}/checkpoints", s.checkpoints)

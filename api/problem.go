@@ -57,6 +57,11 @@ type Problem struct {
 	// Record is the 1-based index in the write call of the record the
 	// problem is about (400 invalid_request, 422 record_rejected).
 	Record int `json:"record,omitempty"`
+	// Owner is an extension member of a 503 unavailable answered by a node
+	// that could not pass a session call to the node owning the session:
+	// that node's id. Reopen the session on a reachable node (which moves
+	// the writer there) instead of retrying the call.
+	Owner string `json:"owner,omitempty"`
 }
 
 // apiErr is an error answer decided by the API itself.
@@ -64,8 +69,9 @@ type apiErr struct {
 	Status int
 	Code   string
 	Detail string
-	Result any // Problem.Result; nil: none
-	Record int // Problem.Record
+	Result any    // Problem.Result; nil: none
+	Record int    // Problem.Record
+	Owner  string // Problem.Owner
 }
 
 func (e *apiErr) Error() string { return e.Code + ": " + e.Detail }
@@ -157,6 +163,7 @@ func (s *Server) problem(w http.ResponseWriter, r *http.Request, e *apiErr) {
 		Code:     e.Code,
 		Instance: r.URL.Path,
 		Record:   e.Record,
+		Owner:    e.Owner,
 	}
 	if e.Result != nil {
 		rb, err := json.Marshal(e.Result)

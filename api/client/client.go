@@ -1,6 +1,33 @@
 // Package client is a small Go client of txsink's HTTP API, over TCP or the
 // sidecar's Unix socket. Every method maps one endpoint; an error answer
 // comes back as a *Error carrying the problem's status and stable code.
+//
+// # Clusters
+//
+// Any node of a cluster takes a session's calls: a node that does not own
+// the session passes them to the node that does, so a client needs no
+// notion of ownership. WithEndpoints gives the client the other nodes' base
+// URLs; it sends every call to one endpoint at a time and moves to the next
+// when a node cannot be reached:
+//
+//   - A call that could not connect at all never reached a node, so it is
+//     sent to the next endpoint at once (each endpoint once per call).
+//   - A session call (Write, WriteNDJSON, Checkpoint) that got no answer
+//     after it was sent is not sent again anywhere: its outcome is unknown.
+//     It returns an error matching ErrReopen, and the next call goes to the
+//     next endpoint.
+//   - OpenSession, PutJob and the reads are safe to repeat, so they move to
+//     the next endpoint on any failure to get an answer.
+//
+// The client never reopens a session by itself: reopening aborts the
+// records written since the last checkpoint, and only the application can
+// replay them (it resumes its input from the state the open restores, and
+// in external commit mode it knows what to pass as restore). So after an
+// error for which errors.Is(err, ErrReopen) holds, call OpenSession again
+// (on the endpoint in use, see Endpoint), resume from its state and replay.
+// That covers a node that cannot reach the session's owner either: it
+// answers 503 unavailable naming the owner (Error.Owner), and opening the
+// session on it moves the writer there.
 package client
 
 import (
@@ -15,15 +42,18 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/txsink/txsink/api"
 	"github.com/txsink/txsink/twopc"
 )
 
-// Client calls one sidecar. It is safe for concurrent use.
+// Client calls one sidecar, or the nodes of a cluster (WithEndpoints). It
+// is safe for concurrent use.
 type Client struct {
-	base  string
+	bases []string     // base URLs; bases[0] is the one New was given
+	cur   atomic.Int64 // index in bases of the endpoint in use
 	hc    *http.Client
 	token string
 }
@@ -37,6 +67,17 @@ func WithToken(token string) Option { return func(c *Client) { c.token = token }
 // WithHTTPClient replaces the HTTP client (and so its transport).
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
 
+// WithEndpoints adds the base URLs of other nodes of the cluster, tried in
+// order after the first one (see "Clusters" above). With NewUnix, the
+// socket comes first and these are reached over TCP.
+func WithEndpoints(baseURLs ...string) Option {
+	return func(c *Client) {
+		for _, u := range baseURLs {
+			c.bases = append(c.bases, strings.TrimRight(u, "/"))
+		}
+	}
+}
+
 // New returns a client of the sidecar at baseURL, e.g. "http://127.0.0.1:8470".
 func New(baseURL string, opts ...Option) *Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
@@ -44,26 +85,51 @@ func New(baseURL string, opts ...Option) *Client {
 	return newClient(strings.TrimRight(baseURL, "/"), t, opts)
 }
 
+// unixHost is the host of the base URL of a Unix-socket client.
+const unixHost = "unix"
+
 // NewUnix returns a client of the sidecar listening on the Unix socket path.
 func NewUnix(path string, opts ...Option) *Client {
 	t := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			if host, _, _ := net.SplitHostPort(addr); host == unixHost {
+				return d.DialContext(ctx, "unix", path)
+			}
+			// Another node of WithEndpoints.
+			return d.DialContext(ctx, network, addr)
 		},
 		MaxIdleConns:        64,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return newClient("http://unix", t, opts)
+	return newClient("http://"+unixHost, t, opts)
 }
 
 func newClient(base string, t *http.Transport, opts []Option) *Client {
-	c := &Client{base: base, hc: &http.Client{Transport: t}}
+	c := &Client{bases: []string{base}, hc: &http.Client{Transport: t}}
 	for _, o := range opts {
 		o(c)
 	}
 	return c
+}
+
+// Endpoint is the base URL the next call goes to ("http://unix" for the
+// Unix socket).
+func (c *Client) Endpoint() string { return c.bases[c.cur.Load()] }
+
+// ErrReopen is matched by errors.Is for every error after which the
+// application must reopen the session (OpenSession), resume its input from
+// the state the open restores and replay: 409 session_fenced,
+// session_lost, no_session, seq_conflict and checkpoint_order, 502
+// sink_failure, a 503 unavailable from a node that could not reach the
+// session's owner (Error.Owner set), and a session call that got no answer.
+var ErrReopen = errors.New("txsink: reopen the session and resume from the checkpoint it restores")
+
+// reopenCodes are the problem codes that match ErrReopen.
+var reopenCodes = map[string]bool{
+	api.CodeSessionFenced: true, api.CodeSessionLost: true, api.CodeNoSession: true,
+	api.CodeSeqConflict: true, api.CodeCheckpointOrder: true, api.CodeSinkFailure: true,
 }
 
 // Error is a problem answer (RFC 9457) or another non-2xx response, or a
@@ -83,11 +149,21 @@ type Error struct {
 	// Record is the 1-based index in the write call of the record the
 	// problem is about, or 0.
 	Record int
+	// Owner is set on a 503 unavailable from a node that could not pass a
+	// session call to the node owning the session: that node's id.
+	Owner string
 }
 
-// Is makes errors.Is(err, twopc.ErrDataLoss) true for a data_loss answer.
+// Is makes errors.Is(err, twopc.ErrDataLoss) true for a data_loss answer,
+// and errors.Is(err, ErrReopen) for the answers listed there.
 func (e *Error) Is(target error) bool {
-	return target == twopc.ErrDataLoss && e.Code == api.CodeDataLoss
+	switch target {
+	case twopc.ErrDataLoss:
+		return e.Code == api.CodeDataLoss
+	case ErrReopen:
+		return reopenCodes[e.Code] || (e.Code == api.CodeUnavailable && e.Owner != "")
+	}
+	return false
 }
 
 func (e *Error) Error() string {
@@ -111,7 +187,7 @@ func Seq(n int64) *int64 { return &n }
 // PutJob creates or updates a job. sinks nil means every configured sink.
 func (c *Client) PutJob(ctx context.Context, job string, mode twopc.Mode, sinks []string) (twopc.JobInfo, error) {
 	var out twopc.JobInfo
-	err := c.doJSON(ctx, http.MethodPut, "/v1/jobs/"+url.PathEscape(job), nil,
+	err := c.doJSON(ctx, repeatable, http.MethodPut, "/v1/jobs/"+url.PathEscape(job), nil,
 		api.JobRequest{Commit: mode, Sinks: sinks}, &out)
 	return out, err
 }
@@ -119,14 +195,14 @@ func (c *Client) PutJob(ctx context.Context, job string, mode twopc.Mode, sinks 
 // Jobs lists every job.
 func (c *Client) Jobs(ctx context.Context) ([]twopc.JobInfo, error) {
 	var out api.JobList
-	err := c.doJSON(ctx, http.MethodGet, "/v1/jobs", nil, nil, &out)
+	err := c.doJSON(ctx, repeatable, http.MethodGet, "/v1/jobs", nil, nil, &out)
 	return out.Jobs, err
 }
 
 // Job describes one job and its writers.
 func (c *Client) Job(ctx context.Context, job string) (twopc.JobInfo, error) {
 	var out twopc.JobInfo
-	err := c.doJSON(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(job), nil, nil, &out)
+	err := c.doJSON(ctx, repeatable, http.MethodGet, "/v1/jobs/"+url.PathEscape(job), nil, nil, &out)
 	return out, err
 }
 
@@ -142,7 +218,7 @@ func (c *Client) OpenSession(ctx context.Context, job, writer string, restore *i
 	if restore != nil {
 		body = api.SessionRequest{Restore: restore}
 	}
-	err := c.doJSON(ctx, http.MethodPost, writerPath(job, writer)+"/session", nil, body, &out)
+	err := c.doJSON(ctx, repeatable, http.MethodPost, writerPath(job, writer)+"/session", nil, body, &out)
 	if err == nil && (len(out.DataLoss) > 0 || out.Status == twopc.StatusDataLoss) {
 		err = &Error{Status: http.StatusOK, Code: api.CodeDataLoss, Title: "Data loss",
 			Detail: fmt.Sprintf("session of %s/%s opened (epoch %d), restoring checkpoint %d (%s); checkpoints %v lost data in a sink",
@@ -156,7 +232,7 @@ func (c *Client) OpenSession(ctx context.Context, job, writer string, restore *i
 // name starts from checkpoint 0 with no state.
 func (c *Client) DeleteWriter(ctx context.Context, job, writer string) (deleted bool, err error) {
 	var out api.WriterDeleted
-	err = c.doJSON(ctx, http.MethodDelete, writerPath(job, writer), nil, nil, &out)
+	err = c.doJSON(ctx, once, http.MethodDelete, writerPath(job, writer), nil, nil, &out)
 	return out.Deleted, err
 }
 
@@ -179,7 +255,7 @@ func (c *Client) WriteNDJSON(ctx context.Context, job, writer string, epoch uint
 		q.Set("seq", strconv.FormatInt(*seq, 10))
 	}
 	var out twopc.WriteResult
-	err := c.do(ctx, http.MethodPost, writerPath(job, writer)+"/records", q, "application/x-ndjson", body, &out)
+	err := c.do(ctx, session, http.MethodPost, writerPath(job, writer)+"/records", q, "application/x-ndjson", body, &out)
 	return out, err
 }
 
@@ -190,7 +266,7 @@ func (c *Client) WriteNDJSON(ctx context.Context, job, writer string, epoch uint
 func (c *Client) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait) (twopc.CheckpointResult, error) {
 	q := url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}
 	var out twopc.CheckpointResult
-	err := c.doJSON(ctx, http.MethodPost, writerPath(job, writer)+"/checkpoints/"+strconv.FormatInt(n, 10), q,
+	err := c.doJSON(ctx, session, http.MethodPost, writerPath(job, writer)+"/checkpoints/"+strconv.FormatInt(n, 10), q,
 		api.CheckpointRequest{State: state, Wait: wait}, &out)
 	return out, err
 }
@@ -201,46 +277,58 @@ func (c *Client) Checkpoint(ctx context.Context, job, writer string, epoch uint6
 // "data_loss", DataLoss per writer) and an error matching twopc.ErrDataLoss.
 func (c *Client) Commit(ctx context.Context, job string, n int64) (twopc.CommitResult, error) {
 	var out twopc.CommitResult
-	err := c.doJSON(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(job)+"/checkpoints/"+strconv.FormatInt(n, 10)+"/commit", nil, nil, &out)
+	err := c.doJSON(ctx, once, http.MethodPost, "/v1/jobs/"+url.PathEscape(job)+"/checkpoints/"+strconv.FormatInt(n, 10)+"/commit", nil, nil, &out)
 	return out, err
 }
 
 // Abort aborts every writer's prepared checkpoint n (external mode).
 func (c *Client) Abort(ctx context.Context, job string, n int64) (twopc.CommitResult, error) {
 	var out twopc.CommitResult
-	err := c.doJSON(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(job)+"/checkpoints/"+strconv.FormatInt(n, 10)+"/abort", nil, nil, &out)
+	err := c.doJSON(ctx, once, http.MethodPost, "/v1/jobs/"+url.PathEscape(job)+"/checkpoints/"+strconv.FormatInt(n, 10)+"/abort", nil, nil, &out)
 	return out, err
 }
 
 // Checkpoints lists a job's unresolved and recent checkpoints.
 func (c *Client) Checkpoints(ctx context.Context, job string) ([]twopc.CheckpointInfo, error) {
 	var out api.CheckpointList
-	err := c.doJSON(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(job)+"/checkpoints", nil, nil, &out)
+	err := c.doJSON(ctx, repeatable, http.MethodGet, "/v1/jobs/"+url.PathEscape(job)+"/checkpoints", nil, nil, &out)
 	return out.Checkpoints, err
 }
 
 // Cluster returns the node's view of the cluster.
 func (c *Client) Cluster(ctx context.Context) (api.ClusterStatus, error) {
 	var out api.ClusterStatus
-	err := c.doJSON(ctx, http.MethodGet, "/v1/cluster", nil, nil, &out)
+	err := c.doJSON(ctx, repeatable, http.MethodGet, "/v1/cluster", nil, nil, &out)
 	return out, err
 }
 
 // Health returns nil when the sidecar is alive.
 func (c *Client) Health(ctx context.Context) error {
-	return c.doJSON(ctx, http.MethodGet, "/healthz", nil, nil, nil)
+	return c.doJSON(ctx, repeatable, http.MethodGet, "/healthz", nil, nil, nil)
 }
 
 // Ready returns nil when the sidecar is ready (journal leader, sinks).
 func (c *Client) Ready(ctx context.Context) error {
-	return c.doJSON(ctx, http.MethodGet, "/readyz", nil, nil, nil)
+	return c.doJSON(ctx, repeatable, http.MethodGet, "/readyz", nil, nil, nil)
 }
 
 func writerPath(job, writer string) string {
 	return "/v1/jobs/" + url.PathEscape(job) + "/writers/" + url.PathEscape(writer)
 }
 
-func (c *Client) doJSON(ctx context.Context, method, path string, q url.Values, in, out any) error {
+// callKind says what a call that got no answer may do next.
+type callKind int
+
+const (
+	// repeatable: safe to send again anywhere (reads, PutJob, OpenSession).
+	repeatable callKind = iota
+	// once: sent again only when it never left (a failed connect).
+	once
+	// session: like once, and no answer means: reopen (ErrReopen).
+	session
+)
+
+func (c *Client) doJSON(ctx context.Context, kind callKind, method, path string, q url.Values, in, out any) error {
 	var body []byte
 	ct := ""
 	if in != nil {
@@ -250,11 +338,47 @@ func (c *Client) doJSON(ctx context.Context, method, path string, q url.Values, 
 		}
 		body, ct = b, "application/json"
 	}
-	return c.do(ctx, method, path, q, ct, body, out)
+	return c.do(ctx, kind, method, path, q, ct, body, out)
 }
 
-func (c *Client) do(ctx context.Context, method, path string, q url.Values, ct string, body []byte, out any) error {
-	u := c.base + path
+// do sends the call to the endpoint in use; when no answer comes back it
+// moves to the next endpoint and, as kind allows, sends it there too (each
+// endpoint at most once per call).
+func (c *Client) do(ctx context.Context, kind callKind, method, path string, q url.Values, ct string, body []byte, out any) error {
+	start := c.cur.Load()
+	n := int64(len(c.bases))
+	var err error
+	for i := int64(0); i < n; i++ {
+		at := (start + i) % n
+		var resp *http.Response
+		resp, err = c.send(ctx, c.bases[at], method, path, q, ct, body)
+		if err == nil {
+			return c.read(resp, method, path, out)
+		}
+		if ctx.Err() != nil {
+			break // the caller gave up; the node is not at fault
+		}
+		// The next call goes to the next endpoint, unless a concurrent
+		// call moved on already.
+		c.cur.CompareAndSwap(at, (at+1)%n)
+		if kind != repeatable && !neverSent(err) {
+			break
+		}
+	}
+	if kind == session {
+		return fmt.Errorf("txsink: %s %s got no answer, its outcome is unknown (%w); %w", method, path, err, ErrReopen)
+	}
+	return err
+}
+
+// neverSent reports a failure to connect: the request did not leave.
+func neverSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (c *Client) send(ctx context.Context, base, method, path string, q url.Values, ct string, body []byte) (*http.Response, error) {
+	u := base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -264,7 +388,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, ct s
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if ct != "" {
 		req.Header.Set("Content-Type", ct)
@@ -273,10 +397,10 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, ct s
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
+	return c.hc.Do(req)
+}
+
+func (c *Client) read(resp *http.Response, method, path string, out any) error {
 	defer func() {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // keep the connection reusable
 		resp.Body.Close()
@@ -300,7 +424,7 @@ func readError(resp *http.Response, out any) error {
 	e := &Error{Status: resp.StatusCode}
 	var p api.Problem
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") && json.Unmarshal(b, &p) == nil {
-		e.Code, e.Title, e.Detail, e.Record = p.Code, p.Title, p.Detail, p.Record
+		e.Code, e.Title, e.Detail, e.Record, e.Owner = p.Code, p.Title, p.Detail, p.Record, p.Owner
 		if out != nil && len(p.Result) > 0 && p.Code == api.CodeDataLoss {
 			if err := json.Unmarshal(p.Result, out); err != nil {
 				return fmt.Errorf("%w (its result could not be decoded: %v)", e, err)

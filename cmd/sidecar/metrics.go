@@ -25,6 +25,7 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	sinkErrs  *prometheus.CounterVec
+	proxied   *prometheus.CounterVec
 	applyTime prometheus.Histogram
 	reg       *prometheus.Registry
 
@@ -71,6 +72,10 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		sinkErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_sink_errors_total",
 			Help: "Errors returned by a sink, by operation: begin, write, prepare, commit, abort, resolve, fence."},
 			[]string{"sink", "op"}),
+		proxied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_proxied_requests_total",
+			Help: "Session calls passed to the node owning the session, by route and outcome: answered (the owner's answer " +
+				"was passed back), unreachable (answered 503 here), canceled (the caller went away)."},
+			[]string{"route", "outcome"}),
 		applyTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "txsink_journal_apply_seconds",
 			Help:    "Time from proposing a journal entry to its being applied on this node (successful proposals).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}),
@@ -78,7 +83,7 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		recs:   map[[2]string]recCounters{},
 		routes: map[routeKey]routeMetrics{},
 	}
-	x.reg.MustRegister(x.records, x.bytes, x.phase, x.retries, x.dataLoss, x.requests, x.latency, x.sinkErrs, x.applyTime,
+	x.reg.MustRegister(x.records, x.bytes, x.phase, x.retries, x.dataLoss, x.requests, x.latency, x.sinkErrs, x.proxied, x.applyTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	x.reg.MustRegister(&branchCollector{m: m})
 	x.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "txsink_oldest_prepared_branch_seconds",
@@ -149,6 +154,12 @@ func (x *metrics) observeRequest(route string, code int, d time.Duration) {
 	}
 	c.n.Inc()
 	c.lat.Observe(d.Seconds())
+}
+
+// observeProxy is api.Config.ObserveProxy: route is a mux pattern and
+// outcome one of three, so the label values are bounded.
+func (x *metrics) observeProxy(route, outcome string) {
+	x.proxied.WithLabelValues(route, outcome).Inc()
 }
 
 // journal wraps the journal to time each proposal until it is applied.

@@ -224,13 +224,20 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		sc.coord.Run(runCtx)
 	}()
 
-	sc.srv, err = api.New(sc.coord, api.Config{
+	// Session calls for a writer another node owns are passed to it
+	// (owner.go); the journal names owners and members' API addresses.
+	held := newHeldSessions(sc.coord)
+	sc.srv, err = api.New(held, api.Config{
 		MaxBodyBytes: cfg.Limits.MaxBodyBytes, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Token: tokenFromFile, Logger: log.With("component", "api"),
 		Cluster: sc.clusterStatus, Ready: sc.readyz,
 		Metrics:     promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
 		Observe:     met.observeRequest,
 		ReadTimeout: cfg.Timeouts.Read, IdleTimeout: cfg.Timeouts.Idle,
+		Node:         cfg.NodeID,
+		SessionOwner: sessionOwner(machine, cfg.NodeID, held),
+		ObserveProxy: met.observeProxy,
+		WriteTimeout: cfg.Timeouts.Write, CheckpointTimeout: cfg.Timeouts.Checkpoint,
 	})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,7 @@
+package api
+
+import "time"
+
+// SetProxyMargin sets what a call s passes on may take beyond the owner's
+// deadline, so a test of a hung owner need not wait proxyMargin.
+func SetProxyMargin(s *Server, d time.Duration) { s.margin = d }
