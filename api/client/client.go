@@ -226,6 +226,28 @@ func (c *Client) Cluster(ctx context.Context) (api.ClusterStatus, error) {
 	return out, err
 }
 
+// Join asks the cluster (any member; it forwards to the leader) to add the
+// node req names, and returns the member as stored.
+func (c *Client) Join(ctx context.Context, req api.JoinRequest) (api.Member, error) {
+	var out api.Member
+	err := c.doJSON(ctx, http.MethodPost, "/v1/cluster/join", nil, req, &out)
+	return out, err
+}
+
+// RemoveNode removes node id from the cluster (forwarded to the leader).
+func (c *Client) RemoveNode(ctx context.Context, id string) error {
+	return c.doJSON(ctx, http.MethodDelete, "/v1/cluster/nodes/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// Propose sends an encoded journal command to the leader's internal
+// endpoint and returns the journal's result (nodes forward with it; see
+// POST /v1/cluster/propose).
+func (c *Client) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
+	var out twopc.ApplyResult
+	err := c.do(ctx, http.MethodPost, "/v1/cluster/propose", nil, "application/json", cmd, &out)
+	return out, err
+}
+
 // Health returns nil when the sidecar is alive.
 func (c *Client) Health(ctx context.Context) error {
 	return c.doJSON(ctx, http.MethodGet, "/healthz", nil, nil, nil)
