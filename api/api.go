@@ -316,6 +316,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			Detail: "this call needs the header Authorization: Bearer <token>"})
 		return
 	}
+	if v := r.Header.Get(ForwardedHeader); v != "" {
+		r = r.WithContext(context.WithValue(r.Context(), forwardedKey{}, v))
+	}
 	if pattern == "" {
 		// The mux answers 404 or 405 (with Allow) in plain text; keep its
 		// decision and headers, answer with a problem.

@@ -25,6 +25,18 @@ import (
 // like every /v1 call they need the token when one is configured: nodes call
 // each other with the token they share.
 
+// ForwardedHeader marks a call one node forwarded to another (its value is
+// the sending node's id). A ClusterAdmin answers a forwarded call itself or
+// with 503, never by forwarding it again, so two nodes with stale views of
+// the leader cannot pass a call back and forth.
+const ForwardedHeader = "Txsink-Forwarded"
+
+type forwardedKey struct{}
+
+// Forwarded reports whether the call in ctx came forwarded from another
+// node (it carried ForwardedHeader).
+func Forwarded(ctx context.Context) bool { return ctx.Value(forwardedKey{}) != nil }
+
 // ClusterAdmin drives the cluster endpoints; cmd/sidecar implements it over
 // raftlog and the journal. Errors: ErrNodeNotFound (404), ErrMembershipConflict
 // (409), errors wrapping twopc.ErrInvalid (400) or twopc.ErrUnavailable (503,

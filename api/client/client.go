@@ -23,9 +23,10 @@ import (
 
 // Client calls one sidecar. It is safe for concurrent use.
 type Client struct {
-	base  string
-	hc    *http.Client
-	token string
+	base   string
+	hc     *http.Client
+	token  string
+	header http.Header
 }
 
 // Option configures a Client.
@@ -33,6 +34,17 @@ type Option func(*Client)
 
 // WithToken sends the bearer token on every call.
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// WithHeader sends the header on every call (e.g. api.ForwardedHeader
+// between nodes).
+func WithHeader(name, value string) Option {
+	return func(c *Client) {
+		if c.header == nil {
+			c.header = http.Header{}
+		}
+		c.header.Set(name, value)
+	}
+}
 
 // WithHTTPClient replaces the HTTP client (and so its transport).
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
@@ -294,6 +306,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, ct s
 	req.Header.Set("Accept", "application/json, application/problem+json")
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for k, vs := range c.header {
+		req.Header[k] = vs
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
