@@ -69,25 +69,68 @@ func membershipErr(err error) error {
 	return err
 }
 
-// Join adds the raft server and records the member; on a follower it
-// forwards the call to the leader.
+// onLeader runs local on the leader, or passes the call to the leader
+// with remote, until it is done or fails for good. A call that came
+// forwarded is never passed on: off the leader it answers 503 and the
+// sender retries. Retries are bounded by peerCallTimeout (backoff as in
+// raftJournal), so a leader change during the call costs the caller a
+// short wait, not a 503.
+func (a *clusterAdmin) onLeader(ctx context.Context, op string, local func(context.Context) error,
+	remote func(ctx context.Context, base string) error) error {
+	if api.Forwarded(ctx) {
+		if !a.node.IsLeader() {
+			return notLeader(op)
+		}
+		return local(ctx)
+	}
+	ctx, cancel := context.WithTimeout(ctx, peerCallTimeout)
+	defer cancel()
+	backoff := proposeBackoffMin
+	for {
+		var err error
+		if a.node.IsLeader() {
+			err = local(ctx)
+		} else {
+			var base string
+			if _, base, err = a.leaderAPI(); err == nil {
+				if err = remote(ctx, base); err != nil {
+					err = fromPeer(base, err)
+				}
+			}
+		}
+		if err == nil || !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (%w)", op, err, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, proposeBackoffMax)
+	}
+}
+
+// Join adds the raft server and records the member, on the leader.
 func (a *clusterAdmin) Join(ctx context.Context, req api.JoinRequest) (api.Member, error) {
 	apiAddr, err := api.ParseBaseURL(req.APIAddr)
 	if err != nil {
 		return api.Member{}, fmt.Errorf("%w: api_addr %q: %v", twopc.ErrInvalid, req.APIAddr, err)
 	}
 	req.APIAddr = apiAddr
-	if !a.node.IsLeader() {
-		if api.Forwarded(ctx) {
-			return api.Member{}, notLeader("join")
-		}
-		var m api.Member
-		err := a.forwardWithRetry(ctx, func(ctx context.Context, base string) (err error) {
-			m, err = a.peers.forwarder(base).Join(ctx, req)
-			return err
-		})
-		return m, err
-	}
+	var out api.Member
+	err = a.onLeader(ctx, "join "+req.ID, func(ctx context.Context) error {
+		m, err := a.joinHere(ctx, req)
+		out = m
+		return err
+	}, func(ctx context.Context, base string) (err error) {
+		out, err = a.peers.forwarder(base).Join(ctx, req)
+		return err
+	})
+	return out, err
+}
+
+func (a *clusterAdmin) joinHere(ctx context.Context, req api.JoinRequest) (api.Member, error) {
+	var err error
 	if req.IsVoter() {
 		err = a.node.AddVoter(ctx, req.ID, req.RaftAddr)
 	} else {
@@ -114,20 +157,20 @@ func apiMember(m twopc.MemberInfo, reachable bool) api.Member {
 	return api.Member{ID: m.ID, Address: m.RaftAddr, RaftAddr: m.RaftAddr, APIAddr: m.APIAddr, Voter: m.Voter, Reachable: reachable}
 }
 
-// RemoveNode removes the raft server and the member entry. On the leader,
-// removing itself first hands leadership to another voter and then asks
-// the new leader (the leader keeps serving until the change commits, so
-// removing it directly would leave a cluster electing without it while it
-// still answers). On a follower it forwards the call to the leader.
+// RemoveNode removes the raft server and the member entry, on the leader.
+// Removing the leader itself: it first hands leadership to another voter,
+// and the new leader removes it (the call retries there). A leader that
+// removed itself directly would keep answering until the change commits,
+// then step down with a cluster electing without it.
 func (a *clusterAdmin) RemoveNode(ctx context.Context, id string) error {
-	if !a.node.IsLeader() {
-		if api.Forwarded(ctx) {
-			return notLeader("remove "+id)
-		}
-		return a.forwardWithRetry(ctx, func(ctx context.Context, base string) error {
-			return a.peers.forwarder(base).RemoveNode(ctx, id)
-		})
-	}
+	return a.onLeader(ctx, "remove "+id, func(ctx context.Context) error {
+		return a.removeHere(ctx, id)
+	}, func(ctx context.Context, base string) error {
+		return a.peers.forwarder(base).RemoveNode(ctx, id)
+	})
+}
+
+func (a *clusterAdmin) removeHere(ctx context.Context, id string) error {
 	ms, err := a.node.Members(ctx)
 	if err != nil {
 		return membershipErr(err)
@@ -147,19 +190,10 @@ func (a *clusterAdmin) RemoveNode(ctx context.Context, id string) error {
 		if voters == 1 {
 			return fmt.Errorf("%w: %s is the last voter; a cluster cannot remove its last voter", api.ErrMembershipConflict, id)
 		}
-		if api.Forwarded(ctx) {
-			// Hand over, and let the original caller retry at the new leader.
-			if err := a.node.TransferLeadership(ctx); err != nil {
-				return membershipErr(err)
-			}
-			return notLeader("remove "+id)
-		}
 		if err := a.node.TransferLeadership(ctx); err != nil {
 			return membershipErr(err)
 		}
-		return a.forwardWithRetry(ctx, func(ctx context.Context, base string) error {
-			return a.peers.forwarder(base).RemoveNode(ctx, id)
-		})
+		return fmt.Errorf("%w: remove %s: handed leadership over; the new leader removes it", twopc.ErrUnavailable, id)
 	}
 	if inRaft {
 		if err := a.node.Remove(ctx, id); err != nil {
@@ -175,37 +209,6 @@ func (a *clusterAdmin) RemoveNode(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: remove %s: the raft server is removed, its member entry is not: %w", twopc.ErrUnavailable, id, err)
 	}
 	return nil
-}
-
-// forwardWithRetry calls the leader's API with call until it answers
-// something other than a retry, or ctx ends, at the latest after
-// peerCallTimeout (backoff as in raftJournal): a leader change during the
-// call costs the caller a short wait, not a 503.
-func (a *clusterAdmin) forwardWithRetry(ctx context.Context, call func(ctx context.Context, base string) error) error {
-	ctx, cancel := context.WithTimeout(ctx, peerCallTimeout)
-	defer cancel()
-	backoff := proposeBackoffMin
-	for {
-		_, base, err := a.leaderAPI()
-		if err == nil && a.node.IsLeader() {
-			err = fmt.Errorf("%w: this node leads again", twopc.ErrUnavailable)
-		}
-		if err == nil {
-			if err = call(ctx, base); err == nil {
-				return nil
-			}
-			err = fromPeer(base, err)
-		}
-		if !retryable(err) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", err, ctx.Err())
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, proposeBackoffMax)
-	}
 }
 
 // Propose appends a forwarded command; only the leader does, never

@@ -263,10 +263,7 @@ func (sc *sidecar) leave() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
 	defer cancel()
-	err := sc.admin.forwardWithRetry(ctx, func(ctx context.Context, base string) error {
-		return sc.peers.forwarder(base).RemoveNode(ctx, st.ID)
-	})
-	if err != nil {
+	if err := sc.admin.RemoveNode(ctx, st.ID); err != nil {
 		sc.log.Warn("non-voter could not leave the cluster before stopping; remove it with DELETE /v1/cluster/nodes/"+st.ID, "err", err)
 		return
 	}

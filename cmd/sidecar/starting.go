@@ -18,7 +18,9 @@ import (
 
 // lateService is the api.Service of a node still starting: it passes calls
 // to the coordinator once set, and refuses them with ErrUnavailable before.
-type lateService struct{ c atomic.Pointer[twopc.Coordinator] }
+type lateService struct {
+	c atomic.Pointer[twopc.Coordinator]
+}
 
 var _ api.Service = (*lateService)(nil)
 
