@@ -55,14 +55,26 @@ type ClusterStatus struct {
 	Node string `json:"node"`
 	// Role is this node's Raft role: leader, follower, candidate or shutdown.
 	Role string `json:"role"`
+	// RaftAddr and APIAddr are this node's addresses as it advertises them
+	// to the other nodes; Voter is whether it is (or asks to be) a voter.
+	// A node forming a cluster (bootstrap_expect) reads them from the others.
+	RaftAddr string `json:"raft_addr,omitempty"`
+	APIAddr  string `json:"api_addr,omitempty"`
+	Voter    bool   `json:"voter"`
 	// Leader is the leader's node id ("" while there is none).
 	Leader string `json:"leader"`
 	// LeaderAddr is the leader's Raft address ("" while there is none).
 	LeaderAddr string `json:"leader_addr"`
-	// Members is the current Raft configuration.
+	// LeaderAPIAddr is the leader's API base URL as the journal knows it
+	// ("" while there is no leader or its member entry is not known yet).
+	LeaderAPIAddr string `json:"leader_api_addr"`
+	// Members is the current Raft configuration, with the API addresses
+	// from the journal's member entries.
 	Members []Member `json:"members"`
-	// LastIndex is the last index in this node's log.
-	LastIndex uint64 `json:"last_index"`
+	// LastIndex is the last index in this node's log; AppliedIndex the
+	// last one its state machine applied.
+	LastIndex    uint64 `json:"last_index"`
+	AppliedIndex uint64 `json:"applied_index"`
 	// Sinks lists the configured sinks, for operators (nil: not reported).
 	Sinks []SinkStatus `json:"sinks,omitempty"`
 }
@@ -80,9 +92,19 @@ type SinkStatus struct {
 
 // Member is one server of the Raft configuration.
 type Member struct {
-	ID      string `json:"id"`
-	Address string `json:"address"`
+	ID string `json:"id"`
+	// Address is the Raft address (kept for older clients; RaftAddr is the
+	// same).
+	Address  string `json:"address"`
+	RaftAddr string `json:"raft_addr"`
+	// APIAddr is the member's API base URL from the journal ("" until the
+	// member's entry is applied).
+	APIAddr string `json:"api_addr"`
 	Voter   bool   `json:"voter"`
+	// Reachable: the answering node got a 200 from the member's /healthz
+	// within 300 ms (itself: always true); false also when APIAddr is
+	// unknown. A view from one node, not a verdict of the cluster.
+	Reachable bool `json:"reachable"`
 }
 
 // Defaults of Config.
@@ -111,6 +133,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Cluster answers GET /v1/cluster (nil: 404 not_found).
 	Cluster func(ctx context.Context) (ClusterStatus, error)
+	// Admin serves the membership and forwarding endpoints under
+	// /v1/cluster (nil: 404 not_found); see ClusterAdmin.
+	Admin ClusterAdmin
 	// Ready answers GET /readyz: nil error means ready (nil func: always).
 	Ready func(ctx context.Context) error
 	// Metrics serves GET /metrics (nil: 404 not_found).
@@ -351,6 +376,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, &apiErr{Status: http.StatusUnauthorized, Code: CodeUnauthorized,
 			Detail: "this call needs the header Authorization: Bearer <token>"})
 		return
+	}
+	if v := r.Header.Get(ForwardedHeader); v != "" {
+		r = r.WithContext(context.WithValue(r.Context(), forwardedKey{}, v))
 	}
 	if pattern == "" {
 		// The mux answers 404 or 405 (with Allow) in plain text; keep its

@@ -28,6 +28,7 @@ var allCodes = []string{
 	api.CodeUnauthorized, api.CodeJobNotFound, api.CodeNotFound, api.CodeMethodNotAllowed,
 	api.CodeSessionFenced, api.CodeSessionLost, api.CodeNoSession, api.CodeSeqConflict,
 	api.CodeCheckpointOrder, api.CodeModeConflict, api.CodeWriterInDoubt, api.CodeBodyTooLarge, api.CodeUnsupportedMediaType,
+	api.CodeNodeNotFound, api.CodeMembershipConflict,
 	api.CodeBackpressure, api.CodeInternal, api.CodeRecordRejected, api.CodeSinkFailure, api.CodeDataLoss, api.CodeUnavailable,
 }
 

@@ -21,6 +21,7 @@ const (
 	CodeUnauthorized         = "unauthorized"           // 401: missing or wrong bearer token
 	CodeJobNotFound          = "job_not_found"          // 404
 	CodeNotFound             = "not_found"              // 404: no such route, or an optional endpoint not configured
+	CodeNodeNotFound         = "node_not_found"         // 404: no cluster member has the id
 	CodeMethodNotAllowed     = "method_not_allowed"     // 405
 	CodeSessionFenced        = "session_fenced"         // 409: a newer session of the writer exists
 	CodeSessionLost          = "session_lost"           // 409: the session's open branches are gone (restart)
@@ -29,6 +30,7 @@ const (
 	CodeCheckpointOrder      = "checkpoint_order"       // 409: checkpoint not above the last one
 	CodeModeConflict         = "mode_conflict"          // 409: call not allowed in the job's commit mode
 	CodeWriterInDoubt        = "writer_in_doubt"        // 409: the writer has unresolved checkpoints (DELETE)
+	CodeMembershipConflict   = "membership_conflict"    // 409: a membership change that would break the cluster (e.g. its last voter)
 	CodeBodyTooLarge         = "body_too_large"         // 413: body, records per call or state over the limit
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
 	CodeBackpressure         = "backpressure"           // 429: a limit is reached (checkpoints in flight, connections, writers, sessions); detail names it
@@ -88,6 +90,8 @@ var twopcErrors = []struct {
 	code   string
 }{
 	{twopc.ErrDataLoss, http.StatusBadGateway, CodeDataLoss},
+	{ErrNodeNotFound, http.StatusNotFound, CodeNodeNotFound},
+	{ErrMembershipConflict, http.StatusConflict, CodeMembershipConflict},
 	{twopc.ErrSessionFenced, http.StatusConflict, CodeSessionFenced},
 	{twopc.ErrSessionLost, http.StatusConflict, CodeSessionLost},
 	{twopc.ErrNoSession, http.StatusConflict, CodeNoSession},

@@ -51,6 +51,9 @@ type Node struct {
 	// LeaderChanges).
 	leaderChanges atomic.Uint64
 
+	// hadState: Dir held raft state at Open (see HadState).
+	hadState bool
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -202,6 +205,7 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 		closing:  make(chan struct{}),
 		stop:     make(chan struct{}),
 		leaderCh: make(chan bool, 1),
+		hadState: existing,
 	}
 	if existing {
 		n.checkMembership()

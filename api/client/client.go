@@ -52,10 +52,11 @@ import (
 // Client calls one sidecar, or the nodes of a cluster (WithEndpoints). It
 // is safe for concurrent use.
 type Client struct {
-	bases []string     // base URLs; bases[0] is the one New was given
-	cur   atomic.Int64 // index in bases of the endpoint in use
-	hc    *http.Client
-	token string
+	bases  []string     // base URLs; bases[0] is the one New was given
+	cur    atomic.Int64 // index in bases of the endpoint in use
+	hc     *http.Client
+	token  string
+	header http.Header
 }
 
 // Option configures a Client.
@@ -63,6 +64,17 @@ type Option func(*Client)
 
 // WithToken sends the bearer token on every call.
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// WithHeader sends the header on every call (e.g. api.ForwardedHeader
+// between nodes).
+func WithHeader(name, value string) Option {
+	return func(c *Client) {
+		if c.header == nil {
+			c.header = http.Header{}
+		}
+		c.header.Set(name, value)
+	}
+}
 
 // WithHTTPClient replaces the HTTP client (and so its transport).
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
@@ -302,6 +314,30 @@ func (c *Client) Cluster(ctx context.Context) (api.ClusterStatus, error) {
 	return out, err
 }
 
+// Join asks the cluster (any member; it forwards to the leader) to add the
+// node req names, and returns the member as stored. Joining again with the
+// same id and addresses changes nothing, so it is safe to repeat.
+func (c *Client) Join(ctx context.Context, req api.JoinRequest) (api.Member, error) {
+	var out api.Member
+	err := c.doJSON(ctx, repeatable, http.MethodPost, "/v1/cluster/join", nil, req, &out)
+	return out, err
+}
+
+// RemoveNode removes node id from the cluster (forwarded to the leader).
+func (c *Client) RemoveNode(ctx context.Context, id string) error {
+	return c.doJSON(ctx, once, http.MethodDelete, "/v1/cluster/nodes/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// Propose sends an encoded journal command to the leader's internal
+// endpoint and returns the journal's result (nodes forward with it; see
+// POST /v1/cluster/propose). The command's key makes a repeat return the
+// first result, so the caller may retry it.
+func (c *Client) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResult, error) {
+	var out twopc.ApplyResult
+	err := c.do(ctx, once, http.MethodPost, "/v1/cluster/propose", nil, "application/json", cmd, &out)
+	return out, err
+}
+
 // Health returns nil when the sidecar is alive.
 func (c *Client) Health(ctx context.Context) error {
 	return c.doJSON(ctx, repeatable, http.MethodGet, "/healthz", nil, nil, nil)
@@ -396,6 +432,9 @@ func (c *Client) send(ctx context.Context, base, method, path string, q url.Valu
 	req.Header.Set("Accept", "application/json, application/problem+json")
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for k, vs := range c.header {
+		req.Header[k] = vs
 	}
 	return c.hc.Do(req)
 }

@@ -26,7 +26,19 @@ type Config struct {
 	// Socket is the Unix socket path; default <data_dir>/sidecar.sock; "off" disables it.
 	Socket   string `yaml:"socket"`
 	RaftAddr string `yaml:"raft_addr"`
-	Join     string `yaml:"join"`
+	// Cluster forming (cluster.go, docs/DESIGN.md §5): Join lists the HTTP
+	// API addresses of members (comma separated, host:port or URLs);
+	// BootstrapExpect N makes the first N voters that find each other
+	// through Join bootstrap together; Voter false joins as a non-voter;
+	// AdvertiseHTTP and AdvertiseRaft are the addresses other nodes use
+	// (default: derived from http_addr and raft_addr); JoinTimeout bounds
+	// the start-up of a node that joins or forms a cluster.
+	Join            string        `yaml:"join"`
+	BootstrapExpect int           `yaml:"bootstrap_expect"`
+	Voter           bool          `yaml:"voter"`
+	AdvertiseHTTP   string        `yaml:"advertise_http"`
+	AdvertiseRaft   string        `yaml:"advertise_raft"`
+	JoinTimeout     time.Duration `yaml:"join_timeout"`
 	// ClusterKeyFile (a shared secret, mode 0600, at least 32 bytes) or the
 	// RaftTLS* files (PEM; all three) authenticate raft peers. With neither
 	// the node is a single node that accepts no raft connection.
@@ -45,6 +57,11 @@ type Config struct {
 	// listener over TLS. The Unix socket stays plain.
 	TLSCertFile string `yaml:"tls_cert_file"`
 	TLSKeyFile  string `yaml:"tls_key_file"`
+	// TLSCAFile (PEM) is what other nodes' API certificates chain to, for
+	// the calls nodes make to each other (join, forwarded proposals);
+	// the system roots and the certificates in tls_cert_file are trusted
+	// too.
+	TLSCAFile string `yaml:"tls_ca_file"`
 	// Timeouts bound every call (zero: the default).
 	Timeouts TimeoutsConfig `yaml:"timeouts"`
 	Log      struct {
@@ -120,7 +137,7 @@ type JobConfig struct {
 // DefaultConfig returns the defaults (docs/DESIGN.md §6).
 func DefaultConfig() Config {
 	c := Config{NodeID: "node1", DataDir: "./data", HTTPAddr: "127.0.0.1:8470", RaftAddr: "127.0.0.1:8471",
-		ShutdownTimeout: 30 * time.Second, SinkWait: 5 * time.Minute}
+		ShutdownTimeout: 30 * time.Second, SinkWait: 5 * time.Minute, Voter: true, JoinTimeout: DefaultJoinTimeout}
 	c.Log.Format, c.Log.Level = "text", "info"
 	return c
 }
@@ -147,7 +164,6 @@ func bindCommon(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.Socket, "socket", c.Socket, `Unix socket of the HTTP API (default <data-dir>/sidecar.sock; "off" disables) [TXSINK_SOCKET]`)
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "this node's id in the journal [TXSINK_NODE_ID]")
 	fs.StringVar(&c.RaftAddr, "raft-addr", c.RaftAddr, "TCP address of the Raft transport [TXSINK_RAFT_ADDR]")
-	fs.StringVar(&c.Join, "join", c.Join, "address of a cluster member to join (multi-node: not yet supported) [TXSINK_JOIN]")
 	fs.StringVar(&c.ClusterKeyFile, "cluster-key-file", c.ClusterKeyFile, "file holding the secret that authenticates Raft peers [TXSINK_CLUSTER_KEY_FILE]")
 	fs.StringVar(&c.RaftTLSCertFile, "raft-tls-cert-file", c.RaftTLSCertFile, "PEM certificate of this node for mutual TLS between Raft peers [TXSINK_RAFT_TLS_CERT_FILE]")
 	fs.StringVar(&c.RaftTLSKeyFile, "raft-tls-key-file", c.RaftTLSKeyFile, "PEM private key of --raft-tls-cert-file [TXSINK_RAFT_TLS_KEY_FILE]")
@@ -189,9 +205,7 @@ func (c *Config) Finish() error {
 	if err := twopc.CheckName("node", c.NodeID); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Join != "" {
-		errs = append(errs, fmt.Errorf("join %q: multi-node clusters are not supported yet; run one node", c.Join))
-	}
+	errs = append(errs, c.checkCluster())
 	switch c.Log.Format {
 	case "text", "json":
 	default:

@@ -27,7 +27,7 @@ func TestRaftJournal(t *testing.T) {
 	if err := n.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	j := raftJournal{n}
+	j := &raftJournal{n: n, m: m}
 	put := twopc.EncodeCommand(twopc.Command{Op: twopc.OpPutJob, Key: "k1",
 		Spec: &twopc.JobSpec{Name: "j", Commit: twopc.ModeAuto, Sinks: []string{"a"}}})
 	open := twopc.EncodeCommand(twopc.Command{Op: twopc.OpOpenSession, Key: "k2", Job: "j", Writer: "w"})

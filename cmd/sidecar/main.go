@@ -93,13 +93,13 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	pre.SetOutput(io.Discard)
 	prePath := pre.String("config", *path, "")
 	var scratch Config
-	bindCommon(pre, &scratch)
+	bindRun(pre, &scratch)
 	_ = pre.Parse(args)
 	if *prePath == "" {
 		// No file to bind the flags over: bind them over the defaults, so
 		// that "sidecar run -h" lists every flag, not only --config.
 		def := DefaultConfig()
-		bindCommon(fs, &def)
+		bindRun(fs, &def)
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -110,7 +110,7 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	bindCommon(fs, &cfg)
+	bindRun(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
@@ -30,6 +31,12 @@ type sidecar struct {
 	cfg      Config
 	log      *slog.Logger
 	node     *raftlog.Node
+	machine  *twopc.Machine
+	journal  *raftJournal
+	peers    *peers
+	admin    *clusterAdmin
+	svc      *lateService
+	apiAddr  string // this node's API base URL as other nodes use it
 	coord    *twopc.Coordinator
 	srv      *api.Server
 	sinks    map[string]twopc.Sink
@@ -38,7 +45,7 @@ type sidecar struct {
 	cancel   context.CancelFunc
 	runDone  chan struct{}
 	httpAddr string
-	ready    *readiness
+	ready    atomic.Pointer[readiness]
 }
 
 // openSinks connects every configured sink. A sink whose server does not
@@ -159,24 +166,55 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		return nil, err
 	}
 
+	// The journal first (opening it does not wait), then the API, served
+	// from now on: a node forming a cluster answers the others' GET
+	// /v1/cluster while it waits for them, and every application call
+	// answers 503 until start-up is done (lateService).
+	sc.machine = twopc.NewMachine()
+	rcfg := cfg.raftConfig()
+	rcfg.Logger = log.With("component", "raft")
+	sc.node, err = raftlog.Open(rcfg, sc.machine)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	if sc.peers, err = newPeers(cfg, tokenFromFile); err != nil {
+		return nil, err
+	}
+	sc.journal = &raftJournal{n: sc.node, m: sc.machine, peers: sc.peers, log: log.With("component", "journal")}
+	sc.admin = &clusterAdmin{cfg: cfg, node: sc.node, machine: sc.machine, journal: sc.journal, peers: sc.peers}
+	sc.svc = &lateService{}
+	met := newMetrics(sc.machine, sc.node)
+	// Session calls for a writer another node owns are passed to it
+	// (owner.go); the journal names owners and members' API addresses.
+	held := newHeldSessions(sc.svc)
+	sc.srv, err = api.New(held, api.Config{
+		MaxBodyBytes: cfg.Limits.MaxBodyBytes, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
+		Token: tokenFromFile, Logger: log.With("component", "api"),
+		Cluster: sc.clusterStatus, Ready: sc.readyz, Admin: sc.admin,
+		Metrics:     promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
+		Observe:     met.observeRequest,
+		ReadTimeout: cfg.Timeouts.Read, IdleTimeout: cfg.Timeouts.Idle,
+		Node:         cfg.NodeID,
+		SessionOwner: sessionOwner(sc.machine, cfg.NodeID, held),
+		ObserveProxy: met.observeProxy,
+		WriteTimeout: cfg.Timeouts.Write, CheckpointTimeout: cfg.Timeouts.Checkpoint,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := sc.listen(); err != nil {
+		return nil, err
+	}
+	sc.apiAddr = cfg.advertisedAPI(sc.httpAddr)
+	if err := sc.formCluster(ctx); err != nil {
+		return nil, err
+	}
+
 	// The MySQL driver logs through a package-level logger; route it into ours.
 	_ = gomysql.SetLogger(driverLogger{log.With("component", "mysql-driver")})
 	sc.sinks, sc.closers, err = openSinks(ctx, cfg, log)
 	if err != nil {
 		return nil, err
-	}
-	machine := twopc.NewMachine()
-	rcfg := cfg.raftConfig()
-	rcfg.Logger = log.With("component", "raft")
-	sc.node, err = raftlog.Open(rcfg, machine)
-	if err != nil {
-		return nil, fmt.Errorf("journal: %w", err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = sc.node.WaitLeader(wctx)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("journal: no leader: %w", err)
 	}
 	pingers := map[string]pinger{}
 	for name, s := range sc.sinks {
@@ -184,10 +222,9 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 			pingers[name] = p
 		}
 	}
-	sc.ready = newReadiness(func() string { return sc.node.Status().LeaderID }, pingers, cfg.Timeouts.Ready, 0)
-	met := newMetrics(machine, sc.node)
+	sc.ready.Store(newReadiness(func() string { return sc.node.Status().LeaderID }, pingers, cfg.Timeouts.Ready, 0))
 	sc.coord, err = twopc.NewCoordinator(twopc.Config{
-		Node: cfg.NodeID, Journal: met.journal(raftJournal{sc.node}), Machine: machine, Sinks: met.wrapSinks(sc.sinks),
+		Node: cfg.NodeID, Journal: met.journal(sc.journal), Machine: sc.machine, Sinks: met.wrapSinks(sc.sinks),
 		IsLeader: sc.node.IsLeader, Lease: func() bool { return sc.node.HasLease(nodeLease) },
 		MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Timeouts: twopc.Timeouts{Write: cfg.Timeouts.Write, Checkpoint: cfg.Timeouts.Checkpoint,
@@ -224,38 +261,30 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		sc.coord.Run(runCtx)
 	}()
 
-	// Session calls for a writer another node owns are passed to it
-	// (owner.go); the journal names owners and members' API addresses.
-	held := newHeldSessions(sc.coord)
-	sc.srv, err = api.New(held, api.Config{
-		MaxBodyBytes: cfg.Limits.MaxBodyBytes, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
-		Token: tokenFromFile, Logger: log.With("component", "api"),
-		Cluster: sc.clusterStatus, Ready: sc.readyz,
-		Metrics:     promhttp.HandlerFor(met.reg, promhttp.HandlerOpts{}),
-		Observe:     met.observeRequest,
-		ReadTimeout: cfg.Timeouts.Read, IdleTimeout: cfg.Timeouts.Idle,
-		Node:         cfg.NodeID,
-		SessionOwner: sessionOwner(machine, cfg.NodeID, held),
-		ObserveProxy: met.observeProxy,
-		WriteTimeout: cfg.Timeouts.Write, CheckpointTimeout: cfg.Timeouts.Checkpoint,
-	})
-	if err != nil {
-		return nil, err
-	}
+	sc.svc.c.Store(sc.coord)
+	log.Info("txsink ready", "http", sc.httpAddr, "tls", cfg.TLSCertFile != "", "socket", cfg.Socket, "node", cfg.NodeID,
+		"data_dir", cfg.DataDir, "api_addr", sc.apiAddr)
+	return sc, nil
+}
+
+// listen opens the TCP listener (TLS when configured), the Unix socket and
+// the optional pprof listener, and serves the API on the first two.
+func (sc *sidecar) listen() error {
+	cfg, log := sc.cfg, sc.log
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
-		return nil, fmt.Errorf("http: %w", err)
+		return fmt.Errorf("http: %w", err)
 	}
 	sc.lns = append(sc.lns, ln)
 	sc.httpAddr = ln.Addr().String()
 	if ln, err = tlsListener(ln, cfg); err != nil {
-		return nil, err
+		return err
 	}
 	sc.lns[len(sc.lns)-1] = ln
 	if cfg.Socket != "off" {
 		uln, err := api.ListenUnix(cfg.Socket)
 		if err != nil {
-			return nil, fmt.Errorf("socket: %w", err)
+			return fmt.Errorf("socket: %w", err)
 		}
 		sc.lns = append(sc.lns, uln)
 	}
@@ -270,24 +299,21 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		// Opt-in profiling on its own listener, never on the API's.
 		pln, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, fmt.Errorf("TXSINK_PPROF_ADDR: %w", err)
+			return fmt.Errorf("TXSINK_PPROF_ADDR: %w", err)
 		}
 		sc.lns = append(sc.lns, pln)
 		go func() { _ = http.Serve(pln, pprofMux()) }()
 		log.Info("pprof listening", "addr", pln.Addr().String())
 	}
-	log.Info("txsink ready", "http", sc.httpAddr, "tls", cfg.TLSCertFile != "", "socket", cfg.Socket, "node", cfg.NodeID, "data_dir", cfg.DataDir)
-	return sc, nil
+	return nil
 }
 
-func (sc *sidecar) clusterStatus(context.Context) (api.ClusterStatus, error) {
-	st := sc.node.Status()
-	out := api.ClusterStatus{Node: st.ID, Role: st.Role, Leader: st.LeaderID, LeaderAddr: st.LeaderAddr, LastIndex: st.LastIndex,
-		Members: []api.Member{}}
-	for _, m := range st.Members {
-		out.Members = append(out.Members, api.Member{ID: m.ID, Address: m.Addr, Voter: m.Voter})
+func (sc *sidecar) clusterStatus(ctx context.Context) (api.ClusterStatus, error) {
+	out := sc.admin.status(ctx, sc.apiAddr)
+	if c := sc.svc.c.Load(); c != nil {
+		// Sinks are listed once start-up opened them all.
+		out.Sinks = sinkStatuses(sc.cfg, sc.sinks)
 	}
-	out.Sinks = sinkStatuses(sc.cfg, sc.sinks)
 	return out, nil
 }
 
@@ -306,8 +332,15 @@ func sinkStatuses(cfg Config, sinks map[string]twopc.Sink) []api.SinkStatus {
 	return out
 }
 
-// readyz: the journal has a leader and every sink answers (see readiness).
-func (sc *sidecar) readyz(ctx context.Context) error { return sc.ready.check(ctx) }
+// readyz: start-up is done, the journal has a leader and every sink
+// answers (see readiness).
+func (sc *sidecar) readyz(ctx context.Context) error {
+	r := sc.ready.Load()
+	if r == nil || sc.svc.c.Load() == nil {
+		return errors.New("starting (joining the cluster, opening the sinks or recovering)")
+	}
+	return r.check(ctx)
+}
 
 // close stops gracefully: stop taking calls, abort open branches, finish
 // background commits, close the journal (handing over leadership when there
@@ -327,6 +360,10 @@ func (sc *sidecar) close() {
 	if sc.cancel != nil {
 		sc.cancel()
 		<-sc.runDone
+	}
+	sc.leave()
+	if sc.peers != nil {
+		sc.peers.close()
 	}
 	if sc.node != nil {
 		if err := sc.node.Close(); err != nil {
@@ -370,11 +407,16 @@ func commitWindowWarnings(sinks map[string]twopc.Sink, checkpointTimeout time.Du
 	return out
 }
 
-// raftConfig is the journal's configuration: a single node that bootstraps
-// itself, with peers authenticated by the cluster key or the Raft TLS files.
+// raftConfig is the journal's configuration, with peers authenticated by
+// the cluster key or the Raft TLS files. Without join the node bootstraps
+// itself as a single voter when its dir is empty; with join it starts
+// empty and waits to be added or bootstraps together with the others
+// (cluster.go). On a dir with state neither happens.
 func (c *Config) raftConfig() raftlog.Config {
 	rcfg := raftlog.DefaultConfig()
-	rcfg.NodeID, rcfg.Dir, rcfg.BindAddr, rcfg.Bootstrap = c.NodeID, filepath.Join(c.DataDir, "raft"), c.RaftAddr, true
+	rcfg.NodeID, rcfg.Dir, rcfg.BindAddr = c.NodeID, filepath.Join(c.DataDir, "raft"), c.RaftAddr
+	rcfg.Bootstrap = strings.TrimSpace(c.Join) == ""
+	rcfg.AdvertiseAddr = c.AdvertiseRaft
 	rcfg.ClusterKeyFile = c.ClusterKeyFile
 	rcfg.TLSCertFile, rcfg.TLSKeyFile, rcfg.TLSCAFile = c.RaftTLSCertFile, c.RaftTLSKeyFile, c.RaftTLSCAFile
 	return rcfg

@@ -1,0 +1,472 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/txsink/txsink/api"
+	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/internal/kafkatest"
+	"github.com/txsink/txsink/internal/testenv"
+	"github.com/txsink/txsink/twopc"
+)
+
+// Cluster tests with real processes: "sidecar run" nodes on 127.0.0.1 with
+// free ports, one cluster key file (0600) and one API token shared by all,
+// and an in-process kfake broker for their Kafka sink.
+
+const clusterToken = "cluster-test-token"
+
+// clusterEnv is what the nodes of one test share.
+type clusterEnv struct {
+	t         *testing.T
+	dir       string
+	keyFile   string
+	tokenFile string
+	broker    string
+}
+
+func newClusterEnv(t *testing.T) *clusterEnv {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "txsink-cluster-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	e := &clusterEnv{t: t, dir: dir, keyFile: filepath.Join(dir, "cluster.key"), tokenFile: filepath.Join(dir, "token"),
+		broker: kafkatest.Addr(kafkatest.NewCluster(t))}
+	if err := os.WriteFile(e.keyFile, []byte("a-cluster-key-for-tests-of-more-than-32-bytes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.tokenFile, []byte(clusterToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// freeAddrs returns n distinct free 127.0.0.1 addresses (listened on and
+// closed; the nodes bind them a moment later).
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		out = append(out, ln.Addr().String())
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return out
+}
+
+// clusterNode is one sidecar process.
+type clusterNode struct {
+	id, http, raft string
+	cmd            *exec.Cmd
+	stdout, stderr *testenv.Buffer
+	done           chan error
+	exit           error
+	c              *client.Client
+	stopOnce       sync.Once
+}
+
+// node writes a node's config (http and raft on the given addresses) and
+// returns it unstarted; args go to "sidecar run" after the config.
+func (e *clusterEnv) node(id, httpAddr, raftAddr string, withKey bool, args ...string) *clusterNode {
+	t := e.t
+	t.Helper()
+	ndir := filepath.Join(e.dir, id)
+	if err := os.MkdirAll(ndir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key := ""
+	if withKey {
+		key = "cluster_key_file: " + e.keyFile + "\n"
+	}
+	conf := filepath.Join(ndir, "txsink.yaml")
+	yaml := fmt.Sprintf(`node_id: %s
+data_dir: %s
+http_addr: %s
+raft_addr: %s
+socket: "off"
+token_file: %s
+%sjoin_timeout: 15s
+sink_wait: 10s
+shutdown_timeout: 10s
+sinks:
+  events:
+    kind: kafka
+    brokers: [%q]
+    default_topic: events
+    transaction_timeout: 30s
+`, id, filepath.Join(ndir, "data"), httpAddr, raftAddr, e.tokenFile, key, e.broker)
+	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := &clusterNode{id: id, http: httpAddr, raft: raftAddr, stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{},
+		done: make(chan error, 1), c: client.New("http://"+httpAddr, client.WithToken(clusterToken))}
+	n.cmd = exec.Command(sidecarBinary(t), append([]string{"run", "--config", conf}, args...)...)
+	n.cmd.Stdout, n.cmd.Stderr = n.stdout, n.stderr
+	return n
+}
+
+func (n *clusterNode) start(t *testing.T) {
+	t.Helper()
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { n.done <- n.cmd.Wait() }()
+	t.Cleanup(func() {
+		n.stop(t, syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", n.id, n.stderr.String())
+		}
+	})
+}
+
+// stop signals the node and waits (10 s, then kill) for it to exit.
+func (n *clusterNode) stop(t *testing.T, sig syscall.Signal) error {
+	n.stopOnce.Do(func() {
+		_ = n.cmd.Process.Signal(sig)
+		select {
+		case n.exit = <-n.done:
+		case <-time.After(15 * time.Second):
+			_ = n.cmd.Process.Kill()
+			n.exit = <-n.done
+			t.Errorf("%s did not stop within 15s of %v", n.id, sig)
+		}
+	})
+	return n.exit
+}
+
+// waitListening waits until the node finished start-up.
+func (n *clusterNode) waitListening(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(n.stdout.String(), "txsink listening") {
+		select {
+		case err := <-n.done:
+			n.done <- err
+			t.Fatalf("%s exited during start-up: %v\n%s", n.id, err, n.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready within 20s:\n%s", n.id, n.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// eventually polls cond every 50 ms for at most 15 s.
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 15s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// converged checks that every node sees the same leader and exactly the
+// members want (id → voter), each with its API address and reachable.
+func converged(ctx context.Context, nodes []*clusterNode, want map[string]bool) (leader string, err error) {
+	apiOf := map[string]string{}
+	for _, n := range nodes {
+		apiOf[n.id] = "http://" + n.http
+	}
+	for _, n := range nodes {
+		st, err := n.c.Cluster(ctx)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", n.id, err)
+		}
+		if st.Leader == "" || (leader != "" && st.Leader != leader) {
+			return "", fmt.Errorf("%s sees leader %q (others %q)", n.id, st.Leader, leader)
+		}
+		leader = st.Leader
+		if st.LeaderAPIAddr != apiOf[leader] {
+			return "", fmt.Errorf("%s: leader API %q, want %q", n.id, st.LeaderAPIAddr, apiOf[leader])
+		}
+		if len(st.Members) != len(want) {
+			return "", fmt.Errorf("%s sees members %+v, want %v", n.id, st.Members, want)
+		}
+		for _, m := range st.Members {
+			v, ok := want[m.ID]
+			if !ok || v != m.Voter || m.APIAddr != apiOf[m.ID] || !m.Reachable || m.RaftAddr == "" {
+				return "", fmt.Errorf("%s sees member %+v, want voter %v, api %s, reachable", n.id, m, v, apiOf[m.ID])
+			}
+		}
+	}
+	return leader, nil
+}
+
+func byID(nodes []*clusterNode, id string) *clusterNode {
+	i := slices.IndexFunc(nodes, func(n *clusterNode) bool { return n.id == id })
+	if i < 0 {
+		return nil
+	}
+	return nodes[i]
+}
+
+// TestClusterJoinForwardRemove: node1 alone, node2 and node3 join through
+// node1; a follower's calls (a job, a session, records, a checkpoint) go
+// through the leader's journal and are visible on every node; join without
+// the token is 401; nodes are removed through a follower, the leader last
+// (it hands over first), and the last voter cannot be removed.
+func TestClusterJoinForwardRemove(t *testing.T) {
+	e := newClusterEnv(t)
+	a := freeAddrs(t, 6)
+	n1 := e.node("node1", a[0], a[1], true)
+	n1.start(t)
+	n1.waitListening(t)
+	n2 := e.node("node2", a[2], a[3], true, "--join", n1.http)
+	n3 := e.node("node3", a[4], a[5], true, "--join", "http://"+n1.http+","+n1.http)
+	n2.start(t)
+	n3.start(t)
+	n2.waitListening(t)
+	n3.waitListening(t)
+	nodes := []*clusterNode{n1, n2, n3}
+	ctx := t.Context()
+	start := time.Now()
+	step := func(what string) { t.Logf("%-40s at %s", what, time.Since(start).Round(time.Millisecond)) }
+	var leader string
+	eventually(t, "three members, one leader", func() (err error) {
+		leader, err = converged(ctx, nodes, map[string]bool{"node1": true, "node2": true, "node3": true})
+		return err
+	})
+	step("3 members converged")
+
+	// A follower's calls go through the leader's journal.
+	var follower *clusterNode
+	for _, n := range nodes {
+		if n.id != leader {
+			follower = n
+		}
+	}
+	if _, err := follower.c.PutJob(ctx, "fwd", twopc.ModeAuto, nil); err != nil {
+		t.Fatalf("PUT /v1/jobs/fwd on follower %s: %v", follower.id, err)
+	}
+	// Visible on the follower at once (it waited for the index), on the others soon.
+	if _, err := follower.c.Job(ctx, "fwd"); err != nil {
+		t.Fatalf("GET on the follower right after its PUT: %v", err)
+	}
+	for _, n := range nodes {
+		eventually(t, n.id+" sees job fwd", func() error { _, err := n.c.Job(ctx, "fwd"); return err })
+	}
+	s, err := follower.c.OpenSession(ctx, "fwd", "w0", nil)
+	if err != nil {
+		t.Fatalf("open session on follower: %v", err)
+	}
+	if _, err := follower.c.WriteNDJSON(ctx, "fwd", "w0", s.Epoch, client.Seq(1), []byte(`{"sink":"events","key":"k1","value":"one"}`+"\n"+`{"sink":"events","key":"k2","value":"two"}`)); err != nil {
+		t.Fatalf("write on follower: %v", err)
+	}
+	cp, err := follower.c.Checkpoint(ctx, "fwd", "w0", s.Epoch, 1, []byte("state-1"), "")
+	if err != nil || cp.Status != twopc.StatusCommitted {
+		t.Fatalf("checkpoint on follower: %+v %v, want committed", cp, err)
+	}
+	step("follower's checkpoint committed")
+	recs := kafkatest.ReadCommitted(ctx, t, e.broker, "events", 2)
+	if len(recs) != 2 {
+		t.Fatalf("read %d committed records, want 2", len(recs))
+	}
+	for _, n := range nodes {
+		eventually(t, n.id+" sees checkpoint 1 committed", func() error {
+			j, err := n.c.Job(ctx, "fwd")
+			if err != nil {
+				return err
+			}
+			if len(j.Writers) != 1 || j.Writers[0].LastCommitted != 1 || j.Writers[0].Owner != follower.id {
+				return fmt.Errorf("writers %+v", j.Writers)
+			}
+			return nil
+		})
+	}
+
+	step("every node sees the checkpoint")
+	// Joining without the token is 401 and changes nothing.
+	body := `{"id":"intruder","raft_addr":"127.0.0.1:1","api_addr":"http://127.0.0.1:2"}`
+	resp, err := http.Post("http://"+n1.http+"/v1/cluster/join", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("join without the token: %s, want 401", resp.Status)
+	}
+	if st, err := n1.c.Cluster(ctx); err != nil || len(st.Members) != 3 {
+		t.Errorf("after the refused join: %+v %v, want 3 members", st, err)
+	}
+
+	// Removal through a follower: first a follower, then the leader itself.
+	var other *clusterNode // a follower that stays
+	for _, n := range nodes {
+		if n.id != leader && n != follower {
+			other = n
+		}
+	}
+	if err := other.c.RemoveNode(ctx, follower.id); err != nil {
+		t.Fatalf("DELETE /v1/cluster/nodes/%s through %s: %v", follower.id, other.id, err)
+	}
+	rest := []*clusterNode{byID(nodes, leader), other}
+	eventually(t, "two members after removing "+follower.id, func() error {
+		_, err := converged(ctx, rest, map[string]bool{leader: true, other.id: true})
+		return err
+	})
+	step("follower removed")
+	if err := other.c.RemoveNode(ctx, follower.id); client.Code(err) != api.CodeNodeNotFound {
+		t.Errorf("removing %s again: %v, want 404 node_not_found", follower.id, err)
+	}
+	if err := other.c.RemoveNode(ctx, leader); err != nil {
+		t.Fatalf("removing the leader %s through %s: %v", leader, other.id, err)
+	}
+	step("leader removed")
+	eventually(t, other.id+" alone leads", func() error {
+		_, err := converged(ctx, []*clusterNode{other}, map[string]bool{other.id: true})
+		return err
+	})
+	if err := other.c.RemoveNode(ctx, other.id); client.Code(err) != api.CodeMembershipConflict {
+		t.Errorf("removing the last voter: %v, want 409 membership_conflict", err)
+	}
+	step("survivor alone")
+	// The survivor still journals alone.
+	if _, err := other.c.PutJob(ctx, "after", twopc.ModeAuto, nil); err != nil {
+		t.Errorf("PUT on the last voter: %v", err)
+	}
+}
+
+// TestClusterBootstrapExpect: three nodes with the same join list and
+// bootstrap_expect 3, started in random order, form one cluster.
+func TestClusterBootstrapExpect(t *testing.T) {
+	e := newClusterEnv(t)
+	a := freeAddrs(t, 6)
+	join := strings.Join([]string{a[0], a[2], a[4]}, ",")
+	nodes := []*clusterNode{
+		e.node("node1", a[0], a[1], true, "--join", join, "--bootstrap-expect", "3"),
+		e.node("node2", a[2], a[3], true, "--join", join, "--bootstrap-expect", "3"),
+		e.node("node3", a[4], a[5], true, "--join", join, "--bootstrap-expect", "3"),
+	}
+	order := rand.Perm(3)
+	t.Logf("start order: %v", order)
+	for _, i := range order {
+		nodes[i].start(t)
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+	}
+	for _, n := range nodes {
+		n.waitListening(t)
+	}
+	ctx := t.Context()
+	var leader string
+	eventually(t, "three members, one leader", func() (err error) {
+		leader, err = converged(ctx, nodes, map[string]bool{"node1": true, "node2": true, "node3": true})
+		return err
+	})
+	// Each node bootstrapped, or found the leader first (state arrived, or
+	// a node answered with a leader) and joined; a leader needs two voters
+	// that bootstrapped.
+	bootstrapped := 0
+	for _, n := range nodes {
+		log := n.stderr.String()
+		switch {
+		case strings.Contains(log, "bootstrapped the cluster with the nodes found"):
+			bootstrapped++
+		case strings.Contains(log, "not bootstrapping"), strings.Contains(log, "joining it instead of bootstrapping"):
+		default:
+			t.Errorf("%s: neither bootstrapped nor joined, says its log", n.id)
+		}
+	}
+	if bootstrapped < 2 {
+		t.Errorf("%d nodes bootstrapped, want at least 2 (a quorum of the 3)", bootstrapped)
+	}
+	// A proposal on a follower works here too.
+	f := nodes[0]
+	if f.id == leader {
+		f = nodes[1]
+	}
+	if _, err := f.c.PutJob(ctx, "be", twopc.ModeAuto, nil); err != nil {
+		t.Fatalf("PUT on follower %s: %v", f.id, err)
+	}
+}
+
+// TestClusterNonVoterLeaves: a non-voter joins, then leaves the cluster
+// on SIGTERM; a voter stopped afterwards stays a member.
+func TestClusterNonVoterLeaves(t *testing.T) {
+	e := newClusterEnv(t)
+	a := freeAddrs(t, 4)
+	n1 := e.node("node1", a[0], a[1], true)
+	n1.start(t)
+	n1.waitListening(t)
+	n2 := e.node("node2", a[2], a[3], true, "--join", n1.http, "--voter=false")
+	n2.start(t)
+	n2.waitListening(t)
+	ctx := t.Context()
+	eventually(t, "a voter and a non-voter", func() error {
+		_, err := converged(ctx, []*clusterNode{n1, n2}, map[string]bool{"node1": true, "node2": false})
+		return err
+	})
+	// The non-voter forwards too.
+	if _, err := n2.c.PutJob(ctx, "nv", twopc.ModeAuto, nil); err != nil {
+		t.Fatalf("PUT on the non-voter: %v", err)
+	}
+	if err := n2.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("non-voter exit: %v\n%s", err, n2.stderr.String())
+	}
+	if !strings.Contains(n2.stderr.String(), "non-voter left the cluster") {
+		t.Errorf("non-voter log lacks its leave:\n%s", n2.stderr.String())
+	}
+	eventually(t, "node1 alone", func() error {
+		_, err := converged(ctx, []*clusterNode{n1}, map[string]bool{"node1": true})
+		return err
+	})
+}
+
+// TestClusterJoinNeedsPeerCredentials: a node with --join but no cluster
+// key (or raft TLS) refuses to start and says why.
+func TestClusterJoinNeedsPeerCredentials(t *testing.T) {
+	e := newClusterEnv(t)
+	a := freeAddrs(t, 4)
+	n1 := e.node("node1", a[0], a[1], true)
+	n1.start(t)
+	n1.waitListening(t)
+	n2 := e.node("node2", a[2], a[3], false, "--join", n1.http)
+	n2.start(t)
+	var err error
+	select {
+	case err = <-n2.done:
+		n2.done <- err
+	case <-time.After(15 * time.Second):
+		t.Fatal("a node joining without a cluster key kept running")
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Errorf("exit: %v, want a failure", err)
+	}
+	if !strings.Contains(n2.stderr.String(), "a cluster needs cluster_key_file or raft TLS") {
+		t.Errorf("stderr lacks the reason:\n%s", n2.stderr.String())
+	}
+	if st, err := n1.c.Cluster(t.Context()); err != nil || len(st.Members) != 1 {
+		t.Errorf("node1 after the refused start: %+v %v, want itself only", st, err)
+	}
+}
