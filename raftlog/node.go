@@ -47,6 +47,8 @@ type Node struct {
 	stop     chan struct{} // closed after raft shut down: stops watchLeadership
 	wg       sync.WaitGroup
 	leaderCh chan bool // see LeadershipChanges
+	// health: peers failing heartbeats, as the leader sees them (PeerDown).
+	health *peerHealth
 	// leaderChanges counts leadership changes of this node (see
 	// LeaderChanges).
 	leaderChanges atomic.Uint64
@@ -210,8 +212,13 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 	if existing {
 		n.checkMembership()
 	}
-	n.wg.Add(1)
+	n.health = newPeerHealth(r)
+	n.wg.Add(2)
 	go n.watchLeadership()
+	go func() {
+		defer n.wg.Done()
+		n.health.run(n.stop)
+	}()
 	logger.Info("raft started", "addr", n.Addr(), "existing_state", existing, "dir", cfg.Dir,
 		"peer_auth", peerAuthName(auth))
 	return n, nil

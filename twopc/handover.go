@@ -332,8 +332,9 @@ func (c *Coordinator) hasDecided(match func(PendingBranch) bool) bool {
 }
 
 // takeoverStale (leader only) takes over the writers of other nodes whose
-// decided branches nobody finishes: their owner is not a member any more,
-// is known to be down, or left them unfinished for TakeoverAfter.
+// decided branches nobody finishes: their owner left them unfinished for
+// TakeoverAfter, or for a fifth of it when it is not a member any more or
+// is known to be down.
 func (c *Coordinator) takeoverStale(ctx context.Context) {
 	now := c.now()
 	seen := map[writerKey]bool{}
@@ -348,7 +349,13 @@ func (c *Coordinator) takeoverStale(ctx context.Context) {
 		}
 		_, member := c.m.Member(owner)
 		gone := (!member && len(c.m.Members()) > 0) || (c.cfg.NodeAlive != nil && !c.cfg.NodeAlive(owner))
-		if !gone && now.Sub(p.DecidedAt) < c.cfg.TakeoverAfter {
+		// A gone owner still gets a moment: it may have finished the
+		// branch and be journaling that right now.
+		after := c.cfg.TakeoverAfter
+		if gone {
+			after /= 5
+		}
+		if now.Sub(p.DecidedAt) < after {
 			continue
 		}
 		seen[k] = true

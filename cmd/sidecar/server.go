@@ -226,6 +226,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	sc.coord, err = twopc.NewCoordinator(twopc.Config{
 		Node: cfg.NodeID, Journal: met.journal(sc.journal), Machine: sc.machine, Sinks: met.wrapSinks(sc.sinks),
 		IsLeader: sc.node.IsLeader, Lease: func() bool { return sc.node.HasLease(nodeLease) },
+		NodeAlive:         func(id string) bool { return !sc.node.PeerDown(id) },
 		MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Timeouts: twopc.Timeouts{Write: cfg.Timeouts.Write, Checkpoint: cfg.Timeouts.Checkpoint,
 			Session: cfg.Timeouts.Session, Commit: cfg.Timeouts.Commit},
