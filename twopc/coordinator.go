@@ -84,6 +84,19 @@ type Metrics interface {
 	DataLoss(job, sink string)
 }
 
+// OwnershipMetrics is optionally implemented by a Metrics: what operators
+// of a cluster watch about writers moving between nodes (handover.go).
+type OwnershipMetrics interface {
+	// SessionDropped: a session stopped by itself, reason "moved" (the
+	// journal gave its writer to another node) or "lease_lost".
+	SessionDropped(reason string)
+	// Takeover: this node (the leader) took over another node's writer.
+	Takeover()
+	// HandoverWaited: a new owner waited d for the previous one;
+	// released says whether it let go (else the wait ran out).
+	HandoverWaited(d time.Duration, released bool)
+}
+
 type noMetrics struct{}
 
 func (noMetrics) Records(string, string, int, int)             {}

@@ -26,6 +26,13 @@ var (
 	errLeaseLost = errors.New("this node lost contact with the journal's leader")
 )
 
+// ownershipMetrics calls f when the metrics implement OwnershipMetrics.
+func (c *Coordinator) ownershipMetrics(f func(OwnershipMetrics)) {
+	if m, ok := c.metrics.(OwnershipMetrics); ok {
+		f(m)
+	}
+}
+
 // leaseOK reports whether this node may act for its writers now.
 func (c *Coordinator) leaseOK() bool { return c.cfg.Lease == nil || c.cfg.Lease() }
 
@@ -113,11 +120,13 @@ func (c *Coordinator) waitHandover(ctx context.Context, job, writer string, h *H
 		_, _, released, ok := c.m.Owner(job, writer)
 		if !ok || released >= h.Epoch {
 			c.log.Info("writer handed over", "job", job, "writer", writer, "from", h.From, "waited", time.Since(t0).Round(time.Millisecond))
+			c.ownershipMetrics(func(m OwnershipMetrics) { m.HandoverWaited(time.Since(t0), true) })
 			return nil
 		}
 		if !time.Now().Before(deadline) {
 			c.log.Info("previous owner did not release the writer; its lease has passed", "job", job, "writer", writer,
 				"from", h.From, "epoch", h.Epoch, "waited", time.Since(t0).Round(time.Millisecond))
+			c.ownershipMetrics(func(m OwnershipMetrics) { m.HandoverWaited(time.Since(t0), false) })
 			return nil
 		}
 		select {
@@ -217,6 +226,11 @@ func (c *Coordinator) dropSession(ctx context.Context, s *session, cause error, 
 	s.mu.Unlock()
 	c.detach(s.job, s.writer)
 	c.log.Info("session dropped", "job", s.job, "writer", s.writer, "epoch", s.epoch, "reason", cause.Error())
+	reason := "moved"
+	if errors.Is(cause, errLeaseLost) {
+		reason = "lease_lost"
+	}
+	c.ownershipMetrics(func(m OwnershipMetrics) { m.SessionDropped(reason) })
 	if release {
 		c.release(actx, s.job, s.writer, s.epoch)
 	}
@@ -276,6 +290,7 @@ func (c *Coordinator) recoverWriter(ctx context.Context, k writerKey, epoch uint
 			return err
 		}
 		epoch = res.Session.Epoch
+		c.ownershipMetrics(func(m OwnershipMetrics) { m.Takeover() })
 		if err := c.waitHandover(ctx, k.job, k.writer, res.Handover); err != nil {
 			return err
 		}

@@ -26,6 +26,9 @@ type metrics struct {
 	latency   *prometheus.HistogramVec
 	sinkErrs  *prometheus.CounterVec
 	proxied   *prometheus.CounterVec
+	dropped   *prometheus.CounterVec
+	takeovers prometheus.Counter
+	handover  *prometheus.HistogramVec
 	applyTime prometheus.Histogram
 	reg       *prometheus.Registry
 
@@ -76,6 +79,15 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 			Help: "Session calls passed to the node owning the session, by route and outcome: answered (the owner's answer " +
 				"was passed back), unreachable (answered 503 here), canceled (the caller went away)."},
 			[]string{"route", "outcome"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_sessions_dropped_total",
+			Help: "Sessions this node stopped by itself: moved (the journal gave the writer to another node) or " +
+				"lease_lost (no contact with the journal's leader)."}, []string{"reason"}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "txsink_writer_takeovers_total",
+			Help: "Writers of other nodes this node (as leader) took over to finish their decided branches."}),
+		handover: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "txsink_handover_wait_seconds",
+			Help: "Time a new owner waited for a writer's previous owner on another node, by outcome: released (it let go) " +
+				"or expired (the handover wait ran out: the old owner was dead or cut off).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12)}, []string{"outcome"}),
 		applyTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "txsink_journal_apply_seconds",
 			Help:    "Time from proposing a journal entry to its being applied on this node (successful proposals).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}),
@@ -84,7 +96,11 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		routes: map[routeKey]routeMetrics{},
 	}
 	x.reg.MustRegister(x.records, x.bytes, x.phase, x.retries, x.dataLoss, x.requests, x.latency, x.sinkErrs, x.proxied, x.applyTime,
+		x.dropped, x.takeovers, x.handover,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{"moved", "lease_lost"} {
+		x.dropped.WithLabelValues(r) // series exist at 0, so increase() sees the first
+	}
 	x.reg.MustRegister(&branchCollector{m: m})
 	x.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "txsink_oldest_prepared_branch_seconds",
 		Help: "Age of the oldest prepared, unresolved branch (compare with the Kafka transaction timeout)."},
@@ -107,6 +123,21 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 			func() float64 { return float64(node.RefusedPeers()) }))
 	}
 	return x
+}
+
+// SessionDropped implements twopc.OwnershipMetrics.
+func (x *metrics) SessionDropped(reason string) { x.dropped.WithLabelValues(reason).Inc() }
+
+// Takeover implements twopc.OwnershipMetrics.
+func (x *metrics) Takeover() { x.takeovers.Inc() }
+
+// HandoverWaited implements twopc.OwnershipMetrics.
+func (x *metrics) HandoverWaited(d time.Duration, released bool) {
+	outcome := "expired"
+	if released {
+		outcome = "released"
+	}
+	x.handover.WithLabelValues(outcome).Observe(d.Seconds())
 }
 
 // Records implements twopc.Metrics; it runs on every write call.
