@@ -145,6 +145,8 @@ func (n *clusterNode) start(t *testing.T) {
 // stop signals the node and waits (10 s, then kill) for it to exit.
 func (n *clusterNode) stop(t *testing.T, sig syscall.Signal) error {
 	n.stopOnce.Do(func() {
+		start := time.Now()
+		defer func() { t.Logf("%s stopped by %v in %s", n.id, sig, time.Since(start).Round(time.Millisecond)) }()
 		_ = n.cmd.Process.Signal(sig)
 		select {
 		case n.exit = <-n.done:
@@ -160,6 +162,8 @@ func (n *clusterNode) stop(t *testing.T, sig syscall.Signal) error {
 // waitListening waits until the node finished start-up.
 func (n *clusterNode) waitListening(t *testing.T) {
 	t.Helper()
+	start := time.Now()
+	defer func() { t.Logf("%s ready after waiting %s", n.id, time.Since(start).Round(time.Millisecond)) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(n.stdout.String(), "txsink listening") {
 		select {
@@ -468,5 +472,75 @@ func TestClusterJoinNeedsPeerCredentials(t *testing.T) {
 	}
 	if st, err := n1.c.Cluster(t.Context()); err != nil || len(st.Members) != 1 {
 		t.Errorf("node1 after the refused start: %+v %v, want itself only", st, err)
+	}
+}
+
+// TestClusterSurvivesLeaderKill: kill -9 of the leader of three; the other
+// two elect a leader and take calls; the killed node, restarted with the
+// same command, comes back as the member it was (its state wins over
+// --join).
+func TestClusterSurvivesLeaderKill(t *testing.T) {
+	e := newClusterEnv(t)
+	a := freeAddrs(t, 6)
+	n1 := e.node("node1", a[0], a[1], true)
+	n1.start(t)
+	n1.waitListening(t)
+	mk := func(id, h, r string) *clusterNode { return e.node(id, h, r, true, "--join", n1.http) }
+	n2, n3 := mk("node2", a[2], a[3]), mk("node3", a[4], a[5])
+	n2.start(t)
+	n3.start(t)
+	n2.waitListening(t)
+	n3.waitListening(t)
+	nodes := []*clusterNode{n1, n2, n3}
+	all := map[string]bool{"node1": true, "node2": true, "node3": true}
+	ctx := t.Context()
+	var leader string
+	eventually(t, "three members", func() (err error) { leader, err = converged(ctx, nodes, all); return err })
+	dead := byID(nodes, leader)
+	if err := dead.stop(t, syscall.SIGKILL); err == nil {
+		t.Fatalf("%s exited cleanly after SIGKILL?", dead.id)
+	}
+	killedAt := time.Now()
+	var alive []*clusterNode
+	for _, n := range nodes {
+		if n != dead {
+			alive = append(alive, n)
+		}
+	}
+	var newLeader string
+	eventually(t, "a new leader among the survivors", func() error {
+		st, err := alive[0].c.Cluster(ctx)
+		if err != nil {
+			return err
+		}
+		if st.Leader == "" || st.Leader == dead.id {
+			return fmt.Errorf("leader %q", st.Leader)
+		}
+		newLeader = st.Leader
+		return nil
+	})
+	t.Logf("%s killed; %s leads %s later", dead.id, newLeader, time.Since(killedAt).Round(time.Millisecond))
+	for _, n := range alive {
+		if _, err := n.c.PutJob(ctx, "after-kill-"+n.id, twopc.ModeAuto, nil); err != nil {
+			t.Fatalf("PUT on survivor %s: %v", n.id, err)
+		}
+	}
+	t.Logf("survivors took calls %s after the kill", time.Since(killedAt).Round(time.Millisecond))
+	// Restart the killed node with its original command.
+	again := e.node(dead.id, dead.http, dead.raft, true, dead.cmd.Args[4:]...)
+	again.start(t)
+	again.waitListening(t)
+	t.Logf("%s restarted %s after the kill", dead.id, time.Since(killedAt).Round(time.Millisecond))
+	if dead.id != "node1" && !strings.Contains(again.stderr.String(), "join and bootstrap_expect are ignored") {
+		t.Errorf("restarted %s did not say it ignores --join:\n%s", dead.id, again.stderr.String())
+	}
+	nodes = append(alive, again)
+	eventually(t, "three members again", func() error { _, err := converged(ctx, nodes, all); return err })
+	t.Logf("three members again %s after the kill", time.Since(killedAt).Round(time.Millisecond))
+	for _, n := range alive {
+		eventually(t, dead.id+" sees the job put while it was dead", func() error {
+			_, err := again.c.Job(ctx, "after-kill-"+n.id)
+			return err
+		})
 	}
 }
