@@ -262,6 +262,16 @@ func TestClusterJoinForwardRemove(t *testing.T) {
 		return err
 	})
 	step("3 members converged")
+	// The operator's view from any node lists each member's API address.
+	out, err := exec.Command(sidecarBinary(t), "status", "--addr", "http://"+n3.http, "--token-file", e.tokenFile).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sidecar status: %v\n%s", err, out)
+	}
+	for _, n := range nodes {
+		if want := fmt.Sprintf("%s %s voter http://%s\n", n.id, n.raft, n.http); !strings.Contains(string(out), want) {
+			t.Errorf("sidecar status lacks %q:\n%s", want, out)
+		}
+	}
 
 	// A follower's calls go through the leader's journal.
 	var follower *clusterNode
