@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -37,6 +39,18 @@ type clusterEnv struct {
 	keyFile   string
 	tokenFile string
 	broker    string
+	// tlsCert, tlsKey: when set, every node serves its API over TLS with
+	// this certificate (self-signed, 127.0.0.1), trusted through pool.
+	tlsCert, tlsKey string
+	pool            *x509.CertPool
+}
+
+// scheme of the nodes' API.
+func (e *clusterEnv) scheme() string {
+	if e.tlsCert != "" {
+		return "https"
+	}
+	return "http"
 }
 
 func newClusterEnv(t *testing.T) *clusterEnv {
@@ -80,6 +94,7 @@ func freeAddrs(t *testing.T, n int) []string {
 // clusterNode is one sidecar process.
 type clusterNode struct {
 	id, http, raft string
+	scheme         string
 	cmd            *exec.Cmd
 	stdout, stderr *testenv.Buffer
 	done           chan error
@@ -100,6 +115,9 @@ func (e *clusterEnv) node(id, httpAddr, raftAddr string, withKey bool, args ...s
 	key := ""
 	if withKey {
 		key = "cluster_key_file: " + e.keyFile + "\n"
+	}
+	if e.tlsCert != "" {
+		key += "tls_cert_file: " + e.tlsCert + "\ntls_key_file: " + e.tlsKey + "\n"
 	}
 	conf := filepath.Join(ndir, "txsink.yaml")
 	yaml := fmt.Sprintf(`node_id: %s
@@ -122,7 +140,15 @@ sinks:
 		t.Fatal(err)
 	}
 	n := &clusterNode{id: id, http: httpAddr, raft: raftAddr, stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{},
-		done: make(chan error, 1), c: client.New("http://"+httpAddr, client.WithToken(clusterToken))}
+		done: make(chan error, 1)}
+	opts := []client.Option{client.WithToken(clusterToken)}
+	if e.pool != nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: e.pool, MinVersion: tls.VersionTLS12}
+		opts = append(opts, client.WithHTTPClient(&http.Client{Transport: tr}))
+	}
+	n.c = client.New(e.scheme()+"://"+httpAddr, opts...)
+	n.scheme = e.scheme()
 	n.cmd = exec.Command(sidecarBinary(t), append([]string{"run", "--config", conf}, args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = n.stdout, n.stderr
 	return n
@@ -200,7 +226,7 @@ func eventually(t *testing.T, what string, cond func() error) {
 func converged(ctx context.Context, nodes []*clusterNode, want map[string]bool) (leader string, err error) {
 	apiOf := map[string]string{}
 	for _, n := range nodes {
-		apiOf[n.id] = "http://" + n.http
+		apiOf[n.id] = n.scheme + "://" + n.http
 	}
 	for _, n := range nodes {
 		st, err := n.c.Cluster(ctx)
@@ -483,6 +509,27 @@ func TestClusterJoinNeedsPeerCredentials(t *testing.T) {
 	if st, err := n1.c.Cluster(t.Context()); err != nil || len(st.Members) != 1 {
 		t.Errorf("node1 after the refused start: %+v %v, want itself only", st, err)
 	}
+
+	// A node with a key joining a single node without one: the leader
+	// cannot add a peer, and the joiner stops with its answer.
+	a2 := freeAddrs(t, 4)
+	lone := e.node("lone", a2[0], a2[1], false)
+	lone.start(t)
+	lone.waitListening(t)
+	n3 := e.node("node3", a2[2], a2[3], true, "--join", lone.http)
+	n3.start(t)
+	select {
+	case err = <-n3.done:
+		n3.done <- err
+	case <-time.After(15 * time.Second):
+		t.Fatal("a node joining a key-less node kept running")
+	}
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 || !strings.Contains(n3.stderr.String(), "peers need a cluster key or TLS") {
+		t.Errorf("joining a key-less node: exit %v, want a failure naming the missing peer credentials:\n%s", err, n3.stderr.String())
+	}
+	if st, err := lone.c.Cluster(t.Context()); err != nil || len(st.Members) != 1 {
+		t.Errorf("the key-less node after the refused join: %+v %v, want itself only", st, err)
+	}
 }
 
 // TestClusterSurvivesLeaderKill: kill -9 of the leader of three; the other
@@ -552,5 +599,37 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 			_, err := again.c.Job(ctx, "after-kill-"+n.id)
 			return err
 		})
+	}
+}
+
+// TestClusterOverTLS: nodes whose API is served over TLS advertise https
+// URLs and call each other over TLS (trusting the certificate in
+// tls_cert_file): a join and a follower's forwarded proposals work.
+func TestClusterOverTLS(t *testing.T) {
+	e := newClusterEnv(t)
+	e.tlsCert, e.tlsKey, e.pool = testenv.SelfSigned(t, e.dir)
+	a := freeAddrs(t, 4)
+	n1 := e.node("node1", a[0], a[1], true)
+	n1.start(t)
+	n1.waitListening(t)
+	n2 := e.node("node2", a[2], a[3], true, "--join", "https://"+n1.http)
+	n2.start(t)
+	n2.waitListening(t)
+	nodes := []*clusterNode{n1, n2}
+	ctx := t.Context()
+	var leader string
+	eventually(t, "two members over TLS", func() (err error) {
+		leader, err = converged(ctx, nodes, map[string]bool{"node1": true, "node2": true})
+		return err
+	})
+	f := n2
+	if leader == "node2" {
+		f = n1
+	}
+	if _, err := f.c.PutJob(ctx, "tls", twopc.ModeAuto, nil); err != nil {
+		t.Fatalf("PUT on follower %s over TLS: %v", f.id, err)
+	}
+	if _, err := f.c.Job(ctx, "tls"); err != nil {
+		t.Fatalf("GET on the follower right after: %v", err)
 	}
 }
