@@ -346,6 +346,20 @@ func TestClusterJoinForwardRemove(t *testing.T) {
 	}
 
 	step("every node sees the checkpoint")
+	// Joining again with the same id and addresses (through a follower)
+	// is a 200 that appends nothing.
+	before, err := byID(nodes, leader).c.Cluster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	m, err := follower.c.Join(ctx, api.JoinRequest{ID: n3.id, RaftAddr: n3.raft, APIAddr: "http://" + n3.http, Voter: &yes})
+	if err != nil || m.ID != n3.id || m.APIAddr != "http://"+n3.http || !m.Voter {
+		t.Fatalf("repeated join of node3: %+v %v", m, err)
+	}
+	if after, err := byID(nodes, leader).c.Cluster(ctx); err != nil || after.LastIndex != before.LastIndex {
+		t.Errorf("repeated join moved the leader's log from %d to %d (%v), want no entry", before.LastIndex, after.LastIndex, err)
+	}
 	// Joining without the token is 401 and changes nothing.
 	body := `{"id":"intruder","raft_addr":"127.0.0.1:1","api_addr":"http://127.0.0.1:2"}`
 	resp, err := http.Post("http://"+n1.http+"/v1/cluster/join", "application/json", strings.NewReader(body))
