@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,12 +84,19 @@ var ErrCantBootstrap = raft.ErrCantBootstrap
 
 // WaitApplied waits until this node's StateMachine has applied the log
 // entry at index (or a later one), so that a read of the local state
-// machine sees the effect of a command another node proposed.
+// machine sees the effect of a command another node proposed. index is a
+// command's index (ApplyResult.Index).
+//
+// raft's AppliedIndex is not enough: it moves when entries are handed to
+// the FSM goroutine, before StateMachine.Apply ran (a read right after saw
+// the old state in tests). So this waits for the last index Apply returned
+// from, or for a snapshot at or past index (restored or taken here, so its
+// entries are in the state machine).
 func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
 	t := time.NewTicker(waitAppliedPoll)
 	defer t.Stop()
 	for {
-		if n.raft.AppliedIndex() >= index {
+		if n.fsm.applied.Load() >= index || n.lastSnapshotIndex() >= index {
 			return nil
 		}
 		if err := n.checkOpen(); err != nil {
@@ -134,4 +142,10 @@ func (n *Node) LastContact() time.Duration {
 		return 0
 	}
 	return time.Since(lc)
+}
+
+// lastSnapshotIndex is the index of the newest snapshot raft knows.
+func (n *Node) lastSnapshotIndex() uint64 {
+	i, _ := strconv.ParseUint(n.raft.Stats()["last_snapshot_index"], 10, 64)
+	return i
 }

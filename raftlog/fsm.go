@@ -3,6 +3,7 @@ package raftlog
 import (
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -11,6 +12,10 @@ import (
 // its FSM goroutine, so they are serialized with each other.
 type fsm struct {
 	sm StateMachine
+	// applied is the index of the last command StateMachine.Apply returned
+	// from. raft's own AppliedIndex moves when entries are handed to the
+	// FSM goroutine, before they are applied, so WaitApplied needs this.
+	applied atomic.Uint64
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -22,7 +27,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	return f.sm.Apply(l.Index, l.Data)
+	r := f.sm.Apply(l.Index, l.Data)
+	f.applied.Store(l.Index)
+	return r
 }
 
 // Snapshot captures the state now, while Apply is not running; Persist then

@@ -39,6 +39,7 @@ type Node struct {
 	cfg    Config
 	log    *slog.Logger
 	raft   *raft.Raft
+	fsm    *fsm
 	trans  *raft.NetworkTransport
 	stream *streamLayer
 	store  *raftboltdb.BoltStore
@@ -192,7 +193,8 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 		logger.Info("raft cluster bootstrapped", "addr", trans.LocalAddr())
 	}
 
-	r, err := raft.NewRaft(rc, &fsm{sm: sm}, store, store, snaps, trans)
+	f := &fsm{sm: sm}
+	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: start raft: %w", err)
 	}
@@ -201,6 +203,7 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 		cfg:      cfg,
 		log:      logger,
 		raft:     r,
+		fsm:      f,
 		trans:    trans,
 		stream:   stream,
 		store:    store,

@@ -264,7 +264,15 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if m.Voter {
 			role = "voter"
 		}
-		fmt.Fprintf(tw, "%s\t%s %s %s\n", label, m.ID, m.Address, role)
+		line := m.ID + " " + m.Address + " " + role
+		if m.APIAddr != "" {
+			// A member this node cannot reach is what an operator looks for.
+			line += " " + m.APIAddr
+			if !m.Reachable {
+				line += " UNREACHABLE"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", label, line)
 	}
 	fmt.Fprintf(tw, "last index:\t%d\n", cl.LastIndex)
 	ready := "yes"

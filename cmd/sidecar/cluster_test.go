@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -37,6 +39,18 @@ type clusterEnv struct {
 	keyFile   string
 	tokenFile string
 	broker    string
+	// tlsCert, tlsKey: when set, every node serves its API over TLS with
+	// this certificate (self-signed, 127.0.0.1), trusted through pool.
+	tlsCert, tlsKey string
+	pool            *x509.CertPool
+}
+
+// scheme of the nodes' API.
+func (e *clusterEnv) scheme() string {
+	if e.tlsCert != "" {
+		return "https"
+	}
+	return "http"
 }
 
 func newClusterEnv(t *testing.T) *clusterEnv {
@@ -80,6 +94,7 @@ func freeAddrs(t *testing.T, n int) []string {
 // clusterNode is one sidecar process.
 type clusterNode struct {
 	id, http, raft string
+	scheme         string
 	cmd            *exec.Cmd
 	stdout, stderr *testenv.Buffer
 	done           chan error
@@ -100,6 +115,9 @@ func (e *clusterEnv) node(id, httpAddr, raftAddr string, withKey bool, args ...s
 	key := ""
 	if withKey {
 		key = "cluster_key_file: " + e.keyFile + "\n"
+	}
+	if e.tlsCert != "" {
+		key += "tls_cert_file: " + e.tlsCert + "\ntls_key_file: " + e.tlsKey + "\n"
 	}
 	conf := filepath.Join(ndir, "txsink.yaml")
 	yaml := fmt.Sprintf(`node_id: %s
@@ -122,7 +140,15 @@ sinks:
 		t.Fatal(err)
 	}
 	n := &clusterNode{id: id, http: httpAddr, raft: raftAddr, stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{},
-		done: make(chan error, 1), c: client.New("http://"+httpAddr, client.WithToken(clusterToken))}
+		done: make(chan error, 1)}
+	opts := []client.Option{client.WithToken(clusterToken)}
+	if e.pool != nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: e.pool, MinVersion: tls.VersionTLS12}
+		opts = append(opts, client.WithHTTPClient(&http.Client{Transport: tr}))
+	}
+	n.c = client.New(e.scheme()+"://"+httpAddr, opts...)
+	n.scheme = e.scheme()
 	n.cmd = exec.Command(sidecarBinary(t), append([]string{"run", "--config", conf}, args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = n.stdout, n.stderr
 	return n
@@ -145,6 +171,8 @@ func (n *clusterNode) start(t *testing.T) {
 // stop signals the node and waits (10 s, then kill) for it to exit.
 func (n *clusterNode) stop(t *testing.T, sig syscall.Signal) error {
 	n.stopOnce.Do(func() {
+		start := time.Now()
+		defer func() { t.Logf("%s stopped by %v in %s", n.id, sig, time.Since(start).Round(time.Millisecond)) }()
 		_ = n.cmd.Process.Signal(sig)
 		select {
 		case n.exit = <-n.done:
@@ -160,6 +188,8 @@ func (n *clusterNode) stop(t *testing.T, sig syscall.Signal) error {
 // waitListening waits until the node finished start-up.
 func (n *clusterNode) waitListening(t *testing.T) {
 	t.Helper()
+	start := time.Now()
+	defer func() { t.Logf("%s ready after waiting %s", n.id, time.Since(start).Round(time.Millisecond)) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(n.stdout.String(), "txsink listening") {
 		select {
@@ -196,7 +226,7 @@ func eventually(t *testing.T, what string, cond func() error) {
 func converged(ctx context.Context, nodes []*clusterNode, want map[string]bool) (leader string, err error) {
 	apiOf := map[string]string{}
 	for _, n := range nodes {
-		apiOf[n.id] = "http://" + n.http
+		apiOf[n.id] = n.scheme + "://" + n.http
 	}
 	for _, n := range nodes {
 		st, err := n.c.Cluster(ctx)
@@ -258,6 +288,16 @@ func TestClusterJoinForwardRemove(t *testing.T) {
 		return err
 	})
 	step("3 members converged")
+	// The operator's view from any node lists each member's API address.
+	out, err := exec.Command(sidecarBinary(t), "status", "--addr", "http://"+n3.http, "--token-file", e.tokenFile).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sidecar status: %v\n%s", err, out)
+	}
+	for _, n := range nodes {
+		if want := fmt.Sprintf("%s %s voter http://%s\n", n.id, n.raft, n.http); !strings.Contains(string(out), want) {
+			t.Errorf("sidecar status lacks %q:\n%s", want, out)
+		}
+	}
 
 	// A follower's calls go through the leader's journal.
 	var follower *clusterNode
@@ -306,6 +346,20 @@ func TestClusterJoinForwardRemove(t *testing.T) {
 	}
 
 	step("every node sees the checkpoint")
+	// Joining again with the same id and addresses (through a follower)
+	// is a 200 that appends nothing.
+	before, err := byID(nodes, leader).c.Cluster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	m, err := follower.c.Join(ctx, api.JoinRequest{ID: n3.id, RaftAddr: n3.raft, APIAddr: "http://" + n3.http, Voter: &yes})
+	if err != nil || m.ID != n3.id || m.APIAddr != "http://"+n3.http || !m.Voter {
+		t.Fatalf("repeated join of node3: %+v %v", m, err)
+	}
+	if after, err := byID(nodes, leader).c.Cluster(ctx); err != nil || after.LastIndex != before.LastIndex {
+		t.Errorf("repeated join moved the leader's log from %d to %d (%v), want no entry", before.LastIndex, after.LastIndex, err)
+	}
 	// Joining without the token is 401 and changes nothing.
 	body := `{"id":"intruder","raft_addr":"127.0.0.1:1","api_addr":"http://127.0.0.1:2"}`
 	resp, err := http.Post("http://"+n1.http+"/v1/cluster/join", "application/json", strings.NewReader(body))
@@ -468,5 +522,128 @@ func TestClusterJoinNeedsPeerCredentials(t *testing.T) {
 	}
 	if st, err := n1.c.Cluster(t.Context()); err != nil || len(st.Members) != 1 {
 		t.Errorf("node1 after the refused start: %+v %v, want itself only", st, err)
+	}
+
+	// A node with a key joining a single node without one: the leader
+	// cannot add a peer, and the joiner stops with its answer.
+	a2 := freeAddrs(t, 4)
+	lone := e.node("lone", a2[0], a2[1], false)
+	lone.start(t)
+	lone.waitListening(t)
+	n3 := e.node("node3", a2[2], a2[3], true, "--join", lone.http)
+	n3.start(t)
+	select {
+	case err = <-n3.done:
+		n3.done <- err
+	case <-time.After(15 * time.Second):
+		t.Fatal("a node joining a key-less node kept running")
+	}
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 || !strings.Contains(n3.stderr.String(), "peers need a cluster key or TLS") {
+		t.Errorf("joining a key-less node: exit %v, want a failure naming the missing peer credentials:\n%s", err, n3.stderr.String())
+	}
+	if st, err := lone.c.Cluster(t.Context()); err != nil || len(st.Members) != 1 {
+		t.Errorf("the key-less node after the refused join: %+v %v, want itself only", st, err)
+	}
+}
+
+// TestClusterSurvivesLeaderKill: kill -9 of the leader of three; the other
+// two elect a leader and take calls; the killed node, restarted with the
+// same command, comes back as the member it was (its state wins over
+// --join).
+func TestClusterSurvivesLeaderKill(t *testing.T) {
+	e := newClusterEnv(t)
+	a := freeAddrs(t, 6)
+	n1 := e.node("node1", a[0], a[1], true)
+	n1.start(t)
+	n1.waitListening(t)
+	mk := func(id, h, r string) *clusterNode { return e.node(id, h, r, true, "--join", n1.http) }
+	n2, n3 := mk("node2", a[2], a[3]), mk("node3", a[4], a[5])
+	n2.start(t)
+	n3.start(t)
+	n2.waitListening(t)
+	n3.waitListening(t)
+	nodes := []*clusterNode{n1, n2, n3}
+	all := map[string]bool{"node1": true, "node2": true, "node3": true}
+	ctx := t.Context()
+	var leader string
+	eventually(t, "three members", func() (err error) { leader, err = converged(ctx, nodes, all); return err })
+	dead := byID(nodes, leader)
+	if err := dead.stop(t, syscall.SIGKILL); err == nil {
+		t.Fatalf("%s exited cleanly after SIGKILL?", dead.id)
+	}
+	killedAt := time.Now()
+	var alive []*clusterNode
+	for _, n := range nodes {
+		if n != dead {
+			alive = append(alive, n)
+		}
+	}
+	var newLeader string
+	eventually(t, "a new leader among the survivors", func() error {
+		st, err := alive[0].c.Cluster(ctx)
+		if err != nil {
+			return err
+		}
+		if st.Leader == "" || st.Leader == dead.id {
+			return fmt.Errorf("leader %q", st.Leader)
+		}
+		newLeader = st.Leader
+		return nil
+	})
+	t.Logf("%s killed; %s leads %s later", dead.id, newLeader, time.Since(killedAt).Round(time.Millisecond))
+	for _, n := range alive {
+		if _, err := n.c.PutJob(ctx, "after-kill-"+n.id, twopc.ModeAuto, nil); err != nil {
+			t.Fatalf("PUT on survivor %s: %v", n.id, err)
+		}
+	}
+	t.Logf("survivors took calls %s after the kill", time.Since(killedAt).Round(time.Millisecond))
+	// Restart the killed node with its original command.
+	again := e.node(dead.id, dead.http, dead.raft, true, dead.cmd.Args[4:]...)
+	again.start(t)
+	again.waitListening(t)
+	t.Logf("%s restarted %s after the kill", dead.id, time.Since(killedAt).Round(time.Millisecond))
+	if dead.id != "node1" && !strings.Contains(again.stderr.String(), "join and bootstrap_expect are ignored") {
+		t.Errorf("restarted %s did not say it ignores --join:\n%s", dead.id, again.stderr.String())
+	}
+	nodes = append(alive, again)
+	eventually(t, "three members again", func() error { _, err := converged(ctx, nodes, all); return err })
+	t.Logf("three members again %s after the kill", time.Since(killedAt).Round(time.Millisecond))
+	for _, n := range alive {
+		eventually(t, dead.id+" sees the job put while it was dead", func() error {
+			_, err := again.c.Job(ctx, "after-kill-"+n.id)
+			return err
+		})
+	}
+}
+
+// TestClusterOverTLS: nodes whose API is served over TLS advertise https
+// URLs and call each other over TLS (trusting the certificate in
+// tls_cert_file): a join and a follower's forwarded proposals work.
+func TestClusterOverTLS(t *testing.T) {
+	e := newClusterEnv(t)
+	e.tlsCert, e.tlsKey, e.pool = testenv.SelfSigned(t, e.dir)
+	a := freeAddrs(t, 4)
+	n1 := e.node("node1", a[0], a[1], true)
+	n1.start(t)
+	n1.waitListening(t)
+	n2 := e.node("node2", a[2], a[3], true, "--join", "https://"+n1.http)
+	n2.start(t)
+	n2.waitListening(t)
+	nodes := []*clusterNode{n1, n2}
+	ctx := t.Context()
+	var leader string
+	eventually(t, "two members over TLS", func() (err error) {
+		leader, err = converged(ctx, nodes, map[string]bool{"node1": true, "node2": true})
+		return err
+	})
+	f := n2
+	if leader == "node2" {
+		f = n1
+	}
+	if _, err := f.c.PutJob(ctx, "tls", twopc.ModeAuto, nil); err != nil {
+		t.Fatalf("PUT on follower %s over TLS: %v", f.id, err)
+	}
+	if _, err := f.c.Job(ctx, "tls"); err != nil {
+		t.Fatalf("GET on the follower right after: %v", err)
 	}
 }
