@@ -284,6 +284,17 @@ func (b *meteredBranch) Expired() error {
 	return nil
 }
 
+// Detach passes on twopc.Detacher. Without it the coordinator's type
+// assertion fails on every branch of the real binary, so a node that lost a
+// writer would keep its prepared MySQL branch's connection open and the
+// writer's new owner could not finish or fence that branch (it waits for the
+// preparer's session to leave the server) while the old node runs.
+func (b *meteredBranch) Detach() {
+	if d, ok := b.b.(twopc.Detacher); ok {
+		d.Detach()
+	}
+}
+
 func (b *meteredBranch) Write(ctx context.Context, recs []*twopc.Record) error {
 	return b.s.count("write", b.b.Write(ctx, recs))
 }

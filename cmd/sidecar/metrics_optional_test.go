@@ -80,3 +80,49 @@ func TestMeteredSinkExpiryFailsSession(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// detachSink is a fake sink whose branches count Detach calls, like the
+// Kafka and MySQL sinks' branches (twopc.Detacher).
+type detachSink struct {
+	*twopctest.Sink
+	detached *int
+}
+
+type detachBranch struct {
+	twopc.Branch
+	detached *int
+}
+
+func (b detachBranch) Detach() { *b.detached++ }
+
+func (s detachSink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, error) {
+	b, err := s.Sink.Begin(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return detachBranch{b, s.detached}, nil
+}
+
+// A node that lost a writer detaches the prepared branches it holds, so the
+// new owner can finish them (a MySQL branch cannot be finished elsewhere
+// while its preparing connection lives). The coordinator finds Detach by a
+// type assertion on the branch it got from the sink: the metered wrapper
+// must keep it, or the real binary never detaches (the cluster partition
+// test in systemtest found exactly that).
+func TestMeteredBranchKeepsDetach(t *testing.T) {
+	x := newMetrics(twopc.NewMachine(), nil)
+	var n int
+	s := x.wrapSinks(map[string]twopc.Sink{"db": detachSink{twopctest.NewSink("db", 2), &n}})["db"]
+	b, err := s.Begin(context.Background(), twopc.BranchID{Job: "j", Writer: "w", Sink: "db", Epoch: 1, Seq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok := b.(twopc.Detacher)
+	if !ok {
+		t.Fatal("wrapped branch: Detach missing")
+	}
+	d.Detach()
+	if n != 1 {
+		t.Fatalf("Detach reached the sink's branch %d times, want 1", n)
+	}
+}
