@@ -88,15 +88,6 @@ type RemoveResult struct {
 // (base64) plus its branches' handles.
 const maxCommandBytes = 2*smallBodyBytes + 64<<10
 
-// journalOps are the journal operations a follower may forward. A body
-// naming another op is refused before it reaches the journal, whose Apply
-// treats an unknown op as a bug (it panics on every replica).
-var journalOps = map[twopc.Op]bool{
-	twopc.OpPutJob: true, twopc.OpOpenSession: true, twopc.OpPrepared: true, twopc.OpDecide: true,
-	twopc.OpResolved: true, twopc.OpDeleteWriter: true, twopc.OpTakeover: true, twopc.OpRelease: true,
-	twopc.OpPutMember: true, twopc.OpRemoveMember: true,
-}
-
 func (s *Server) admin() (ClusterAdmin, error) {
 	if s.cfg.Admin == nil {
 		return nil, &apiErr{Status: http.StatusNotFound, Code: CodeNotFound, Detail: "this server has no cluster membership endpoints"}
@@ -193,7 +184,7 @@ func CheckCommand(cmd []byte) error {
 	if end := skipSpace(cmd, int(dec.InputOffset())); end != len(cmd) {
 		return badRequest(CodeMalformedBody, fmt.Sprintf("unexpected data after the command at offset %d", end))
 	}
-	if !journalOps[c.Op] {
+	if !twopc.KnownOp(c.Op) { // the journal's Apply panics on an unknown op, on every replica
 		return badRequest(CodeInvalidRequest, fmt.Sprintf("unknown journal op %q", c.Op))
 	}
 	if c.Key == "" {

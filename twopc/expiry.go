@@ -17,12 +17,7 @@ type expirer interface{ Expired() error }
 // out, and the session's next call answers the replayable ErrSinkFailure.
 // A session busy with a call is skipped: that call sees the expiry itself.
 func (c *Coordinator) failExpired(ctx context.Context) {
-	c.mu.Lock()
-	ss := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		ss = append(ss, s)
-	}
-	c.mu.Unlock()
+	ss := c.sessionList()
 	for _, s := range ss {
 		if !s.mu.TryLock() {
 			continue

@@ -172,12 +172,7 @@ func (c *Coordinator) watchOwnership(ctx context.Context) {
 func (c *Coordinator) checkOwnership(ctx context.Context) {
 	lease := c.leaseOK()
 	c.checkGuards(lease)
-	c.mu.Lock()
-	ss := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		ss = append(ss, s)
-	}
-	c.mu.Unlock()
+	ss := c.sessionList()
 	for _, s := range ss {
 		owner, epoch, _, ok := c.m.Owner(s.job, s.writer)
 		if ok && owner == c.cfg.Node && epoch > s.epoch {

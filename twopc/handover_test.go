@@ -72,6 +72,20 @@ func (n *nodes) kill(id string) {
 	}
 }
 
+// openWrite opens writer w of job on node id and writes one record v.
+func (n *nodes) openWrite(id, job, v string) twopc.SessionInfo {
+	n.t.Helper()
+	ctx := context.Background()
+	s, err := n.c[id].OpenSession(ctx, job, "w", nil)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if _, err := n.c[id].Write(ctx, job, "w", s.Epoch, nil, recs("s", v)); err != nil {
+		n.t.Fatal(err)
+	}
+	return s
+}
+
 func (n *nodes) owner(job, writer string) (string, uint64, uint64) {
 	o, e, r, _ := n.j.Machine().Owner(job, writer)
 	return o, e, r
@@ -86,13 +100,7 @@ func TestSessionMovesAndOldOwnerLetsGo(t *testing.T) {
 	n := newNodes(t, "a", "b")
 	n.run("a")
 	ctx := context.Background()
-	sa, err := n.c["a"].OpenSession(ctx, "auto", "w", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.c["a"].Write(ctx, "auto", "w", sa.Epoch, nil, recs("s", "x1")); err != nil {
-		t.Fatal(err)
-	}
+	sa := n.openWrite("a", "auto", "x1")
 	if got := len(n.s.Branches(twopctest.Open)); got != 1 {
 		t.Fatalf("open branches: %d, want 1", got)
 	}
@@ -160,13 +168,7 @@ func TestLeaderFinishesDeadOwnersDecision(t *testing.T) {
 	n := newNodes(t, "a", "b", "c")
 	n.run("a")
 	ctx := context.Background()
-	sb, err := n.c["b"].OpenSession(ctx, "j", "w", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.c["b"].Write(ctx, "j", "w", sb.Epoch, nil, recs("s", "v1")); err != nil {
-		t.Fatal(err)
-	}
+	sb := n.openWrite("b", "j", "v1")
 	if _, err := n.c["b"].Checkpoint(ctx, "j", "w", sb.Epoch, 1, []byte("st1"), twopc.WaitPrepared); err != nil {
 		t.Fatal(err)
 	}
@@ -204,13 +206,7 @@ func TestLeaderFinishesDeadOwnersDecision(t *testing.T) {
 func TestOnlyTheOwnersOutcomeCounts(t *testing.T) {
 	n := newNodes(t, "a", "b")
 	ctx := context.Background()
-	sa, err := n.c["a"].OpenSession(ctx, "j", "w", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.c["a"].Write(ctx, "j", "w", sa.Epoch, nil, recs("s", "v1")); err != nil {
-		t.Fatal(err)
-	}
+	sa := n.openWrite("a", "j", "v1")
 	cp, err := n.c["a"].Checkpoint(ctx, "j", "w", sa.Epoch, 1, nil, twopc.WaitPrepared)
 	if err != nil {
 		t.Fatal(err)
@@ -241,13 +237,7 @@ func TestLostLeaseStopsSessions(t *testing.T) {
 	n := newNodes(t, "a", "b")
 	n.run("b")
 	ctx := context.Background()
-	sb, err := n.c["b"].OpenSession(ctx, "auto", "w", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.c["b"].Write(ctx, "auto", "w", sb.Epoch, nil, recs("s", "x1")); err != nil {
-		t.Fatal(err)
-	}
+	sb := n.openWrite("b", "auto", "x1")
 	n.lease["b"].Store(false)
 	waitFor(t, func() bool { return len(n.s.Branches(twopctest.Open)) == 0 })
 	if _, err := n.c["b"].Write(ctx, "auto", "w", sb.Epoch, nil, recs("s", "x2")); !errors.Is(err, twopc.ErrUnavailable) {
@@ -267,13 +257,7 @@ func TestCommitOnAnotherNodeIsFinishedByTheOwner(t *testing.T) {
 	n.run("a")
 	n.run("b")
 	ctx := context.Background()
-	sa, err := n.c["a"].OpenSession(ctx, "j", "w", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.c["a"].Write(ctx, "j", "w", sa.Epoch, nil, recs("s", "v1")); err != nil {
-		t.Fatal(err)
-	}
+	sa := n.openWrite("a", "j", "v1")
 	if _, err := n.c["a"].Checkpoint(ctx, "j", "w", sa.Epoch, 1, nil, twopc.WaitPrepared); err != nil {
 		t.Fatal(err)
 	}

@@ -257,31 +257,11 @@ func (m *Machine) Apply(index uint64, data []byte) any {
 		r.Duplicate = true
 		return r
 	}
-	var r ApplyResult
-	switch c.Op {
-	case OpPutJob:
-		r = m.putJob(c)
-	case OpOpenSession:
-		r = m.openSession(c)
-	case OpPrepared:
-		r = m.prepared(c)
-	case OpDecide:
-		r = m.decide(c)
-	case OpResolved:
-		r = m.resolved(c)
-	case OpDeleteWriter:
-		r = m.deleteWriter(c)
-	case OpTakeover:
-		r = m.takeover(c)
-	case OpRelease:
-		r = m.release(c)
-	case OpPutMember:
-		r = m.putMember(c)
-	case OpRemoveMember:
-		r = m.removeMember(c)
-	default:
+	apply := applyOps[c.Op]
+	if apply == nil {
 		panic(fmt.Sprintf("twopc: unknown journal op %q", c.Op))
 	}
+	r := apply(m, c)
 	r.Index = index
 	// A refused command changed nothing, so its key is not remembered: a
 	// retry is judged afresh.
@@ -290,6 +270,25 @@ func (m *Machine) Apply(index uint64, data []byte) any {
 	}
 	return r
 }
+
+// applyOps maps each op to its apply function.
+var applyOps = map[Op]func(*Machine, Command) ApplyResult{
+	OpPutJob:       (*Machine).putJob,
+	OpOpenSession:  (*Machine).openSession,
+	OpPrepared:     (*Machine).prepared,
+	OpDecide:       (*Machine).decide,
+	OpResolved:     (*Machine).resolved,
+	OpDeleteWriter: (*Machine).deleteWriter,
+	OpTakeover:     (*Machine).takeover,
+	OpRelease:      (*Machine).release,
+	OpPutMember:    (*Machine).putMember,
+	OpRemoveMember: (*Machine).removeMember,
+}
+
+// KnownOp reports whether op is a journal operation Apply knows. Apply
+// panics on any other (a corrupt log must stop a node), so a node refuses
+// to forward a command with an unknown op.
+func KnownOp(op Op) bool { return applyOps[op] != nil }
 
 // remember keeps key and its result, forgetting the oldest keys past
 // dedupeKeys or dedupeStateBytes (never the newest).
@@ -382,14 +381,26 @@ func (m *Machine) decideCheckpoint(w *writerState, cp *checkpointState, d string
 	m.finishIfDone(w, cp)
 }
 
-func (m *Machine) prepared(c Command) ApplyResult {
+// writerOf finds the job and writer a command names: an error result when
+// either is unknown.
+func (m *Machine) writerOf(c Command) (*jobState, *writerState, *ApplyResult) {
 	j := m.st.Jobs[c.Job]
 	if j == nil {
-		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
+		r := errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
+		return nil, nil, &r
 	}
 	w := j.Writers[c.Writer]
 	if w == nil {
-		return errResult(fmt.Errorf("%w: writer %s/%s", ErrNoSession, c.Job, c.Writer))
+		r := errResult(fmt.Errorf("%w: writer %s/%s", ErrNoSession, c.Job, c.Writer))
+		return j, nil, &r
+	}
+	return j, w, nil
+}
+
+func (m *Machine) prepared(c Command) ApplyResult {
+	j, w, bad := m.writerOf(c)
+	if bad != nil {
+		return *bad
 	}
 	if c.Epoch != w.Epoch {
 		return errResult(fmt.Errorf("%w: epoch %d, current %d", ErrSessionFenced, c.Epoch, w.Epoch))

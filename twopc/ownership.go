@@ -59,13 +59,9 @@ func grant(w *writerState, node string, now int64) Handover {
 }
 
 func (m *Machine) takeover(c Command) ApplyResult {
-	j := m.st.Jobs[c.Job]
-	if j == nil {
-		return errResult(fmt.Errorf("%w: %s", ErrJobNotFound, c.Job))
-	}
-	w := j.Writers[c.Writer]
-	if w == nil {
-		return errResult(fmt.Errorf("%w: writer %s/%s", ErrNoSession, c.Job, c.Writer))
+	_, w, bad := m.writerOf(c)
+	if bad != nil {
+		return *bad
 	}
 	if c.Epoch != w.Epoch || c.Node == "" {
 		return errResult(fmt.Errorf("%w: takeover of %s/%s at epoch %d, current %d", ErrSessionFenced, c.Job, c.Writer, c.Epoch, w.Epoch))

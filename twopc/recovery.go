@@ -86,16 +86,24 @@ func (c *Coordinator) warnOld() {
 // OldestPrepared is the age of the oldest unresolved branch (a metric).
 func (c *Coordinator) OldestPrepared() time.Duration { return c.m.OldestPrepared(c.now()) }
 
+// sessionList returns the sessions held now.
+func (c *Coordinator) sessionList() []*session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ss := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		ss = append(ss, s)
+	}
+	return ss
+}
+
 // Close stops taking calls, aborts every open branch and waits for
 // background commits. Prepared branches stay for recovery.
 func (c *Coordinator) Close() {
 	c.mu.Lock()
 	c.closed = true
-	ss := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		ss = append(ss, s)
-	}
 	c.mu.Unlock()
+	ss := c.sessionList()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, s := range ss {
