@@ -162,6 +162,9 @@ func (n *clusterNode) start(t *testing.T) {
 	go func() { n.done <- n.cmd.Wait() }()
 	t.Cleanup(func() {
 		n.stop(t, syscall.SIGTERM)
+		if strings.Contains(n.stderr.String(), "WARNING: DATA RACE") {
+			t.Errorf("%s: the race detector reported a data race (TXSINK_TEST_BINARY_RACE=1)", n.id)
+		}
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", n.id, n.stderr.String())
 		}
