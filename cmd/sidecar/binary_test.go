@@ -35,7 +35,8 @@ var bin struct {
 }
 
 // sidecarBinary builds this command once per test binary, stamped with
-// binVersion the way the Makefile stamps it.
+// binVersion the way the Makefile stamps it; with TXSINK_TEST_BINARY_RACE=1
+// it is built with the race detector.
 func sidecarBinary(t *testing.T) string {
 	t.Helper()
 	bin.once.Do(func() {
@@ -45,7 +46,13 @@ func sidecarBinary(t *testing.T) string {
 			return
 		}
 		bin.path = filepath.Join(dir, "sidecar")
-		out, err := exec.Command("go", "build", "-ldflags", "-X main.version="+binVersion, "-o", bin.path, ".").CombinedOutput()
+		args := []string{"build", "-ldflags", "-X main.version=" + binVersion, "-o", bin.path}
+		if os.Getenv("TXSINK_TEST_BINARY_RACE") == "1" {
+			// The processes' own data races (e.g. in the cluster tests) are
+			// then reported on their stderr and fail them.
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
 			bin.err = fmt.Errorf("go build: %w\n%s", err, out)
 		}

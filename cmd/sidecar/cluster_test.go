@@ -162,6 +162,9 @@ func (n *clusterNode) start(t *testing.T) {
 	go func() { n.done <- n.cmd.Wait() }()
 	t.Cleanup(func() {
 		n.stop(t, syscall.SIGTERM)
+		if strings.Contains(n.stderr.String(), "WARNING: DATA RACE") {
+			t.Errorf("%s: the race detector reported a data race (TXSINK_TEST_BINARY_RACE=1)", n.id)
+		}
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", n.id, n.stderr.String())
 		}
@@ -438,8 +441,11 @@ func TestClusterBootstrapExpect(t *testing.T) {
 		return err
 	})
 	// Each node bootstrapped, or found the leader first (state arrived, or
-	// a node answered with a leader) and joined; a leader needs two voters
-	// that bootstrapped.
+	// a node answered with a leader) and joined. One bootstrapped node can
+	// be enough: hashicorp/raft lets a node with no configuration vote, so
+	// the first to bootstrap may win the election with the votes of nodes
+	// still discovering, which then find its leader and join (seen under
+	// the race detector's slowdown).
 	bootstrapped := 0
 	for _, n := range nodes {
 		log := n.stderr.String()
@@ -451,8 +457,8 @@ func TestClusterBootstrapExpect(t *testing.T) {
 			t.Errorf("%s: neither bootstrapped nor joined, says its log", n.id)
 		}
 	}
-	if bootstrapped < 2 {
-		t.Errorf("%d nodes bootstrapped, want at least 2 (a quorum of the 3)", bootstrapped)
+	if bootstrapped < 1 {
+		t.Errorf("no node bootstrapped")
 	}
 	// A proposal on a follower works here too.
 	f := nodes[0]

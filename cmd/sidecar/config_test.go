@@ -114,6 +114,51 @@ func TestFlagsOverrideEnvOverrideFile(t *testing.T) {
 	}
 }
 
+// TestClusterFlagsAndEnv: the cluster keys come from flags and TXSINK_*
+// like the others (flag over env over file), and the derived addresses.
+func TestClusterFlagsAndEnv(t *testing.T) {
+	c := DefaultConfig()
+	c.Join = "file:1"
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	bindRun(fs, &c)
+	t.Setenv("TXSINK_JOIN", "127.0.0.1:8470, http://127.0.0.2:8470,127.0.0.1:8470")
+	t.Setenv("TXSINK_VOTER", "false")
+	t.Setenv("TXSINK_BOOTSTRAP_EXPECT", "5")
+	t.Setenv("TXSINK_JOIN_TIMEOUT", "7s")
+	if err := fs.Parse([]string{"--bootstrap-expect", "3", "--advertise-raft", "10.0.0.9:8471"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyEnv(fs); err != nil {
+		t.Fatal(err)
+	}
+	if c.Voter || c.BootstrapExpect != 3 || c.JoinTimeout != 7*time.Second || c.AdvertiseRaft != "10.0.0.9:8471" {
+		t.Fatalf("got voter %v expect %d timeout %s advertise_raft %q", c.Voter, c.BootstrapExpect, c.JoinTimeout, c.AdvertiseRaft)
+	}
+	joins, err := c.joinAddrs()
+	if err != nil || strings.Join(joins, " ") != "http://127.0.0.1:8470 http://127.0.0.2:8470" {
+		t.Fatalf("join addresses %v %v, want two base URLs, no repeat", joins, err)
+	}
+	if rc := c.raftConfig(); rc.Bootstrap || rc.AdvertiseAddr != "10.0.0.9:8471" {
+		t.Errorf("raft config with join: bootstrap %v advertise %q, want no bootstrap and the advertised address", rc.Bootstrap, rc.AdvertiseAddr)
+	}
+	if rc := DefaultConfig(); !rc.raftConfig().Bootstrap {
+		t.Errorf("a node without join must bootstrap itself (sidecar dev, single nodes)")
+	}
+	for _, tc := range []struct{ httpAddr, advertise, tlsCert, listen, want string }{
+		{"127.0.0.1:8470", "", "", "127.0.0.1:8470", "http://127.0.0.1:8470"},
+		{"127.0.0.1:0", "", "", "127.0.0.1:41234", "http://127.0.0.1:41234"},
+		{"127.0.0.1:8470", "", "c.pem", "127.0.0.1:8470", "https://127.0.0.1:8470"},
+		{"0.0.0.0:8470", "", "", "[::]:8470", "http://127.0.0.1:8470"},
+		{"0.0.0.0:8470", "node-a.example:8470", "", "[::]:8470", "http://node-a.example:8470"},
+	} {
+		c := DefaultConfig()
+		c.HTTPAddr, c.AdvertiseHTTP, c.TLSCertFile = tc.httpAddr, tc.advertise, tc.tlsCert
+		if got := c.advertisedAPI(tc.listen); got != tc.want {
+			t.Errorf("http_addr %s advertise %q tls %q listening on %s: advertised %q, want %q", tc.httpAddr, tc.advertise, tc.tlsCert, tc.listen, got, tc.want)
+		}
+	}
+}
+
 func TestFailpointFromEnv(t *testing.T) {
 	for _, tc := range []struct {
 		v      string

@@ -99,11 +99,11 @@ func fromPeer(base string, err error) error {
 	ce, ok := errors.AsType[*client.Error](err)
 	if !ok {
 		// No answer (connection refused, timeout): the outcome is unknown.
-		return fmt.Errorf("%w: %s did not answer: %w", twopc.ErrUnavailable, base, err)
+		return &unavailable{msg: fmt.Sprintf("%s did not answer: %v", base, err), err: err}
 	}
 	switch {
 	case ce.Status == http.StatusServiceUnavailable:
-		return fmt.Errorf("%w: %s: %w", twopc.ErrUnavailable, base, err)
+		return &unavailable{msg: fmt.Sprintf("%s: %v", base, err), err: err}
 	case ce.Code == api.CodeNodeNotFound:
 		return fmt.Errorf("%w: %s: %w", api.ErrNodeNotFound, base, err)
 	case ce.Code == api.CodeMembershipConflict:
@@ -119,3 +119,15 @@ func fromPeer(base string, err error) error {
 // retryable: another attempt may succeed (no leader, leader changed, no
 // answer).
 func retryable(err error) bool { return errors.Is(err, twopc.ErrUnavailable) }
+
+// unavailable is a retryable failure of a call to another node: it matches
+// twopc.ErrUnavailable (503 when answered, a retry for forwarding and
+// joining) without its "journal unavailable" text, which would mislead in
+// a join's log, and keeps the cause.
+type unavailable struct {
+	msg string
+	err error
+}
+
+func (e *unavailable) Error() string   { return e.msg }
+func (e *unavailable) Unwrap() []error { return []error{twopc.ErrUnavailable, e.err} }

@@ -205,7 +205,6 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	if err := sc.listen(); err != nil {
 		return nil, err
 	}
-	sc.apiAddr = cfg.advertisedAPI(sc.httpAddr)
 	if err := sc.formCluster(ctx); err != nil {
 		return nil, err
 	}
@@ -282,6 +281,8 @@ func (sc *sidecar) listen() error {
 		return err
 	}
 	sc.lns[len(sc.lns)-1] = ln
+	// Set before serving: GET /v1/cluster reports it.
+	sc.apiAddr = cfg.advertisedAPI(sc.httpAddr)
 	if cfg.Socket != "off" {
 		uln, err := api.ListenUnix(cfg.Socket)
 		if err != nil {
