@@ -102,7 +102,9 @@ func (j *raftJournal) proposeOnce(ctx context.Context, cmd []byte) (_ twopc.Appl
 	if err != nil {
 		err = fromPeer(leader.APIAddr, err)
 		if ctx.Err() != nil {
-			return twopc.ApplyResult{}, false, err
+			// The caller's deadline ended this attempt: say so, with the
+			// attempt's cause, as when it ends between attempts.
+			return twopc.ApplyResult{}, false, fmt.Errorf("journal: forwarded to leader %s: %w (last: %w)", st.LeaderID, ctx.Err(), err)
 		}
 		return twopc.ApplyResult{}, retryable(err), fmt.Errorf("journal: forwarded to leader %s: %w", st.LeaderID, err)
 	}
