@@ -3,6 +3,7 @@ package raftlog
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
@@ -10,13 +11,13 @@ import (
 )
 
 // peerAuthFor builds the peer authentication cfg asks for: TLS, a cluster
-// key, or nil (no peers at all).
-func peerAuthFor(cfg Config) (peerAuth, error) {
+// key, or nil (no peers at all). Warnings about the files go to logger.
+func peerAuthFor(cfg Config, logger *slog.Logger) (peerAuth, error) {
 	switch {
 	case cfg.TLSCertFile != "":
 		return loadTLS(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSCAFile)
 	case cfg.ClusterKeyFile != "":
-		key, err := loadClusterKey(cfg.ClusterKeyFile)
+		key, err := loadClusterKey(cfg.ClusterKeyFile, logger)
 		if err != nil {
 			return nil, err
 		}

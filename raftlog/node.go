@@ -142,7 +142,7 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 			return nil, fmt.Errorf("%w: AdvertiseAddr: %v", ErrInvalidConfig, err)
 		}
 	}
-	auth, err := peerAuthFor(cfg)
+	auth, err := peerAuthFor(cfg, logger)
 	if err != nil {
 		return nil, err
 	}
