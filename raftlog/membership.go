@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -190,20 +189,13 @@ func countVoters(c raft.Configuration) int {
 	return v
 }
 
-// validMemberAddr accepts host:port with a specific IP or a host name and a
-// non-zero port: the address other nodes will dial.
+// validMemberAddr accepts what a node may advertise (parseAdvertiseAddr):
+// host:port with a specific IP or a DNS name, not resolved here, and a
+// non-zero port — the address other nodes will dial. The address is stored
+// as given: a member's canonical Addr is what it advertises itself.
 func validMemberAddr(addr string) error {
-	host, port, err := splitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "" || port == 0 {
-		return fmt.Errorf("need host:port with a non-zero port")
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		return fmt.Errorf("need a specific IP address")
-	}
-	return nil
+	_, err := parseAdvertiseAddr(addr)
+	return err
 }
 
 // timeoutOf is raft's enqueue timeout for a call bounded by ctx: the time
