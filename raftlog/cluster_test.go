@@ -187,8 +187,9 @@ func TestCluster(t *testing.T) {
 				t.Fatalf("AddVoter(n4) to promote it: %v", err)
 			}
 			// A known id with a new address moves it (an unreachable
-			// non-voter does not hurt the quorum).
-			for _, addr := range []string{"127.0.0.1:1", "127.0.0.1:2"} {
+			// non-voter does not hurt the quorum), here to a DNS name, kept
+			// as is and not resolved (.invalid never resolves).
+			for _, addr := range []string{"127.0.0.1:1", "127.0.0.1:2", "gone.raft.invalid:2"} {
 				if err := leader.n.AddNonvoter(ctx, "gone", addr); err != nil {
 					t.Fatalf("AddNonvoter(gone, %s): %v", addr, err)
 				}
@@ -197,8 +198,8 @@ func TestCluster(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Members: %v", err)
 			}
-			if i := slices.IndexFunc(ms, func(m raftlog.Member) bool { return m.ID == "gone" }); i < 0 || ms[i].Addr != "127.0.0.1:2" {
-				t.Errorf("Members = %+v, want gone at 127.0.0.1:2", ms)
+			if i := slices.IndexFunc(ms, func(m raftlog.Member) bool { return m.ID == "gone" }); i < 0 || ms[i].Addr != "gone.raft.invalid:2" {
+				t.Errorf("Members = %+v, want gone at gone.raft.invalid:2", ms)
 			}
 			want = []string{"gone/nonvoter", "n2/voter", "n3/voter", "n4/voter"}
 			if got := memberIDs(t, leader.n); !slices.Equal(got, want) {
@@ -213,6 +214,9 @@ func TestCluster(t *testing.T) {
 				{"port 0", func() error { return leader.n.AddVoter(ctx, "x", "127.0.0.1:0") }},
 				{"unspecified IP", func() error { return leader.n.AddVoter(ctx, "x", "0.0.0.0:3") }},
 				{"no port", func() error { return leader.n.AddVoter(ctx, "x", "127.0.0.1") }},
+				{"name without port", func() error { return leader.n.AddVoter(ctx, "x", "x.raft.test") }},
+				{"not a DNS name", func() error { return leader.n.AddVoter(ctx, "x", "x raft:3") }},
+				{"bad IP", func() error { return leader.n.AddVoter(ctx, "x", "10.0.0.300:3") }},
 			} {
 				if err := bad.call(); !errors.Is(err, raftlog.ErrInvalidMember) {
 					t.Errorf("%s = %v, want ErrInvalidMember", bad.name, err)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -42,9 +43,16 @@ type keyAuth struct {
 
 // loadClusterKey reads a cluster key file. The key is the file's content
 // without surrounding whitespace (so `openssl rand -hex 32 > f` works); it
-// must be at least MinClusterKeyLen bytes, and the file must not be
-// accessible by group or others, as for an ssh private key.
-func loadClusterKey(path string) ([]byte, error) {
+// must be at least MinClusterKeyLen bytes.
+//
+// Permissions: the owner may read (and write) it. Group read is accepted
+// with a warning on logger, because Kubernetes mounts a Secret with group
+// read (0440, or 0640) when the pod sets fsGroup, which a StatefulSet with a
+// volume needs; sharing the key with a group is then the platform's doing,
+// as for cmd/sidecar's token_file. Group write or execute and any bit for
+// others are refused, as for an ssh private key: a key others can read is
+// no longer a secret of the cluster.
+func loadClusterKey(path string, logger *slog.Logger) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: cluster key: %w", ErrInvalidConfig, err)
@@ -54,9 +62,14 @@ func loadClusterKey(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: cluster key: %w", ErrInvalidConfig, err)
 	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%w: cluster key %s has mode %v; it must not be accessible by group or others (chmod 600)",
-			ErrInvalidConfig, path, perm)
+	perm := fi.Mode().Perm()
+	if perm&0o037 != 0 {
+		return nil, fmt.Errorf("%w: cluster key %s has mode %#o; it must not be writable or executable by its group "+
+			"nor accessible by others (chmod 600, or 640 when a group must read it)", ErrInvalidConfig, path, perm)
+	}
+	if perm&0o040 != 0 {
+		logger.Warn("cluster key file can be read by its group (as Kubernetes mounts a Secret with fsGroup); "+
+			"make sure only this node's processes are in it", "path", path, "mode", fmt.Sprintf("%#o", perm))
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
 	if err != nil {

@@ -213,16 +213,24 @@ func TestSealedConnRefusesTamperedFrames(t *testing.T) {
 
 func TestLoadClusterKey(t *testing.T) {
 	tests := []struct {
-		name    string
-		content string
-		mode    os.FileMode
-		want    string // key, or "" for an error
+		name     string
+		content  string
+		mode     os.FileMode
+		want     string // key, or "" for an error
+		wantWarn bool   // a warning about the group is logged
 	}{
-		{"hex with newline", strings.Repeat("ab", 32) + "\n", 0o600, strings.Repeat("ab", 32)},
-		{"owner read only", strings.Repeat("k", 40), 0o400, strings.Repeat("k", 40)},
-		{"too short", strings.Repeat("k", MinClusterKeyLen-1) + "\n", 0o600, ""},
-		{"readable by others", strings.Repeat("k", 40), 0o644, ""},
-		{"readable by group", strings.Repeat("k", 40), 0o640, ""},
+		{"hex with newline", strings.Repeat("ab", 32) + "\n", 0o600, strings.Repeat("ab", 32), false},
+		{"owner read only", strings.Repeat("k", 40), 0o400, strings.Repeat("k", 40), false},
+		{"too short", strings.Repeat("k", MinClusterKeyLen-1) + "\n", 0o600, "", false},
+		// Kubernetes mounts a Secret like this when the pod has fsGroup.
+		{"readable by group (Kubernetes fsGroup)", strings.Repeat("k", 40), 0o440, strings.Repeat("k", 40), true},
+		{"readable by group, owner writable", strings.Repeat("k", 40), 0o640, strings.Repeat("k", 40), true},
+		{"readable by others", strings.Repeat("k", 40), 0o644, "", false},
+		{"readable by others only", strings.Repeat("k", 40), 0o604, "", false},
+		{"world readable", strings.Repeat("k", 40), 0o444, "", false},
+		{"writable by others", strings.Repeat("k", 40), 0o602, "", false},
+		{"group writable", strings.Repeat("k", 40), 0o660, "", false},
+		{"group executable", strings.Repeat("k", 40), 0o650, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -233,7 +241,17 @@ func TestLoadClusterKey(t *testing.T) {
 			if err := os.Chmod(path, tt.mode); err != nil { // umask-proof
 				t.Fatal(err)
 			}
-			key, err := loadClusterKey(path)
+			h := newRecorder(slog.LevelInfo)
+			key, err := loadClusterKey(path, slog.New(h))
+			warned := false
+			for _, r := range h.take() {
+				if r.level == slog.LevelWarn && strings.Contains(r.msg, "group") && r.attrs["path"] == path {
+					warned = true
+				}
+			}
+			if warned != tt.wantWarn {
+				t.Errorf("group warning logged = %v, want %v", warned, tt.wantWarn)
+			}
 			if tt.want == "" {
 				if err == nil || !errors.Is(err, ErrInvalidConfig) {
 					t.Errorf("loadClusterKey = %q, %v; want an ErrInvalidConfig", key, err)
@@ -245,7 +263,7 @@ func TestLoadClusterKey(t *testing.T) {
 			}
 		})
 	}
-	if _, err := loadClusterKey(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := loadClusterKey(filepath.Join(t.TempDir(), "missing"), slog.New(slog.DiscardHandler)); !errors.Is(err, ErrInvalidConfig) {
 		t.Errorf("loadClusterKey(missing) = %v, want ErrInvalidConfig", err)
 	}
 }

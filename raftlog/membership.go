@@ -3,20 +3,20 @@ package raftlog
 import (
 	"context"
 	"fmt"
-	"net"
+	"log/slog"
 	"time"
 
 	"github.com/hashicorp/raft"
 )
 
 // peerAuthFor builds the peer authentication cfg asks for: TLS, a cluster
-// key, or nil (no peers at all).
-func peerAuthFor(cfg Config) (peerAuth, error) {
+// key, or nil (no peers at all). Warnings about the files go to logger.
+func peerAuthFor(cfg Config, logger *slog.Logger) (peerAuth, error) {
 	switch {
 	case cfg.TLSCertFile != "":
 		return loadTLS(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSCAFile)
 	case cfg.ClusterKeyFile != "":
-		key, err := loadClusterKey(cfg.ClusterKeyFile)
+		key, err := loadClusterKey(cfg.ClusterKeyFile, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -189,20 +189,13 @@ func countVoters(c raft.Configuration) int {
 	return v
 }
 
-// validMemberAddr accepts host:port with a specific IP or a host name and a
-// non-zero port: the address other nodes will dial.
+// validMemberAddr accepts what a node may advertise (parseAdvertiseAddr):
+// host:port with a specific IP or a DNS name, not resolved here, and a
+// non-zero port — the address other nodes will dial. The address is stored
+// as given: a member's canonical Addr is what it advertises itself.
 func validMemberAddr(addr string) error {
-	host, port, err := splitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "" || port == 0 {
-		return fmt.Errorf("need host:port with a non-zero port")
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		return fmt.Errorf("need a specific IP address")
-	}
-	return nil
+	_, err := parseAdvertiseAddr(addr)
+	return err
 }
 
 // timeoutOf is raft's enqueue timeout for a call bounded by ctx: the time

@@ -136,13 +136,18 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 		return nil, fmt.Errorf("raftlog: open snapshot store: %w", err)
 	}
 
+	// The advertised address is kept as given (canonical form), not
+	// resolved: a DNS name may not resolve yet, and peers resolve it at
+	// every dial (addr.go).
 	var advertise net.Addr
 	if cfg.AdvertiseAddr != "" {
-		if advertise, err = net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr); err != nil {
-			return nil, fmt.Errorf("%w: AdvertiseAddr: %v", ErrInvalidConfig, err)
+		a, err := parseAdvertiseAddr(cfg.AdvertiseAddr) // checked by Validate
+		if err != nil {
+			return nil, fmt.Errorf("%w: AdvertiseAddr %q: %v", ErrInvalidConfig, cfg.AdvertiseAddr, err)
 		}
+		advertise = advertisedAddr(a)
 	}
-	auth, err := peerAuthFor(cfg)
+	auth, err := peerAuthFor(cfg, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +159,9 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 		return nil, fmt.Errorf("raftlog: listen on %s: %w", cfg.BindAddr, err)
 	}
 	closers = append(closers, stream.Close)
+	if cfg.dial != nil {
+		stream.dial = cfg.dial
+	}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: transportPool,

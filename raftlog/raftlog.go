@@ -94,9 +94,14 @@ type Config struct {
 	// BindAddr is the TCP address raft listens on. Default "127.0.0.1:8471".
 	// Port 0 picks a free port; Node.Addr reports it.
 	BindAddr string
-	// AdvertiseAddr is the address other nodes use to reach this one. Empty
-	// means the listener's address, which must then not be unspecified
-	// (0.0.0.0).
+	// AdvertiseAddr is the host:port other nodes use to reach this one: a
+	// specific IP or a DNS name (e.g. a StatefulSet pod's stable
+	// txsink-0.txsink.ns.svc:8471). A name is checked for syntax only and
+	// stored as is in the raft configuration; peers resolve it at every
+	// dial, so a node back at a new IP behind the same name is reached
+	// again. Empty means the listener's address, which must then not be
+	// unspecified (0.0.0.0). With TLS, this node's certificate must name
+	// the host advertised here (DNS or IP SAN): peers verify it.
 	AdvertiseAddr string
 	// Bootstrap makes this node bootstrap a single-voter cluster if Dir holds
 	// no raft state. It is ignored when Dir already holds state, so it is safe
@@ -104,7 +109,8 @@ type Config struct {
 	Bootstrap bool
 	// ClusterKeyFile names a file holding the secret every node of the
 	// cluster shares (at least MinClusterKeyLen bytes, surrounding
-	// whitespace ignored, not accessible by group or others). Peers prove
+	// whitespace ignored; readable by the owner, and by its group only with
+	// a warning — no group write or execute, nothing for others). Peers prove
 	// they know it before any raft byte is exchanged, and the session is
 	// encrypted with keys derived from it. Not together with the TLS files.
 	ClusterKeyFile string
@@ -140,6 +146,10 @@ type Config struct {
 	// CommitTimeout: the leader heartbeats followers after this long without
 	// appends, so they learn the commit index. Default 25ms.
 	CommitTimeout time.Duration
+
+	// dial, when set, replaces the TCP dial of peer addresses (a test seam:
+	// it stands in for DNS, so tests can move a name to another address).
+	dial dialFunc
 }
 
 // Defaults, also documented on the Config fields.
@@ -227,15 +237,8 @@ func (c Config) Validate() error {
 		return bad("BindAddr %q: %v", c.BindAddr, err)
 	}
 	if c.AdvertiseAddr != "" {
-		host, port, err := splitHostPort(c.AdvertiseAddr)
-		if err != nil {
+		if _, err := parseAdvertiseAddr(c.AdvertiseAddr); err != nil {
 			return bad("AdvertiseAddr %q: %v", c.AdvertiseAddr, err)
-		}
-		if port == 0 {
-			return bad("AdvertiseAddr %q: port 0 cannot be advertised", c.AdvertiseAddr)
-		}
-		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
-			return bad("AdvertiseAddr %q: need a specific IP address", c.AdvertiseAddr)
 		}
 	}
 	for _, d := range []struct {

@@ -62,6 +62,14 @@ func (ca *TestCA) NodeFiles(t testing.TB, node string) (certFile, keyFile, caFil
 // nodeFilesFor is NodeFiles for a certificate naming ip.
 func (ca *TestCA) nodeFilesFor(t testing.TB, node string, ip net.IP) (certFile, keyFile, caFile string) {
 	t.Helper()
+	return ca.nodeFilesForSANs(t, node, []net.IP{ip}, nil)
+}
+
+// nodeFilesForSANs is NodeFiles for a certificate naming the given IPs and
+// DNS names (its subject alternative names), e.g. only the DNS name a node
+// advertises.
+func (ca *TestCA) nodeFilesForSANs(t testing.TB, node string, ips []net.IP, dnsNames []string) (certFile, keyFile, caFile string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +82,8 @@ func (ca *TestCA) nodeFilesFor(t testing.TB, node string, ip net.IP) (certFile, 
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses:  []net.IP{ip},
+		IPAddresses:  ips,
+		DNSNames:     dnsNames,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {

@@ -46,7 +46,8 @@ type peerAuth interface {
 // in Accept, so one slow peer cannot stall raft's accept loop.
 type streamLayer struct {
 	ln        net.Listener
-	advertise net.Addr
+	advertise net.Addr // String() is what raft stores: an IP or a DNS name
+	dial      dialFunc // TCP dial of a peer's address, resolving it each time
 	auth      peerAuth // nil: accept no peers
 	timeout   time.Duration
 	log       *slog.Logger
@@ -70,8 +71,16 @@ type streamLayer struct {
 	closed bool
 }
 
+// dialFunc opens a TCP connection to a peer's raft address (host:port, the
+// host an IP or a DNS name). net.Dialer.DialContext resolves a name at every
+// call, which is what lets a peer move to a new IP behind the same name.
+type dialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
 // newStreamLayer listens on bindAddr; timeout bounds each handshake
-// (handshakeTimeout in production, shorter in tests).
+// (handshakeTimeout in production, shorter in tests). advertise is the
+// address raft stores for this node: nil means the listener's, which must
+// then be a specific IP; otherwise it is taken as given (Config.Validate
+// checked it), so a DNS name stays a name.
 func newStreamLayer(bindAddr string, advertise net.Addr, auth peerAuth, timeout time.Duration, logger *slog.Logger) (*streamLayer, error) {
 	ln, err := net.Listen("tcp", bindAddr)
 	if err != nil {
@@ -79,15 +88,16 @@ func newStreamLayer(bindAddr string, advertise net.Addr, auth peerAuth, timeout 
 	}
 	if advertise == nil {
 		advertise = ln.Addr()
-	}
-	if tcp, ok := advertise.(*net.TCPAddr); !ok || tcp.IP == nil || tcp.IP.IsUnspecified() {
-		ln.Close()
-		return nil, fmt.Errorf("%w: listen address %s cannot be advertised; set AdvertiseAddr", ErrInvalidConfig, advertise)
+		if tcp, ok := advertise.(*net.TCPAddr); !ok || tcp.IP == nil || tcp.IP.IsUnspecified() {
+			ln.Close()
+			return nil, fmt.Errorf("%w: listen address %s cannot be advertised; set AdvertiseAddr", ErrInvalidConfig, advertise)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &streamLayer{
 		ln:        ln,
 		advertise: advertise,
+		dial:      (&net.Dialer{}).DialContext,
 		auth:      auth,
 		timeout:   timeout,
 		log:       logger,
@@ -237,15 +247,18 @@ func (s *streamLayer) Close() error {
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
 
 // Dial connects to a peer and authenticates it within timeout (and at most
-// handshakeTimeout for the handshake itself).
+// handshakeTimeout for the handshake itself). With TLS the peer's
+// certificate must name the host of address — the DNS name when peers
+// advertise names.
 func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	if s.auth == nil {
 		return nil, errNoPeers
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", string(address))
+	// A name is resolved here, at every dial, never cached: a peer that came
+	// back at a new IP behind the same name is reached at the new one.
+	conn, err := s.dial(ctx, "tcp", string(address))
 	if err != nil {
 		return nil, err
 	}

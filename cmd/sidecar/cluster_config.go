@@ -30,7 +30,7 @@ func bindCluster(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.BootstrapExpect, "bootstrap-expect", c.BootstrapExpect, "form a new cluster once this many voters (this one included) found each other through --join [TXSINK_BOOTSTRAP_EXPECT]")
 	fs.BoolVar(&c.Voter, "voter", c.Voter, "join as a voter; --voter=false joins as a non-voter [TXSINK_VOTER]")
 	fs.StringVar(&c.AdvertiseHTTP, "advertise-http", c.AdvertiseHTTP, "URL (or host:port) other nodes use for this node's API (default: from --http-addr) [TXSINK_ADVERTISE_HTTP]")
-	fs.StringVar(&c.AdvertiseRaft, "advertise-raft", c.AdvertiseRaft, "host:port other nodes use for this node's Raft port (default: --raft-addr) [TXSINK_ADVERTISE_RAFT]")
+	fs.StringVar(&c.AdvertiseRaft, "advertise-raft", c.AdvertiseRaft, "host:port other nodes use for this node's Raft port, an IP or a DNS name (default: --raft-addr) [TXSINK_ADVERTISE_RAFT]")
 	fs.StringVar(&c.TLSCAFile, "tls-ca-file", c.TLSCAFile, "PEM CA of the other nodes' API certificates, for calls between nodes [TXSINK_TLS_CA_FILE]")
 	fs.DurationVar(&c.JoinTimeout, "join-timeout", c.JoinTimeout, "how long start-up tries to join or form the cluster and find a leader [TXSINK_JOIN_TIMEOUT]")
 }

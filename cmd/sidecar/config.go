@@ -31,7 +31,8 @@ type Config struct {
 	// BootstrapExpect N makes the first N voters that find each other
 	// through Join bootstrap together; Voter false joins as a non-voter;
 	// AdvertiseHTTP and AdvertiseRaft are the addresses other nodes use
-	// (default: derived from http_addr and raft_addr); JoinTimeout bounds
+	// (default: derived from http_addr and raft_addr; AdvertiseRaft may be
+	// a DNS name, resolved by peers at every dial); JoinTimeout bounds
 	// the start-up of a node that joins or forms a cluster.
 	Join            string        `yaml:"join"`
 	BootstrapExpect int           `yaml:"bootstrap_expect"`
@@ -39,7 +40,8 @@ type Config struct {
 	AdvertiseHTTP   string        `yaml:"advertise_http"`
 	AdvertiseRaft   string        `yaml:"advertise_raft"`
 	JoinTimeout     time.Duration `yaml:"join_timeout"`
-	// ClusterKeyFile (a shared secret, mode 0600, at least 32 bytes) or the
+	// ClusterKeyFile (a shared secret, at least 32 bytes, mode 0600, or
+	// 0640/0440 with a warning for a group such as Kubernetes' fsGroup) or the
 	// RaftTLS* files (PEM; all three) authenticate raft peers. With neither
 	// the node is a single node that accepts no raft connection.
 	ClusterKeyFile  string `yaml:"cluster_key_file"`

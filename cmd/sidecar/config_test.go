@@ -65,6 +65,12 @@ func TestLoadConfig(t *testing.T) {
 		{"advertise_http 0.0.0.0", goodConfig + "advertise_http: 0.0.0.0:8470\n", "advertise_http"},
 		{"advertise_http http with TLS", goodConfig + "advertise_http: http://10.0.0.5:8470\ntls_cert_file: c\ntls_key_file: k\n", "advertise an https:// URL"},
 		{"advertise_raft without port", goodConfig + "advertise_raft: 10.0.0.5\n", "advertise_raft"},
+		// A StatefulSet pod's stable name: checked for syntax, not resolved
+		// (.svc names do not resolve here, and may not yet in the pod).
+		{"advertise_raft DNS name", goodConfig + "raft_addr: 0.0.0.0:8471\ncluster_key_file: k\nadvertise_raft: txsink-0.txsink.ns.svc:8471\n", ""},
+		{"advertise_raft DNS name without port", goodConfig + "advertise_raft: txsink-0.txsink.ns.svc\n", "advertise_raft"},
+		{"advertise_raft not a name", goodConfig + "advertise_raft: txsink 0.txsink:8471\n", "AdvertiseAddr"},
+		{"advertise_raft unspecified", goodConfig + "advertise_raft: 0.0.0.0:8471\n", "advertise_raft"},
 		{"negative join_timeout", goodConfig + "join_timeout: -1s\n", "join_timeout"},
 		{"raft TLS incomplete", goodConfig + "raft_tls_cert_file: c.pem\n", "set all three"},
 		{"raft TLS and cluster key", goodConfig + "raft_tls_cert_file: c\nraft_tls_key_file: k\nraft_tls_ca_file: ca\ncluster_key_file: f\n", "not both"},
