@@ -365,7 +365,9 @@ func replaceBounded(s string, m map[string]string, after string) string {
 	})
 }
 
-// env resolves a container's env as the kubelet would, mapped here.
+// env resolves a container's env as the kubelet would: vals as the
+// manifest gives them (for $(VAR) in args, mapped after expansion), list
+// mapped onto this machine (the process's environment).
 func (kp *kubePod) env(c *corev1.Container) (vals map[string]string, list []string) {
 	t := kp.r.t
 	vals = map[string]string{}
@@ -384,12 +386,12 @@ func (kp *kubePod) env(c *corev1.Container) (vals map[string]string, list []stri
 			if cm == nil {
 				t.Fatalf("env %s: no ConfigMap %s", e.Name, ref.Name)
 			}
-			v = kp.mapString(c, cm.Data[ref.Key])
+			v = cm.Data[ref.Key]
 		default:
 			t.Fatalf("container %s env %s: a source the replay does not know", c.Name, e.Name)
 		}
 		vals[e.Name] = v
-		list = append(list, e.Name+"="+v)
+		list = append(list, e.Name+"="+kp.mapString(c, v))
 	}
 	return vals, list
 }
@@ -425,12 +427,11 @@ func (kp *kubePod) startContainer(c *corev1.Container) {
 	vals, envList := kp.env(c)
 	args := make([]string, len(c.Args))
 	for i, a := range c.Args {
-		// Map first, then expand: the env's values are mapped already.
-		e, err := k8stest.Expand(kp.mapString(c, a), c, vals)
+		e, err := k8stest.Expand(a, c, vals)
 		if err != nil {
 			t.Fatal(err)
 		}
-		args[i] = e
+		args[i] = kp.mapString(c, e)
 	}
 	tmp := kp.dir
 	for _, m := range c.VolumeMounts {
