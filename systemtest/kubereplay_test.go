@@ -504,7 +504,7 @@ func (kp *kubePod) ready() {
 // client talks to the pod's sidecar API with the token.
 func (kp *kubePod) client() *client.Client {
 	tok := kp.r.secrets["txsink-token"]["token"]
-	return client.New("http://"+kp.ip+":8470", client.WithToken(string(tok)))
+	return client.New("http://"+kp.ip+":8470", client.WithToken(strings.TrimSpace(string(tok))))
 }
 
 // kill9 kills one container with SIGKILL and waits for it.
