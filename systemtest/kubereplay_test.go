@@ -58,7 +58,6 @@ type kubeReplay struct {
 	secrets map[string]map[string][]byte // Secret -> key -> data
 	claims  map[string]string            // claim name -> directory, kept across pods
 	images  map[string]string            // image repository -> binary
-	ips     []string                     // handed out
 	nextIP  int
 	mu      sync.Mutex
 }
@@ -133,7 +132,6 @@ func (r *kubeReplay) ip(ports []int32) string {
 			ln.Close()
 		}
 		if free {
-			r.ips = append(r.ips, ip)
 			return ip
 		}
 	}
@@ -257,7 +255,7 @@ func (kp *kubePod) fill(v *corev1.Volume, dir string) {
 	switch {
 	case v.ConfigMap != nil:
 		for _, it := range v.ConfigMap.Items {
-			kp.writeConfigMapItem(dir, v.ConfigMap.Name, it, v.ConfigMap.DefaultMode)
+			kp.writeConfigMapItem(dir, v.ConfigMap.Name, it)
 		}
 	case v.Secret != nil:
 		for _, it := range v.Secret.Items {
@@ -311,7 +309,7 @@ func (kp *kubePod) writeSecretItem(dir, secret string, it corev1.KeyToPath, def 
 
 // writeConfigMapItem writes a ConfigMap's key; the txsink config gets the
 // replay's mapping of paths and addresses.
-func (kp *kubePod) writeConfigMapItem(dir, name string, it corev1.KeyToPath, def *int32) {
+func (kp *kubePod) writeConfigMapItem(dir, name string, it corev1.KeyToPath) {
 	t := kp.r.t
 	cm := kp.r.set.ConfigMap(name)
 	if cm == nil {
@@ -327,8 +325,7 @@ func (kp *kubePod) writeConfigMapItem(dir, name string, it corev1.KeyToPath, def
 	}
 }
 
-// addrHost matches a host in an address: after // or at a word start, and
-// before a colon (host:port).
+// loopbackOrAny matches 0.0.0.0 or 127.0.0.1 as the host of host:port.
 var loopbackOrAny = regexp.MustCompile(`\b(0\.0\.0\.0|127\.0\.0\.1):`)
 
 // mapString maps what a container reads (an arg or the config) onto this
@@ -600,18 +597,6 @@ func newSecret(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return []byte(hex.EncodeToString(b) + "\n")
-}
-
-// waitFor polls cond every 200 ms until it is true or within passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %s", what, within)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // ctxT is a bounded context for one call of a test.

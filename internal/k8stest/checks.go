@@ -336,9 +336,8 @@ func (sc *SidecarConfig) isMember() bool {
 	return j != ""
 }
 
-// secretModeOK is the sidecar's rule for the token file (cmd/sidecar
-// readTokenFile) applied to the mode the kubelet gives a Secret's file: with
-// fsGroup the kubelet adds group read (0440) to whatever the volume says.
+// kubeletMode is the mode the kubelet gives a Secret's file: with fsGroup it
+// adds group read (0440) to whatever the volume says.
 func kubeletMode(mode int32, fsGroup bool) int32 {
 	if fsGroup {
 		mode |= 0o440
@@ -742,7 +741,7 @@ func splitList(s string) []string {
 func MakeImageName(makefile string) (string, error) {
 	m := regexp.MustCompile(`(?m)^IMAGE_NAME\s*\?=\s*(\S+)\s*$`).FindStringSubmatch(makefile)
 	if m == nil {
-		return "", errors.New("Makefile: no IMAGE_NAME ?= line")
+		return "", errors.New("the Makefile has no IMAGE_NAME ?= line")
 	}
 	return m[1], nil
 }

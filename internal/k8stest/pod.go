@@ -255,8 +255,6 @@ func (p *Pod) Resolve(c *corev1.Container, file string) (FileSource, error) {
 	case v.PersistentVolumeClaim != nil:
 		fs.Kind, fs.Name = "persistentVolumeClaim", v.PersistentVolumeClaim.ClaimName
 	default:
-		// A StatefulSet's claim template: a mount of a volume the pod spec
-		// does not list is answered by Volume from the templates.
 		return fs, fmt.Errorf("container %s: volume %s at %s is of a kind these checks do not model", c.Name, v.Name, best.MountPath)
 	}
 	return fs, nil
