@@ -708,14 +708,24 @@ func (c checker) appSidecar() {
 		return
 	}
 	st := c.s.StatefulSets[0]
+	// The voters' API port, as their own config says.
 	var voters []string
-	for i := range deref(st.Spec.Replicas, 1) {
-		voters = append(voters, fmt.Sprintf("%s-%d.%s:", st.Name, i, st.Spec.ServiceName))
+	if vp, err := c.s.Pod(Workload{Kind: "StatefulSet", Name: st.Name, Template: &st.Spec.Template, Sts: st}); err == nil {
+		if vcfg, err := c.s.Config(vp); err == nil {
+			vaddr, _ := vcfg.Get("http_addr")
+			vport, _ := Port(vaddr)
+			for i := range deref(st.Spec.Replicas, 1) {
+				voters = append(voters, fmt.Sprintf("%s-%d.%s:%d", st.Name, i, st.Spec.ServiceName, vport))
+			}
+		}
 	}
 	join, from := c.cfg.Get("join")
+	if len(splitList(join)) == 0 {
+		c.bad("join %q (%s) names no voter", join, from)
+	}
 	for _, a := range splitList(join) {
-		if !slices.ContainsFunc(voters, func(v string) bool { return strings.HasPrefix(a, v) }) {
-			c.bad("join address %s (%s) is not a journal voter's stable name", a, from)
+		if !slices.Contains(voters, a) {
+			c.bad("join address %s (%s) is not a journal voter's stable name and API port %v", a, from, voters)
 		}
 	}
 	c.nodeIDFromPodName()

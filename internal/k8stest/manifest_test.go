@@ -120,6 +120,7 @@ func TestBrokenCopies(t *testing.T) {
 		{"not published", "cluster", "services.yaml", "publishNotReadyAddresses: true", "publishNotReadyAddresses: false", "publishNotReadyAddresses"},
 		{"pdb", "cluster", "pdb.yaml", "maxUnavailable: 1", "maxUnavailable: 2", "must keep a quorum"},
 		{"anti-affinity", "cluster", "statefulset.yaml", "topologyKey: kubernetes.io/hostname", "topologyKey: topology.kubernetes.io/zone", "on different nodes"},
+		{"app joins a wrong port", "cluster", "app.yaml", "txsink-1.txsink-peers:8470", "txsink-1.txsink-peers:8471", "is not a journal voter's stable name and API port"},
 		{"voter app", "cluster", "app.yaml", "- --voter=false", "- --voter=true", "joins as a non-voter"},
 		{"undefined env", "cluster", "app.yaml", "--advertise-raft=$(POD_IP):8471", "--advertise-raft=$(MY_IP):8471", "does not define"},
 		{"node id", "cluster", "statefulset.yaml", "fieldPath: metadata.name", "fieldPath: metadata.namespace", "want the pod name"},
