@@ -366,5 +366,18 @@ func TestKubernetesClusterReplay(t *testing.T) {
 			t.Errorf("pod %s: the sidecar did not stop cleanly after the app: %v\n%s", a.name, s, a.logs())
 		}
 	}
+	// A terminated pod's non-voter left the journal on its way out (the
+	// killed one could not: removing it is the operator's, see the README).
+	st, err = voters[0].client().Cluster(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatalf("cluster status: %v", err)
+	}
+	for _, m := range st.Members {
+		for _, a := range apps {
+			if m.ID == a.name {
+				t.Errorf("pod %s was terminated, but its sidecar is still a member: %+v", a.name, st.Members)
+			}
+		}
+	}
 	e.checkExactlyOnce(t, events)
 }
