@@ -40,6 +40,7 @@ type countConfig struct {
 	giveUp     time.Duration
 	crashAfter int64
 	pauseFile  string
+	tokenFile  string
 }
 
 func defaultCountConfig() countConfig {
@@ -65,6 +66,7 @@ func (c *countConfig) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.exitIdle, "exit-idle", c.exitIdle, "exit once caught up and checkpointed with no new event for this long (0: run until stopped)")
 	fs.DurationVar(&c.giveUp, "give-up", c.giveUp, "exit when the sidecar has failed every call for this long")
 	fs.Int64Var(&c.crashAfter, "crash-after", c.crashAfter, "demo a crash: exit 137 after sending the records of the first checkpoint past this many events, before checkpointing it")
+	fs.StringVar(&c.tokenFile, "token-file", c.tokenFile, "file holding the sidecar's bearer token (its token_file), sent on every call")
 	fs.StringVar(&c.pauseFile, "pause-file", c.pauseFile, "demo a slow app (make chaos uses it): when this file exists at a checkpoint, remove it and pause for the duration it holds (e.g. 7s) between sending the records and checkpointing")
 }
 
@@ -118,11 +120,23 @@ func count(ctx context.Context, c countConfig, out io.Writer) error {
 	if c.writers < 1 || c.writer < 0 || c.writer >= c.writers || c.every < 1 {
 		return fmt.Errorf("count: want 0 <= --writer < --writers and --every >= 1")
 	}
+	var opts []client.Option
+	if c.tokenFile != "" {
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return fmt.Errorf("count: token: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return fmt.Errorf("count: token file %s is empty", c.tokenFile)
+		}
+		opts = append(opts, client.WithToken(tok))
+	}
 	var cl *client.Client
 	if path, ok := strings.CutPrefix(c.sidecar, "unix://"); ok {
-		cl = client.NewUnix(path)
+		cl = client.NewUnix(path, opts...)
 	} else {
-		cl = client.New(c.sidecar)
+		cl = client.New(c.sidecar, opts...)
 	}
 	a := &app{cfg: c, cl: cl, out: out, name: strconv.Itoa(c.writer)}
 	lastOK := time.Now()
