@@ -618,7 +618,7 @@ func (c checker) journal() {
 		c.bad("advertise_http %q (%s), want %q (the pod's stable name)", adv, from, want)
 	}
 	c.nodeIDFromPodName()
-	c.advertiseRaft()
+	c.advertiseRaft("$(TXSINK_NODE_ID)." + st.Spec.ServiceName)
 	// A PDB that keeps a quorum.
 	found := false
 	for _, pdb := range c.s.PDBs {
@@ -661,13 +661,19 @@ func (c checker) nodeIDFromPodName() {
 	}
 }
 
-// advertiseRaft: raft is advertised at the pod's IP and the raft port.
-func (c checker) advertiseRaft() {
+// advertiseRaft: raft is advertised at want (with the raft port): a
+// voter's stable name, so a voter whose pod is recreated with a new IP is
+// dialled again by name, or an app pod's IP (env POD_IP from the downward
+// API; an app pod recreated is a new node anyway).
+func (c checker) advertiseRaft(want string) {
 	raftAddr, _ := c.cfg.Get("raft_addr")
 	port, _ := Port(raftAddr)
 	adv, from := c.cfg.Get("advertise_raft")
-	if want := fmt.Sprintf("$(POD_IP):%d", port); adv != want {
+	if want := fmt.Sprintf("%s:%d", want, port); adv != want {
 		c.bad("advertise_raft %q (%s), want %q", adv, from, want)
+	}
+	if want != "$(POD_IP)" {
+		return
 	}
 	ok := false
 	for _, e := range c.p.Sidecar.C.Env {
@@ -729,7 +735,7 @@ func (c checker) appSidecar() {
 		}
 	}
 	c.nodeIDFromPodName()
-	c.advertiseRaft()
+	c.advertiseRaft("$(POD_IP)")
 	httpAddr, _ := c.cfg.Get("http_addr")
 	port, _ := Port(httpAddr)
 	if adv, from := c.cfg.Get("advertise_http"); adv != fmt.Sprintf("http://$(POD_IP):%d", port) {
