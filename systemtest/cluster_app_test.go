@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -61,13 +62,41 @@ type app struct {
 	acked int64 // external: highest checkpoint answered prepared
 
 	ok      atomic.Int64 // checkpoints answered committed/committing/prepared
+	call    atomic.Value // callRec: the call in progress, for a stuck app's report
 	reopens atomic.Int64
 	errMu   sync.Mutex
 	errs    map[string]int
-	fatal   error // data loss or an answer that breaks the contract
+	lastErr map[string]string // kind → the last error of that kind
+	fatal   error             // data loss or an answer that breaks the contract
 
 	stop chan struct{}
 	done chan struct{}
+}
+
+// callRec names a call in progress.
+type callRec struct {
+	what  string
+	since time.Time
+}
+
+// calling notes the call about to start and returns a func that clears it.
+func (a *app) calling(what string, n *cnode) func() {
+	a.call.Store(callRec{what: what + " on " + n.id, since: time.Now()})
+	return func() { a.call.Store(callRec{}) }
+}
+
+// inCall describes the call in progress ("" when none).
+func (a *app) inCall() string {
+	select {
+	case <-a.done:
+		return fmt.Sprintf("the app ended: %v", a.fatal)
+	default:
+	}
+	r, _ := a.call.Load().(callRec)
+	if r.what == "" {
+		return "no call in progress"
+	}
+	return fmt.Sprintf("in %s for %v", r.what, time.Since(r.since).Round(time.Millisecond))
 }
 
 // openRec is one successful session open: where, and what it restored.
@@ -80,7 +109,7 @@ type openRec struct {
 }
 
 func newApp(t *testing.T, job string, mode twopc.Mode, writer string, on *cnode) *app {
-	a := &app{t: t, job: job, mode: mode, writer: writer, batch: 5, target: on, errs: map[string]int{},
+	a := &app{t: t, job: job, mode: mode, writer: writer, batch: 5, target: on, errs: map[string]int{}, lastErr: map[string]string{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	a.nodeCtx, a.leaveNode = context.WithCancel(context.Background())
 	return a
@@ -150,6 +179,8 @@ func (a *app) note(err error) {
 	var ne net.Error
 	switch {
 	case k != "":
+	case errors.Is(err, context.Canceled):
+		k = "canceled" // the app left the node (moveTo)
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded):
 		k = "timeout"
 	default:
@@ -157,7 +188,19 @@ func (a *app) note(err error) {
 	}
 	a.errMu.Lock()
 	a.errs[k]++
+	a.lastErr[k] = err.Error()
 	a.errMu.Unlock()
+}
+
+// lastErrors lists the last error of each kind.
+func (a *app) lastErrors() string {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(a.lastErr)) {
+		out = append(out, k+": "+a.lastErr[k])
+	}
+	return strings.Join(out, "; ")
 }
 
 // errSummary lists the errors seen, e.g. "session_fenced 2, conn 5".
@@ -230,7 +273,9 @@ func (a *app) open(n *cnode) error {
 		r := a.acked
 		restore = &r
 	}
+	end := a.calling("session open", n)
 	s, err := n.api.OpenSession(ctx, a.job, a.writer, restore)
+	end()
 	if err != nil {
 		if errors.Is(err, twopc.ErrDataLoss) {
 			a.fatal = fmt.Errorf("session open reports data loss: %v", err)
@@ -275,7 +320,10 @@ func (a *app) records(from, to int) []*twopc.Record {
 func (a *app) step(n *cnode) error {
 	ctx, cancel := a.callCtx()
 	defer cancel()
-	if _, err := n.api.Write(ctx, a.job, a.writer, a.epoch, nil, a.records(a.pos, a.pos+a.batch)); err != nil {
+	end := a.calling("write", n)
+	_, err := n.api.Write(ctx, a.job, a.writer, a.epoch, nil, a.records(a.pos, a.pos+a.batch))
+	end()
+	if err != nil {
 		return err
 	}
 	a.cp++
@@ -284,7 +332,9 @@ func (a *app) step(n *cnode) error {
 	if a.mode == twopc.ModeExternal {
 		wait = twopc.WaitPrepared
 	}
+	end = a.calling(fmt.Sprintf("checkpoint %d", next), n)
 	r, err := n.api.Checkpoint(ctx, a.job, a.writer, a.epoch, next, []byte(strconv.Itoa(a.pos+a.batch)), wait)
+	end()
 	if err != nil {
 		if errors.Is(err, twopc.ErrDataLoss) {
 			a.fatal = fmt.Errorf("checkpoint %d: %v", next, err)
@@ -294,14 +344,17 @@ func (a *app) step(n *cnode) error {
 	switch r.Status {
 	case twopc.StatusCommitted, twopc.StatusCommitting, twopc.StatusPrepared:
 	default:
-		a.fatal = fmt.Errorf("checkpoint %d answered status %q", next, r.Status)
+		a.fatal = fmt.Errorf("checkpoint %d on %s answered status %q: %+v", next, n.id, r.Status, r)
 		return a.fatal
 	}
 	a.pos += a.batch
 	a.ok.Add(1)
 	if a.mode == twopc.ModeExternal {
 		a.acked = next
-		if _, err := n.api.Commit(ctx, a.job, next); err != nil {
+		end = a.calling(fmt.Sprintf("commit %d", next), n)
+		_, err := n.api.Commit(ctx, a.job, next)
+		end()
+		if err != nil {
 			a.note(err) // the next commit, or the restore on reopen, covers it
 		}
 	}
@@ -349,9 +402,11 @@ func progress(t *testing.T, apps []*app, k int64, within time.Duration, what str
 		if time.Now().After(t0.Add(within)) {
 			var st []string
 			for i, a := range apps {
-				st = append(st, fmt.Sprintf("%s: +%d (errors: %s)", a.writer, a.ok.Load()-base[i], a.errSummary()))
+				st = append(st, fmt.Sprintf("%s: +%d (errors: %s; %s; last errors: %s)", a.writer, a.ok.Load()-base[i],
+					a.errSummary(), a.inCall(), a.lastErrors()))
 			}
-			t.Fatalf("%s: writers did not make %d more checkpoints within %v: %s", what, k, within, strings.Join(st, "; "))
+			t.Fatalf("%s: writers did not make %d more checkpoints within %v: %s\napp goroutines:\n%s",
+				what, k, within, strings.Join(st, "; "), appStacks())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -515,4 +570,18 @@ func diffOnce(want, got []string) string {
 	}
 	return fmt.Sprintf("got %d, want %d: missing %d %s, duplicated %d %s, never committed %d %s",
 		len(got), len(want), len(miss), abbrev(miss), len(dups), abbrev(dups), len(extra), abbrev(extra))
+}
+
+// appStacks returns the stacks of this process's goroutines that run an
+// app, to show where a stuck writer waits.
+func appStacks() string {
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "systemtest.(*app).run") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
 }

@@ -47,6 +47,7 @@ type tcluster struct {
 	broker  string
 	db      *mdb // its job name (db.job) names the test's job: XA RECOVER is server-wide
 	net     *faultNet
+	logDir  string // where failed tests keep the nodes' logs
 	mu      sync.Mutex
 	nodes   []*cnode
 }
@@ -127,12 +128,41 @@ sinks:
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
 	c.t.Cleanup(func() {
-		n.kill()
-		if c.t.Failed() {
-			c.t.Logf("%s logs (tail):\n%s", id, tail(n.logs, 80))
+		if !c.t.Failed() {
+			n.kill()
+			return
 		}
+		// SIGQUIT makes a Go process print every goroutine's stack: a
+		// hung node shows where it hangs. The full log goes to a file.
+		_ = n.signal(syscall.SIGQUIT, 5*time.Second)
+		c.t.Logf("%s logs (tail):\n%s", id, tail(n.logs, 40))
+		c.keepLog(n)
 	})
 	return n
+}
+
+// keepLog writes the node's whole log to a directory that outlives the
+// test and says where.
+func (c *tcluster) keepLog(n *cnode) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.logDir == "" {
+		d, err := os.MkdirTemp("", "txsink-cluster-logs-")
+		if err != nil {
+			c.t.Log(err)
+			return
+		}
+		c.logDir = d
+	}
+	if n.logs == nil {
+		return
+	}
+	p := filepath.Join(c.logDir, n.id+".log")
+	if err := os.WriteFile(p, []byte(n.logs.String()), 0o600); err != nil {
+		c.t.Log(err)
+		return
+	}
+	c.t.Logf("%s: full log in %s", n.id, p)
 }
 
 // joinArg is the --join value naming the API (proxy) addresses of ns.
