@@ -14,6 +14,7 @@ package systemtest
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -419,4 +420,40 @@ func roundTrip(addr string) string {
 		return ""
 	}
 	return strings.TrimSpace(line)
+}
+
+// TestClusterJobVisibleOnEveryNode: an application creates its job through
+// one node and opens its writers' sessions on the others, as the README's
+// walk-through does on one node. Every open right after the PUT must find
+// the job: a 404 job_not_found for a job the cluster has (the other node's
+// copy of the journal lags a few milliseconds) is not an answer an app
+// retries (it is not among the README's retryable answers).
+func TestClusterJobVisibleOnEveryNode(t *testing.T) {
+	c := newTCluster(t)
+	ns := c.startCluster(3)
+	const rounds = 30
+	var notFound []string
+	t0 := time.Now()
+	for i := range rounds {
+		job := fmt.Sprintf("%s-v%02d", c.db.job, i)
+		via, to := ns[i%3], ns[(i+1)%3]
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := via.api.PutJob(ctx, job, twopc.ModeAuto, []string{"events"}); err != nil {
+			cancel()
+			t.Fatalf("PUT %s on %s: %v", job, via.id, err)
+		}
+		_, err := to.api.OpenSession(ctx, job, "0", nil)
+		cancel()
+		switch {
+		case client.Code(err) == "job_not_found":
+			notFound = append(notFound, fmt.Sprintf("%s→%s", via.id, to.id))
+		case err != nil:
+			t.Fatalf("open %s/0 on %s right after PUT on %s: %v", job, to.id, via.id, err)
+		}
+	}
+	t.Logf("%d job PUTs each followed by a session open on another node (%v): %d answered 404 job_not_found %v",
+		rounds, time.Since(t0).Round(time.Millisecond), len(notFound), notFound)
+	if len(notFound) > 0 {
+		t.Errorf("%d of %d session opens right after the job's PUT on another node answered job_not_found", len(notFound), rounds)
+	}
 }
