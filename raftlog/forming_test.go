@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -103,5 +105,56 @@ func TestBootstrapClusterRefusals(t *testing.T) {
 	}
 	if st := p.n.Status(); len(st.Members) != 0 || st.LastIndex != 0 {
 		t.Errorf("after refusals: %+v, want no configuration and no log", st)
+	}
+}
+
+// gateSM blocks Apply of the command "slow" until gate is closed and says
+// which index it is blocked on.
+type gateSM struct {
+	gate    chan struct{}
+	blocked atomic.Uint64
+}
+
+func (g *gateSM) Apply(index uint64, cmd []byte) any {
+	if string(cmd) == "slow" {
+		g.blocked.Store(index)
+		<-g.gate
+	}
+	return nil
+}
+func (g *gateSM) Snapshot() ([]byte, error) { return nil, nil }
+func (g *gateSM) Restore([]byte) error      { return nil }
+
+// TestWaitAppliedWaitsForTheStateMachine: raft counts an entry as applied
+// once it is handed to the FSM goroutine; WaitApplied must wait until the
+// StateMachine's Apply of that entry returned, or a read right after it
+// misses the entry.
+func TestWaitAppliedWaitsForTheStateMachine(t *testing.T) {
+	sm := &gateSM{gate: make(chan struct{})}
+	n := openLeader(t, testConfig(t, t.TempDir()), sm)
+	var open sync.Once
+	release := func() { open.Do(func() { close(sm.gate) }) }
+	t.Cleanup(release) // before the node's Close, which waits for Apply
+	done := make(chan error, 1)
+	go func() {
+		_, err := n.Propose(t.Context(), []byte("slow"))
+		done <- err
+	}()
+	poll(t, "Apply of the slow entry to start", func() bool { return sm.blocked.Load() != 0 })
+	idx := sm.blocked.Load()
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	err := n.WaitApplied(ctx, idx)
+	cancel()
+	if err == nil {
+		t.Fatalf("WaitApplied(%d) returned while the StateMachine was still applying it", idx)
+	}
+	release()
+	ctx, cancel = context.WithTimeout(t.Context(), waitFor)
+	defer cancel()
+	if err := n.WaitApplied(ctx, idx); err != nil {
+		t.Fatalf("WaitApplied(%d) after Apply returned: %v", idx, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Propose: %v", err)
 	}
 }

@@ -70,6 +70,12 @@ func abbrev(s []string) string {
 // kcatValues reads the topic with kcat (librdkafka), an independent client.
 func kcatValues(t *testing.T, broker string) []string {
 	t.Helper()
+	return kcatTopicValues(t, broker, topic)
+}
+
+// kcatTopicValues reads topic with kcat, read_committed: one value per line.
+func kcatTopicValues(t *testing.T, broker, topic string) []string {
+	t.Helper()
 	if _, err := exec.LookPath("kcat"); err != nil {
 		if os.Getenv("TXSINK_TEST_SKIP_KCAT") == "1" {
 			t.Log("kcat check skipped: TXSINK_TEST_SKIP_KCAT=1")
