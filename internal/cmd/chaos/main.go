@@ -34,11 +34,32 @@
 // the dev broker's data dir. In both modes a "DATA LOSS" line in the
 // sidecar's log is a problem.
 //
-// Environment: CHAOS_MODE (run or dev, default run), CHAOS_ROUNDS (20), CHAOS_SEED (from the clock), CHAOS_RATE
-// (events/s, 1000), CHAOS_EVENTS (about 5 s of input a round; 1.5 s with
-// CHAOS_FAULTS=kill), CHAOS_WRITERS (2), CHAOS_FAULTS (comma-separated
-// kinds; default every kind the mode has: dev has kill, broker-stop and
-// db-stop), CHAOS_KEEP=1 keeps the work directory (kept anyway on failure).
+// CHAOS_NODES=3 (cluster.go; default 1, the single sidecar above) runs
+// three `sidecar run` nodes as one cluster instead: a cluster key file
+// written into the work dir, every node with --join of all three API
+// addresses and --bootstrap-expect 3. There is an app on every node
+// (CHAOS_WRITERS defaults to CHAOS_NODES): app i talks to node i mod N
+// first and is given every node's URL (pageviews-go --sidecar a,b,c), so
+// when its node is down the Go client moves to the next one and the app
+// reopens its session there (which moves the writer). The kinds add
+// node-kill: kill -9 of a node, the leader half of the time, and a restart
+// on the same data dir 0.5–2.5 s later, as a StatefulSet would; a kill
+// round's "sidecar" choice kills any node. For every leader kill it prints
+// the time to a new leader and the failover time: from the kill to the
+// first checkpoint the journal decides after it (any writer), polled on
+// the survivors every 20 ms; after the rounds a line with min/median/max.
+// A leader kill with no checkpoint within 30 s while input is coming is a
+// problem of the run (a hang), as is a node not ready 60 s after its
+// restart. The checker is the same.
+//
+// Environment: CHAOS_MODE (run or dev, default run), CHAOS_NODES (1, or a
+// cluster of 3 or more; run mode only), CHAOS_ROUNDS (20), CHAOS_SEED (from
+// the clock), CHAOS_RATE (events/s, 1000), CHAOS_EVENTS (about 5 s of input
+// a round; 1.5 s with CHAOS_FAULTS=kill), CHAOS_WRITERS (2; CHAOS_NODES in
+// a cluster), CHAOS_FAULTS (comma-separated kinds; default every kind the
+// mode has: dev has kill, broker-stop and db-stop; node-kill needs a
+// cluster), CHAOS_KEEP=1 keeps the work directory (kept anyway on
+// failure).
 package main
 
 import (
