@@ -129,17 +129,25 @@ func (d *driver) leader(ctx context.Context) int {
 	return -1
 }
 
-// leaderSeenBy is the leader id that a running node other than skip
-// reports ("" if none does).
-func (d *driver) leaderSeenBy(ctx context.Context, skip int) string {
+// newLeader is the leader elected after the leader, node killed, was
+// killed ("" while there is none): another node that a running node names
+// leader, or the killed node itself once restarted and leading again (it
+// starts as a follower, so leading means it won a later election). Another
+// node naming the killed one may be stale (it has not noticed the death
+// yet), so that does not count.
+func (d *driver) newLeader(ctx context.Context, killed int) string {
 	for i, n := range d.nodes {
-		if i == skip || !n.p.running() {
+		if !n.p.running() {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		st, err := n.cl.Cluster(cctx)
 		cancel()
-		if err == nil && st.Leader != "" && st.Leader != d.nodes[skip].id {
+		switch {
+		case err != nil:
+		case i == killed && st.Role == "leader":
+			return n.id
+		case i != killed && st.Leader != "" && st.Leader != d.nodes[killed].id:
 			return st.Leader
 		}
 	}
@@ -243,7 +251,7 @@ func (d *driver) killNode(ctx context.Context, i int, pause time.Duration) (stri
 	d.countKill("node")
 
 	var newLeader string
-	var leaderAt, firstAt, restartAt time.Duration
+	var leaderAt, firstAt, restartAt, readyAt time.Duration
 	movedAt := map[string]time.Duration{}
 	restarted := false
 	for {
@@ -254,8 +262,11 @@ func (d *driver) killNode(ctx context.Context, i int, pause time.Duration) (stri
 			}
 			restarted, restartAt = true, el
 		}
+		if restarted && readyAt == 0 && d.nodeReady(ctx, n) {
+			readyAt = time.Since(t0)
+		}
 		if wasLeader && newLeader == "" {
-			if l := d.leaderSeenBy(ctx, i); l != "" {
+			if l := d.newLeader(ctx, i); l != "" {
 				newLeader, leaderAt = l, time.Since(t0)
 			}
 		}
@@ -277,7 +288,7 @@ func (d *driver) killNode(ctx context.Context, i int, pause time.Duration) (stri
 				}
 			}
 		}
-		done := restarted && firstAt > 0 && len(movedAt) == len(owned) && (!wasLeader || newLeader != "")
+		done := readyAt > 0 && firstAt > 0 && len(movedAt) == len(owned) && (!wasLeader || newLeader != "")
 		// Without new input the apps may rightly have nothing to commit.
 		limit := failoverLimit
 		if !d.generator.running() {
@@ -296,8 +307,12 @@ func (d *driver) killNode(ctx context.Context, i int, pause time.Duration) (stri
 		}
 		restartAt = time.Since(t0)
 	}
-	readyErr := waitFor(ctx, 60*time.Second, n.id, nil, func() bool { return d.nodeReady(ctx, n) || !n.p.running() })
-	readyIn := time.Since(t0) - restartAt
+	var readyErr error
+	if readyAt == 0 {
+		readyErr = waitFor(ctx, 60*time.Second, n.id, nil, func() bool { return d.nodeReady(ctx, n) || !n.p.running() })
+		readyAt = time.Since(t0)
+	}
+	readyIn := readyAt - restartAt
 
 	role := "follower"
 	if wasLeader {
