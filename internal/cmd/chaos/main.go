@@ -236,10 +236,12 @@ type driver struct {
 	noFailover int             // leader kills without a checkpoint within failoverLimit
 }
 
-const (
-	job        = "pageviews"
-	partitions = 4 // of the input and output topics
-)
+const job = "pageviews"
+
+// partitions is the number of partitions of the input and output topics:
+// 4, or one per writer when there are more (app i reads the partitions p
+// with p mod writers = i, so a writer without one would never catch up).
+func (d *driver) partitions() int { return max(4, d.cfg.writers) }
 
 func (d *driver) run(ctx context.Context) (result, error) {
 	start := time.Now()
@@ -272,7 +274,7 @@ func (d *driver) run(ctx context.Context) (result, error) {
 			return result{}, fmt.Errorf("restart the dev broker's data for the checker: %w", err)
 		}
 	}
-	res, err := check(ctx, d.out, d.brokers, d.dbDSN, int64(d.cfg.events), partitions)
+	res, err := check(ctx, d.out, d.brokers, d.dbDSN, int64(d.cfg.events), d.partitions())
 	if err != nil {
 		return result{}, fmt.Errorf("checker: %w", err)
 	}
@@ -344,7 +346,7 @@ func (d *driver) startAll(ctx context.Context) error {
 	}
 	d.brokers, d.httpAddr, d.raftAddr = addrs[0], addrs[1], addrs[2]
 	if d.clustered() {
-		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(partitions), "--topics", "clicks,pageviews",
+		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(d.partitions()), "--topics", "clicks,pageviews",
 			"--transaction-max-timeout", txnTimeout.String()); err != nil {
 			return err
 		}
@@ -361,7 +363,7 @@ func (d *driver) startAll(ctx context.Context) error {
 			return err
 		}
 	} else {
-		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(partitions), "--topics", "clicks,pageviews",
+		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(d.partitions()), "--topics", "clicks,pageviews",
 			"--transaction-max-timeout", txnTimeout.String()); err != nil {
 			return err
 		}
@@ -384,7 +386,7 @@ func (d *driver) startAll(ctx context.Context) error {
 	}
 
 	d.generator = newProc("generator", filepath.Join(d.dir, "generator.log"), filepath.Join(d.bin, "pageviews-go"),
-		"generate", "--brokers", d.brokers, "--events", strconv.Itoa(d.cfg.events), "--partitions", strconv.Itoa(partitions),
+		"generate", "--brokers", d.brokers, "--events", strconv.Itoa(d.cfg.events), "--partitions", strconv.Itoa(d.partitions()),
 		"--rate", strconv.Itoa(d.cfg.rate))
 	if err := d.generator.start(); err != nil {
 		return err
