@@ -46,7 +46,9 @@ func (d *driver) clustered() bool { return d.cfg.nodes > 1 }
 func (d *driver) nodeProcs() []*proc {
 	ps := make([]*proc, 0, len(d.nodes))
 	for _, n := range d.nodes {
-		ps = append(ps, n.p)
+		if n.p != nil {
+			ps = append(ps, n.p)
+		}
 	}
 	return ps
 }

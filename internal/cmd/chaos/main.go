@@ -862,6 +862,9 @@ func (d *driver) shutdown() {
 func (d *driver) stopNodes() {
 	var wg sync.WaitGroup
 	for _, n := range d.nodes {
+		if n.p == nil { // the start failed before this one was set up
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
