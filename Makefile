@@ -57,7 +57,8 @@ bench: build
 # and mariadbd, restarts the broker and slows an app at random, then proves
 # every event was counted exactly once (internal/cmd/chaos). CHAOS_ROUNDS=20
 # by default; CHAOS_SEED repeats a run's choices; CHAOS_FAULTS picks the
-# kinds; CHAOS_MODE=dev runs it against `sidecar dev` and its own broker.
+# kinds; CHAOS_MODE=dev runs it against `sidecar dev` and its own broker;
+# CHAOS_NODES=3 runs a cluster of three `sidecar run` nodes and kills nodes.
 chaos:
 	$(GO) run ./internal/cmd/chaos
 

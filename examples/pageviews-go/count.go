@@ -51,7 +51,7 @@ func defaultCountConfig() countConfig {
 }
 
 func (c *countConfig) bind(fs *flag.FlagSet) {
-	fs.StringVar(&c.sidecar, "sidecar", c.sidecar, "sidecar URL: http://host:port or unix:///path/to/sidecar.sock")
+	fs.StringVar(&c.sidecar, "sidecar", c.sidecar, "sidecar URL: http://host:port or unix:///path/to/sidecar.sock; for a cluster, the nodes' URLs comma-separated (the client moves on to the next when one cannot be reached)")
 	// generate binds -brokers and -input too; the demo binds both configs.
 	if fs.Lookup("brokers") == nil {
 		fs.StringVar(&c.brokers, "brokers", c.brokers, "Kafka bootstrap broker")
@@ -132,11 +132,9 @@ func count(ctx context.Context, c countConfig, out io.Writer) error {
 		}
 		opts = append(opts, client.WithToken(tok))
 	}
-	var cl *client.Client
-	if path, ok := strings.CutPrefix(c.sidecar, "unix://"); ok {
-		cl = client.NewUnix(path, opts...)
-	} else {
-		cl = client.New(c.sidecar, opts...)
+	cl, err := newClient(c.sidecar, opts...)
+	if err != nil {
+		return err
 	}
 	a := &app{cfg: c, cl: cl, out: out, name: strconv.Itoa(c.writer)}
 	lastOK := time.Now()
@@ -163,7 +161,7 @@ func count(ctx context.Context, c countConfig, out io.Writer) error {
 		if time.Since(lastOK) > c.giveUp {
 			return fmt.Errorf("giving up after %s of failures: %w", c.giveUp, err)
 		}
-		fmt.Fprintf(out, "writer %s: %v; reopening the session in %s\n", a.name, err, backoff)
+		fmt.Fprintf(out, "writer %s: %v; reopening the session in %s (at %s)\n", a.name, err, backoff, cl.Endpoint())
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -171,6 +169,39 @@ func count(ctx context.Context, c countConfig, out io.Writer) error {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// newClient is the client of --sidecar: one URL (http(s):// or unix://),
+// or the URLs of a cluster's nodes, comma-separated. With several, the
+// client sends every call to one node and moves on to the next when that
+// one cannot be reached; a session call that got no answer comes back as
+// an error (client.ErrReopen), and the app reopens its session, on the
+// node now in use, as after any failure (count's loop).
+func newClient(spec string, opts ...client.Option) (*client.Client, error) {
+	var urls []string
+	for u := range strings.SplitSeq(spec, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	if len(urls) == 0 {
+		return nil, fmt.Errorf("--sidecar %q names no URL", spec)
+	}
+	for i, u := range urls {
+		if strings.HasPrefix(u, "unix://") && i > 0 {
+			return nil, fmt.Errorf("--sidecar %q: only the first URL may be a Unix socket (unix://); the other nodes are reached over TCP", spec)
+		}
+		if !strings.HasPrefix(u, "unix://") && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return nil, fmt.Errorf("--sidecar %q: %q is not an http://, https:// or unix:// URL", spec, u)
+		}
+	}
+	if len(urls) > 1 {
+		opts = append(opts, client.WithEndpoints(urls[1:]...))
+	}
+	if path, ok := strings.CutPrefix(urls[0], "unix://"); ok {
+		return client.NewUnix(path, opts...), nil
+	}
+	return client.New(urls[0], opts...), nil
 }
 
 type app struct {
@@ -230,8 +261,8 @@ func (a *app) session(ctx context.Context) (done bool, err error) {
 		return false, fmt.Errorf("topic %q has no partition for writer %d of %d", c.input, c.writer, c.writers)
 	}
 	kc.AddConsumePartitions(map[string]map[int32]kgo.Offset{c.input: assign})
-	fmt.Fprintf(a.out, "writer %s: session epoch %d, resuming after checkpoint %d at offsets %v\n",
-		a.name, sess.Epoch, sess.Checkpoint, st.Offsets)
+	fmt.Fprintf(a.out, "writer %s: session epoch %d, resuming after checkpoint %d at offsets %v (at %s)\n",
+		a.name, sess.Epoch, sess.Checkpoint, st.Offsets, a.cl.Endpoint())
 
 	s := &counting{app: a, epoch: sess.Epoch, next: sess.Checkpoint + 1, pos: st, from: copyOffsets(st.Offsets),
 		views: map[string]int64{}, lastCkpt: time.Now()}

@@ -43,3 +43,34 @@ func TestPauseRequested(t *testing.T) {
 		t.Fatalf("no --pause-file: got %v, want 0", got)
 	}
 }
+
+// TestNewClient: --sidecar takes one URL or a cluster's URLs, the first in
+// use; anything else is refused with a message naming the bad part.
+func TestNewClient(t *testing.T) {
+	for _, tc := range []struct {
+		spec, first, err string
+	}{
+		{"http://127.0.0.1:8470", "http://127.0.0.1:8470", ""},
+		{" http://127.0.0.1:1 , http://127.0.0.1:2,http://127.0.0.1:3 ", "http://127.0.0.1:1", ""},
+		{"unix:///tmp/s.sock,http://127.0.0.1:2", "http://unix", ""},
+		{"", "", "names no URL"},
+		{" , ", "", "names no URL"},
+		{"http://127.0.0.1:1,unix:///tmp/s.sock", "", "only the first URL may be a Unix socket"},
+		{"127.0.0.1:8470", "", `"127.0.0.1:8470" is not an http://, https:// or unix:// URL`},
+	} {
+		cl, err := newClient(tc.spec)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: got %v, want an error containing %q", tc.spec, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.spec, err)
+			continue
+		}
+		if got := cl.Endpoint(); got != tc.first {
+			t.Errorf("%q: endpoint in use %q, want %q", tc.spec, got, tc.first)
+		}
+	}
+}

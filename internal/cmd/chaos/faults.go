@@ -24,10 +24,11 @@ const (
 	faultDBStop        = "db-stop"        // SIGSTOP of mariadbd, SIGCONT after 1–4 s
 	faultBrokerRestart = "broker-restart" // SIGTERM of the broker process (clean stop), started again
 	faultSlow          = "slow"           // an app pauses between its records and its checkpoint past the expiry
+	faultNodeKill      = "node-kill"      // cluster: kill -9 of a node (the leader half of the time), restarted after 0.5–2.5 s
 )
 
 // allFaults is every kind, in the order summaries list them.
-var allFaults = []string{faultKill, faultBrokerStop, faultDBStop, faultBrokerRestart, faultSlow}
+var allFaults = []string{faultKill, faultBrokerStop, faultDBStop, faultBrokerRestart, faultSlow, faultNodeKill}
 
 // Kafka transaction timing of run mode: short, so that an app paused for a
 // few seconds outlives expireShare of it within one round; the rest of the
@@ -43,21 +44,25 @@ const (
 )
 
 // defaultFaults are the kinds a mode runs when CHAOS_FAULTS is not set:
-// all it supports.
-func defaultFaults(mode string) []string {
+// all it supports. node-kill needs a cluster (nodes > 1).
+func defaultFaults(mode string, nodes int) []string {
 	if mode == "dev" {
 		return []string{faultKill, faultBrokerStop, faultDBStop}
 	}
-	return slices.Clone(allFaults)
+	if nodes > 1 {
+		return slices.Clone(allFaults)
+	}
+	return slices.DeleteFunc(slices.Clone(allFaults), func(k string) bool { return k == faultNodeKill })
 }
 
 // parseFaults reads CHAOS_FAULTS: comma-separated kinds, each at most once.
 // `sidecar dev` starts and owns its broker with Kafka's 15-minute
 // transaction timeout, so dev mode supports neither broker-restart nor
-// slow (a slow round would have to pause for minutes).
-func parseFaults(mode, s string) ([]string, error) {
+// slow (a slow round would have to pause for minutes). node-kill needs
+// CHAOS_NODES > 1.
+func parseFaults(mode string, nodes int, s string) ([]string, error) {
 	if strings.TrimSpace(s) == "" {
-		return defaultFaults(mode), nil
+		return defaultFaults(mode, nodes), nil
 	}
 	var kinds []string
 	for _, k := range strings.Split(s, ",") {
@@ -67,8 +72,10 @@ func parseFaults(mode, s string) ([]string, error) {
 			continue
 		case !slices.Contains(allFaults, k):
 			return nil, fmt.Errorf("CHAOS_FAULTS: unknown kind %q (want some of %s)", k, strings.Join(allFaults, ","))
-		case mode == "dev" && !slices.Contains(defaultFaults("dev"), k):
-			return nil, fmt.Errorf("CHAOS_FAULTS: %s is not available with CHAOS_MODE=dev (it has %s)", k, strings.Join(defaultFaults("dev"), ","))
+		case mode == "dev" && !slices.Contains(defaultFaults("dev", 1), k):
+			return nil, fmt.Errorf("CHAOS_FAULTS: %s is not available with CHAOS_MODE=dev (it has %s)", k, strings.Join(defaultFaults("dev", 1), ","))
+		case k == faultNodeKill && nodes < 2:
+			return nil, fmt.Errorf("CHAOS_FAULTS: node-kill needs a cluster (CHAOS_NODES=3)")
 		case slices.Contains(kinds, k):
 			return nil, fmt.Errorf("CHAOS_FAULTS: %s given twice", k)
 		}

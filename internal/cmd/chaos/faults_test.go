@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -8,24 +9,31 @@ import (
 )
 
 func TestParseFaults(t *testing.T) {
+	single := []string{faultKill, faultBrokerStop, faultDBStop, faultBrokerRestart, faultSlow}
 	for _, tc := range []struct {
-		mode, in string
-		want     []string
-		err      string
+		mode  string
+		nodes int
+		in    string
+		want  []string
+		err   string
 	}{
-		{"run", "", allFaults, ""},
-		{"dev", " ", []string{faultKill, faultBrokerStop, faultDBStop}, ""},
-		{"run", "kill", []string{faultKill}, ""},
-		{"run", " slow , db-stop,", []string{faultSlow, faultDBStop}, ""},
-		{"dev", "broker-stop,kill", []string{faultBrokerStop, faultKill}, ""},
-		{"run", "kill,stop", nil, `unknown kind "stop"`},
-		{"run", "kill,kill", nil, "kill given twice"},
-		{"run", ",,", nil, "names no kind"},
-		{"dev", "kill,slow", nil, "slow is not available with CHAOS_MODE=dev"},
-		{"dev", "broker-restart", nil, "broker-restart is not available with CHAOS_MODE=dev"},
+		{"run", 1, "", single, ""},
+		{"run", 3, "", allFaults, ""},
+		{"dev", 1, " ", []string{faultKill, faultBrokerStop, faultDBStop}, ""},
+		{"run", 1, "kill", []string{faultKill}, ""},
+		{"run", 1, " slow , db-stop,", []string{faultSlow, faultDBStop}, ""},
+		{"dev", 1, "broker-stop,kill", []string{faultBrokerStop, faultKill}, ""},
+		{"run", 3, "node-kill,kill", []string{faultNodeKill, faultKill}, ""},
+		{"run", 1, "kill,stop", nil, `unknown kind "stop"`},
+		{"run", 1, "kill,kill", nil, "kill given twice"},
+		{"run", 1, ",,", nil, "names no kind"},
+		{"dev", 1, "kill,slow", nil, "slow is not available with CHAOS_MODE=dev"},
+		{"dev", 1, "broker-restart", nil, "broker-restart is not available with CHAOS_MODE=dev"},
+		{"run", 1, "kill,node-kill", nil, "node-kill needs a cluster (CHAOS_NODES=3)"},
+		{"dev", 1, "node-kill", nil, "node-kill is not available with CHAOS_MODE=dev"},
 	} {
-		t.Run(tc.mode+":"+tc.in, func(t *testing.T) {
-			got, err := parseFaults(tc.mode, tc.in)
+		t.Run(fmt.Sprintf("%s/%d:%s", tc.mode, tc.nodes, tc.in), func(t *testing.T) {
+			got, err := parseFaults(tc.mode, tc.nodes, tc.in)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("got %v, %v; want an error containing %q", got, err, tc.err)

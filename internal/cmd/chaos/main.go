@@ -34,11 +34,32 @@
 // the dev broker's data dir. In both modes a "DATA LOSS" line in the
 // sidecar's log is a problem.
 //
-// Environment: CHAOS_MODE (run or dev, default run), CHAOS_ROUNDS (20), CHAOS_SEED (from the clock), CHAOS_RATE
-// (events/s, 1000), CHAOS_EVENTS (about 5 s of input a round; 1.5 s with
-// CHAOS_FAULTS=kill), CHAOS_WRITERS (2), CHAOS_FAULTS (comma-separated
-// kinds; default every kind the mode has: dev has kill, broker-stop and
-// db-stop), CHAOS_KEEP=1 keeps the work directory (kept anyway on failure).
+// CHAOS_NODES=3 (cluster.go; default 1, the single sidecar above) runs
+// three `sidecar run` nodes as one cluster instead: a cluster key file
+// written into the work dir, every node with --join of all three API
+// addresses and --bootstrap-expect 3. There is an app on every node
+// (CHAOS_WRITERS defaults to CHAOS_NODES): app i talks to node i mod N
+// first and is given every node's URL (pageviews-go --sidecar a,b,c), so
+// when its node is down the Go client moves to the next one and the app
+// reopens its session there (which moves the writer). The kinds add
+// node-kill: kill -9 of a node, the leader half of the time, and a restart
+// on the same data dir 0.5–2.5 s later, as a StatefulSet would; a kill
+// round's "sidecar" choice kills any node. For every leader kill it prints
+// the time to a new leader and the failover time: from the kill to the
+// first checkpoint the journal decides after it (any writer), polled on
+// the survivors every 20 ms; after the rounds a line with min/median/max.
+// A leader kill with no checkpoint within 30 s while input is coming is a
+// problem of the run (a hang), as is a node not ready 60 s after its
+// restart. The checker is the same.
+//
+// Environment: CHAOS_MODE (run or dev, default run), CHAOS_NODES (1, or a
+// cluster of 3 or more; run mode only), CHAOS_ROUNDS (20), CHAOS_SEED (from
+// the clock), CHAOS_RATE (events/s, 1000), CHAOS_EVENTS (about 5 s of input
+// a round; 1.5 s with CHAOS_FAULTS=kill), CHAOS_WRITERS (2; CHAOS_NODES in
+// a cluster), CHAOS_FAULTS (comma-separated kinds; default every kind the
+// mode has: dev has kill, broker-stop and db-stop; node-kill needs a
+// cluster), CHAOS_KEEP=1 keeps the work directory (kept anyway on
+// failure).
 package main
 
 import (
@@ -54,6 +75,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -70,12 +92,13 @@ type config struct {
 	rate    int
 	events  int
 	writers int
+	nodes   int      // sidecar nodes: 1, or a cluster of 3 or more
 	faults  []string // kinds of fault the rounds choose from
 	keep    bool
 }
 
 func configFromEnv() (c config, err error) {
-	c = config{mode: "run", rounds: 20, rate: 1000, writers: 2, seed: uint64(time.Now().UnixNano())}
+	c = config{mode: "run", rounds: 20, rate: 1000, writers: 2, nodes: 1, seed: uint64(time.Now().UnixNano())}
 	if m := os.Getenv("CHAOS_MODE"); m != "" {
 		if m != "run" && m != "dev" {
 			return c, fmt.Errorf("CHAOS_MODE=%q: want run or dev", m)
@@ -86,7 +109,7 @@ func configFromEnv() (c config, err error) {
 		name string
 		dst  *int
 		min  int
-	}{{"CHAOS_ROUNDS", &c.rounds, 0}, {"CHAOS_RATE", &c.rate, 1}, {"CHAOS_EVENTS", &c.events, 1}, {"CHAOS_WRITERS", &c.writers, 1}} {
+	}{{"CHAOS_ROUNDS", &c.rounds, 0}, {"CHAOS_RATE", &c.rate, 1}, {"CHAOS_EVENTS", &c.events, 1}, {"CHAOS_WRITERS", &c.writers, 1}, {"CHAOS_NODES", &c.nodes, 1}} {
 		if s := os.Getenv(v.name); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < v.min {
@@ -102,7 +125,15 @@ func configFromEnv() (c config, err error) {
 		}
 		c.seed = n
 	}
-	if c.faults, err = parseFaults(c.mode, os.Getenv("CHAOS_FAULTS")); err != nil {
+	switch {
+	case c.nodes == 2:
+		return c, fmt.Errorf("CHAOS_NODES=2: want 1 or at least 3 (two nodes have no quorum once either dies)")
+	case c.nodes > 1 && c.mode == "dev":
+		return c, fmt.Errorf("CHAOS_NODES=%d: a cluster needs CHAOS_MODE=run (sidecar dev is one node)", c.nodes)
+	case c.nodes > 1 && os.Getenv("CHAOS_WRITERS") == "":
+		c.writers = c.nodes // an app on every node
+	}
+	if c.faults, err = parseFaults(c.mode, c.nodes, os.Getenv("CHAOS_FAULTS")); err != nil {
 		return c, err
 	}
 	if c.events == 0 {
@@ -142,8 +173,12 @@ func run(ctx context.Context, cfg config, out io.Writer) int {
 	}
 	d := &driver{cfg: cfg, dir: dir, out: out, rng: rand.New(rand.NewPCG(cfg.seed, 0x74787331))}
 	d.plan = schedule(d.rng.IntN, cfg.faults, cfg.rounds)
+	sidecar := cfg.mode
+	if cfg.nodes > 1 {
+		sidecar = fmt.Sprintf("%s, a cluster of %d nodes", cfg.mode, cfg.nodes)
+	}
 	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), sidecar %s, %d rounds, faults %s, %d events at %d/s, %d writers, work dir %s\n",
-		cfg.seed, cfg.seed, cfg.mode, cfg.rounds, strings.Join(cfg.faults, ","), cfg.events, cfg.rate, cfg.writers, dir)
+		cfg.seed, cfg.seed, sidecar, cfg.rounds, strings.Join(cfg.faults, ","), cfg.events, cfg.rate, cfg.writers, dir)
 	res, err := func() (result, error) {
 		defer d.shutdown() // also on a panic: no process of ours outlives the run
 		return d.run(ctx)
@@ -183,10 +218,11 @@ type driver struct {
 	httpAddr  string
 	raftAddr  string
 	broker    *proc
-	sidecar   *proc
+	sidecar   *proc   // single mode: the sidecar (also d.nodes[0])
+	nodes     []*node // every sidecar process: the one of single mode, or the cluster's
 	generator *proc
 	apps      []*proc
-	cl        *client.Client
+	cl        *client.Client // every node (the next one when one cannot be reached)
 
 	plan       []string // the fault kind of each round
 	faultsOf   map[string]int
@@ -194,12 +230,18 @@ type driver struct {
 	kills      int
 	killsOf    map[string]int
 	unexpected []string // processes that exited without being killed
+
+	failovers  []time.Duration // leader kills: kill → first checkpoint decided after it
+	elections  []time.Duration // leader kills: kill → a new leader seen by a survivor
+	noFailover int             // leader kills without a checkpoint within failoverLimit
 }
 
-const (
-	job        = "pageviews"
-	partitions = 4 // of the input and output topics
-)
+const job = "pageviews"
+
+// partitions is the number of partitions of the input and output topics:
+// 4, or one per writer when there are more (app i reads the partitions p
+// with p mod writers = i, so a writer without one would never catch up).
+func (d *driver) partitions() int { return max(4, d.cfg.writers) }
 
 func (d *driver) run(ctx context.Context) (result, error) {
 	start := time.Now()
@@ -217,11 +259,14 @@ func (d *driver) run(ctx context.Context) (result, error) {
 		}
 	}
 	fmt.Fprintf(d.out, "chaos: rounds done (faults: %s; %d kills: %s); letting the apps count every event\n", d.faultSummary(), d.kills, d.killSummary())
+	if d.clustered() {
+		fmt.Fprintf(d.out, "chaos: failover: %s\n", d.failoverSummary())
+	}
 	if err := d.drain(ctx); err != nil {
 		return result{}, err
 	}
 	fmt.Fprintf(d.out, "chaos: all events counted after %s; stopping the sidecar and checking\n", time.Since(start).Round(time.Second))
-	d.sidecar.stop(45 * time.Second)
+	d.stopNodes()
 	if d.cfg.mode == "dev" {
 		// The dev sidecar's clean stop stopped its broker too: serve the
 		// same data dir again for the checker.
@@ -229,12 +274,14 @@ func (d *driver) run(ctx context.Context) (result, error) {
 			return result{}, fmt.Errorf("restart the dev broker's data for the checker: %w", err)
 		}
 	}
-	res, err := check(ctx, d.out, d.brokers, d.dbDSN, int64(d.cfg.events), partitions)
+	res, err := check(ctx, d.out, d.brokers, d.dbDSN, int64(d.cfg.events), d.partitions())
 	if err != nil {
 		return result{}, fmt.Errorf("checker: %w", err)
 	}
-	if n := strings.Count(readFile(d.sidecar.logPath), "DATA LOSS"); n > 0 {
-		res.problems = append(res.problems, fmt.Sprintf("the sidecar logged DATA LOSS %d times (%s)", n, d.sidecar.logPath))
+	for _, n := range d.nodes {
+		if c := strings.Count(readFile(n.p.logPath), "DATA LOSS"); c > 0 {
+			res.problems = append(res.problems, fmt.Sprintf("the sidecar logged DATA LOSS %d times (%s)", c, n.p.logPath))
+		}
 	}
 	for _, u := range d.unexpected {
 		res.problems = append(res.problems, "unexpected exit: "+u)
@@ -291,44 +338,62 @@ func (d *driver) startAll(ctx context.Context) error {
 	if d.dbDSN, err = createSchema(ctx, d.db.DSN()); err != nil {
 		return err
 	}
-	// The broker's, the sidecar's HTTP and its Raft port, chosen together.
-	addrs, err := freeAddrs(3)
+	// The broker's, the sidecar's HTTP and its Raft port (each node's in a
+	// cluster), chosen together.
+	addrs, err := freeAddrs(1 + 2*d.cfg.nodes)
 	if err != nil {
 		return err
 	}
 	d.brokers, d.httpAddr, d.raftAddr = addrs[0], addrs[1], addrs[2]
-	if d.cfg.mode == "dev" {
+	if d.clustered() {
+		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(d.partitions()), "--topics", "clicks,pageviews",
+			"--transaction-max-timeout", txnTimeout.String()); err != nil {
+			return err
+		}
+		if err := d.startCluster(ctx, addrs[1:]); err != nil {
+			return err
+		}
+		var urls []string
+		for _, n := range d.nodes[1:] {
+			urls = append(urls, n.url())
+		}
+		d.cl = client.New(d.nodes[0].url(), client.WithEndpoints(urls...))
+	} else if d.cfg.mode == "dev" {
 		if err := d.devSidecar(); err != nil {
 			return err
 		}
 	} else {
-		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(partitions), "--topics", "clicks,pageviews",
+		if err := d.startBroker(ctx, filepath.Join(d.dir, "kafka"), "--partitions", strconv.Itoa(d.partitions()), "--topics", "clicks,pageviews",
 			"--transaction-max-timeout", txnTimeout.String()); err != nil {
 			return err
 		}
-		if err := d.writeSidecarConfig(); err != nil {
+		single := &node{id: "chaos", httpAddr: d.httpAddr, raftAddr: d.raftAddr}
+		if err := d.writeNodeConfig(filepath.Join(d.dir, "txsink.yaml"), single, ""); err != nil {
 			return err
 		}
 		d.sidecar = newProc("sidecar", filepath.Join(d.dir, "sidecar.log"), filepath.Join(d.bin, "sidecar"),
 			"run", "--config", filepath.Join(d.dir, "txsink.yaml"))
 	}
-	d.cl = client.New("http://" + d.httpAddr)
-	if err := d.sidecar.start(); err != nil {
-		return err
-	}
-	if err := waitFor(ctx, 60*time.Second, "sidecar", d.sidecar, func() bool { return d.ready(ctx) }); err != nil {
-		return err
+	if !d.clustered() {
+		d.cl = client.New("http://" + d.httpAddr)
+		d.nodes = []*node{{id: "chaos", p: d.sidecar, httpAddr: d.httpAddr, raftAddr: d.raftAddr, cl: d.cl}}
+		if err := d.sidecar.start(); err != nil {
+			return err
+		}
+		if err := waitFor(ctx, 60*time.Second, "sidecar", d.sidecar, func() bool { return d.ready(ctx) }); err != nil {
+			return err
+		}
 	}
 
 	d.generator = newProc("generator", filepath.Join(d.dir, "generator.log"), filepath.Join(d.bin, "pageviews-go"),
-		"generate", "--brokers", d.brokers, "--events", strconv.Itoa(d.cfg.events), "--partitions", strconv.Itoa(partitions),
+		"generate", "--brokers", d.brokers, "--events", strconv.Itoa(d.cfg.events), "--partitions", strconv.Itoa(d.partitions()),
 		"--rate", strconv.Itoa(d.cfg.rate))
 	if err := d.generator.start(); err != nil {
 		return err
 	}
 	for i := range d.cfg.writers {
 		p := newProc(fmt.Sprintf("app-%d", i), filepath.Join(d.dir, fmt.Sprintf("app-%d.log", i)), filepath.Join(d.bin, "pageviews-go"),
-			"count", "--sidecar", "http://"+d.httpAddr, "--brokers", d.brokers, "--job", job,
+			"count", "--sidecar", d.appSidecar(i), "--brokers", d.brokers, "--job", job,
 			"--writer", strconv.Itoa(i), "--writers", strconv.Itoa(d.cfg.writers),
 			"--every", "100", "--interval", "0", "--exit-idle", "3s", "--give-up", "10m", "--pause-file", d.pauseFile(i))
 		if err := p.start(); err != nil {
@@ -372,13 +437,20 @@ func (d *driver) devSidecar() error {
 	return nil
 }
 
-func (d *driver) writeSidecarConfig() error {
+// writeNodeConfig writes the config of `sidecar run` node n to path: its
+// data dir is <work dir>/sidecar in single mode, <work dir>/<id> in a
+// cluster; extra holds the cluster's keys.
+func (d *driver) writeNodeConfig(path string, n *node, extra string) error {
+	dataDir := filepath.Join(d.dir, "sidecar")
+	if d.clustered() {
+		dataDir = filepath.Join(d.dir, n.id)
+	}
 	cfg := fmt.Sprintf(`# written by the chaos driver
-node_id: chaos
+node_id: %s
 data_dir: %s
 http_addr: %s
 raft_addr: %s
-log: {level: info}
+%slog: {level: info}
 timeouts: {checkpoint: %s}
 sinks:
   events:
@@ -397,8 +469,8 @@ jobs:
   %s:
     commit: auto
     sinks: [events, db]
-`, filepath.Join(d.dir, "sidecar"), d.httpAddr, d.raftAddr, txnTimeout-maxOpen, d.brokers, txnTimeout, expireShare, d.dbDSN, job)
-	return os.WriteFile(filepath.Join(d.dir, "txsink.yaml"), []byte(cfg), 0o600)
+`, n.id, dataDir, n.httpAddr, n.raftAddr, extra, txnTimeout-maxOpen, d.brokers, txnTimeout, expireShare, d.dbDSN, job)
+	return os.WriteFile(path, []byte(cfg), 0o600)
 }
 
 func (d *driver) ready(ctx context.Context) bool {
@@ -453,6 +525,8 @@ func (d *driver) round(ctx context.Context, r int) error {
 		what, err = d.brokerRestartRound(ctx)
 	case faultSlow:
 		what, err = d.slowRound(ctx, app)
+	case faultNodeKill:
+		what, err = d.nodeKillRound(ctx)
 	default:
 		err = fmt.Errorf("round %d: unknown fault kind %q", r, kind)
 	}
@@ -487,6 +561,9 @@ func (d *driver) killRound(ctx context.Context, app int) (string, error) {
 			return "", err
 		}
 		what = fmt.Sprintf("kill -9 %s (pid %d), restarted after %s", p.name, pid, pause)
+	case roll < 65 && d.clustered():
+		// Any node, the leader too; a restart after the pause.
+		return d.killNode(ctx, d.rng.IntN(len(d.nodes)), pause)
 	case roll < 65:
 		pid, bpid := d.sidecar.pid(), d.devBrokerPID()
 		d.sidecar.kill9()
@@ -515,13 +592,22 @@ func (d *driver) killRound(ctx context.Context, app int) (string, error) {
 		what = fmt.Sprintf("kill -9 mariadbd (pid %d), restarted after %s, up in %s", pid, pause, time.Since(t0).Round(time.Millisecond))
 	default:
 		// Both at once, as when their machine dies; the sidecar comes back
-		// first and has to wait for MariaDB (sink_wait).
-		spid, dpid, bpid := d.sidecar.pid(), d.db.Pid(), d.devBrokerPID()
+		// first and has to wait for MariaDB (sink_wait). In a cluster: any
+		// one node and mariadbd.
+		n := d.nodes[0]
+		if d.clustered() {
+			n = d.nodes[d.rng.IntN(len(d.nodes))]
+		}
+		spid, dpid, bpid := n.p.pid(), d.db.Pid(), d.devBrokerPID()
 		d.db.Kill9()
-		d.sidecar.kill9()
-		d.countKill("sidecar")
+		n.p.kill9()
+		if d.clustered() {
+			d.countKill("node")
+		} else {
+			d.countKill("sidecar")
+		}
 		d.countKill("mariadbd")
-		if err := d.sidecar.start(); err != nil {
+		if err := n.p.start(); err != nil {
 			return "", err
 		}
 		dbDown := pause + time.Duration(500+d.rng.IntN(1500))*time.Millisecond
@@ -532,10 +618,14 @@ func (d *driver) killRound(ctx context.Context, app int) (string, error) {
 			return "", fmt.Errorf("restart mariadbd: %w", err)
 		}
 		t0 := time.Now()
-		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.ready(ctx) || !d.sidecar.running() })
+		_ = waitFor(ctx, 30*time.Second, "sidecar", nil, func() bool { return d.nodeReady(ctx, n) || !n.p.running() })
 		d.checkDevBroker(bpid)
-		what = fmt.Sprintf("kill -9 sidecar (pid %d) and mariadbd (pid %d); sidecar restarted at once, mariadbd after %s; ready %s later",
-			spid, dpid, dbDown.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+		name := "sidecar"
+		if d.clustered() {
+			name = n.id
+		}
+		what = fmt.Sprintf("kill -9 %s (pid %d) and mariadbd (pid %d); %s restarted at once, mariadbd after %s; ready %s later",
+			name, spid, dpid, name, dbDown.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	}
 	return what, nil
 }
@@ -591,7 +681,11 @@ func (d *driver) faultSummary() string {
 
 func (d *driver) killSummary() string {
 	var parts []string
-	for _, n := range []string{"app", "sidecar", "mariadbd"} {
+	names := []string{"app", "sidecar", "mariadbd"}
+	if d.clustered() {
+		names = []string{"app", "node", "mariadbd"}
+	}
+	for _, n := range names {
 		parts = append(parts, fmt.Sprintf("%s %d", n, d.killsOf[n]))
 	}
 	return strings.Join(parts, ", ")
@@ -619,13 +713,13 @@ func (d *driver) sleepSupervised(ctx context.Context, dur time.Duration) error {
 // An app that exited 0 was idle (caught up with the generator); it is
 // started again while the run goes on.
 func (d *driver) supervise() {
-	for _, p := range append([]*proc{d.sidecar}, d.apps...) {
+	for _, p := range append(d.nodeProcs(), d.apps...) {
 		exited, err := p.exited()
 		if !exited {
 			continue
 		}
 		// An app exiting 0 was idle; the sidecar never exits by itself.
-		if err != nil || p == d.sidecar {
+		if err != nil || d.isNode(p) {
 			msg := fmt.Sprintf("%s: %v; log tail:\n%s", p.name, err, tailFile(p.logPath, 15))
 			d.unexpected = append(d.unexpected, msg)
 			fmt.Fprintf(d.out, "chaos: %s exited on its own (%v); restarting it (see %s)\n", p.name, err, p.logPath)
@@ -649,6 +743,9 @@ func (d *driver) progress(ctx context.Context) string {
 	var parts []string
 	for _, w := range info.Writers {
 		s := fmt.Sprintf("%s@%d", w.Name, w.LastCommitted)
+		if d.clustered() {
+			s += "/" + w.Owner
+		}
 		if len(w.InDoubt) > 0 {
 			s += fmt.Sprintf("(in doubt %v)", w.InDoubt)
 		}
@@ -685,9 +782,11 @@ func (d *driver) drain(ctx context.Context) error {
 	deadline := time.Now().Add(5 * time.Minute)
 	lastReport := time.Now()
 	for {
-		if exited, err := d.sidecar.exited(); exited {
-			d.unexpected = append(d.unexpected, fmt.Sprintf("sidecar: %v", err))
-			_ = d.sidecar.start()
+		for _, n := range d.nodes {
+			if exited, err := n.p.exited(); exited {
+				d.unexpected = append(d.unexpected, fmt.Sprintf("%s: %v", n.p.name, err))
+				_ = n.p.start()
+			}
 		}
 		done := 0
 		for _, p := range d.apps {
@@ -735,10 +834,14 @@ func (d *driver) drain(ctx context.Context) error {
 // broker that a killed dev sidecar left running.
 func (d *driver) shutdown() {
 	d.thaw() // a stopped process would ignore SIGTERM
-	for _, p := range append(d.apps, d.generator, d.sidecar, d.broker) {
+	for _, p := range append(d.apps, d.generator) {
 		if p != nil {
 			p.stop(45 * time.Second)
 		}
+	}
+	d.stopNodes()
+	if d.broker != nil {
+		d.broker.stop(45 * time.Second)
 	}
 	if d.cfg.mode == "dev" && d.bin != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -750,5 +853,26 @@ func (d *driver) shutdown() {
 	}
 	if d.db != nil {
 		d.db.Stop()
+	}
+}
+
+// stopNodes stops every sidecar process (SIGTERM, SIGKILL after 45 s), a
+// cluster's nodes at once: one by one, the last would stop without a
+// quorum.
+func (d *driver) stopNodes() {
+	var wg sync.WaitGroup
+	for _, n := range d.nodes {
+		if n.p == nil { // the start failed before this one was set up
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.p.stop(45 * time.Second)
+		}()
+	}
+	wg.Wait()
+	if len(d.nodes) == 0 && d.sidecar != nil { // the start failed before
+		d.sidecar.stop(45 * time.Second)
 	}
 }
