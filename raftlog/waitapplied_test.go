@@ -10,7 +10,7 @@ import (
 	"github.com/txsink/txsink/raftlog"
 )
 
-// TestWaitAppliedWaitsForTheStateMachine: a follower's WaitApplied(i)
+// TestWaitAppliedOnAFollower: a follower's WaitApplied(i)
 // returns only once its state machine has applied entry i. hashicorp/raft's
 // AppliedIndex is the last index handed to the FSM goroutine, which may
 // not have applied it yet ("DOES NOT mean that the application's FSM has
@@ -19,7 +19,7 @@ import (
 // CHAOS_NODES=3 saw a checkpoint answered 200 with an empty status). The
 // follower's state machine is held on an earlier entry here, so a
 // WaitApplied that trusts AppliedIndex fails every time, not by chance.
-func TestWaitAppliedWaitsForTheStateMachine(t *testing.T) {
+func TestWaitAppliedOnAFollower(t *testing.T) {
 	auth := withClusterKey(t)
 	ps := []*peer{openPeer(t, "w1", false, auth), openPeer(t, "w2", false, auth), openPeer(t, "w3", false, auth)}
 	var servers []raftlog.Member
