@@ -205,9 +205,15 @@ func TestClusterPartition(t *testing.T) {
 	t1 := time.Now()
 	w.moveTo(other)
 	dm := progress(t, []*app{w}, 5, 30*time.Second, "writer 0 after moving to the majority")
-	t.Logf("writer 0 moved to %s: 5 checkpoints %v after the move (the handover waits out the cut-off node's lease)",
-		other.id, dm.Round(time.Millisecond))
-	_ = t1
+	var opened time.Duration
+	for _, o := range w.openLog() {
+		if o.node == other.id && o.at.After(t1) {
+			opened = o.at.Sub(t1)
+			break
+		}
+	}
+	t.Logf("writer 0 moved to %s: session open answered %v after the move (the handover waits out the cut-off node's lease), 5 checkpoints after %v",
+		other.id, opened.Round(time.Millisecond), dm.Round(time.Millisecond))
 
 	c.net.heal(cut.id)
 	t2 := time.Now()
