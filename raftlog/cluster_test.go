@@ -45,6 +45,12 @@ func openPeer(t *testing.T, id string, bootstrap bool, auth peerAuth) *peer {
 	t.Helper()
 	cfg := testConfig(t, t.TempDir())
 	cfg.NodeID, cfg.Bootstrap = id, bootstrap
+	// The lease at its maximum (the heartbeat timeout) instead of 150ms:
+	// adding a voter right after another made the leader step down now and
+	// then under -race (ErrLeadershipLost from AddVoter), since the new
+	// configuration needs a fresh contact with a just-added follower whose
+	// first TLS handshake is slow. Failover does not depend on the lease.
+	cfg.LeaderLeaseTimeout = raftlog.DefaultHeartbeatTimeout
 	auth(t, &cfg)
 	p := &peer{id: id, sm: &raftlog.Counters{}, cfg: cfg}
 	p.n = open(t, cfg, p.sm)

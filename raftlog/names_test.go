@@ -127,8 +127,11 @@ func (nd *namedNode) open(t *testing.T, ip string, bootstrap bool, dial dialFunc
 		BindAddr:      net.JoinHostPort(ip, strconv.Itoa(nd.port)),
 		AdvertiseAddr: net.JoinHostPort(nd.name, strconv.Itoa(nd.port)),
 		Bootstrap:     bootstrap,
-		Logger:        slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
-		dial:          dial,
+		// As openPeer: the longest lease, so a membership change under
+		// -race does not make the leader step down (not what is tested).
+		LeaderLeaseTimeout: DefaultHeartbeatTimeout,
+		Logger:             slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		dial:               dial,
 	}
 	nd.auth(&cfg)
 	nd.sm = &Counters{}
