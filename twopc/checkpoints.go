@@ -112,7 +112,13 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	auto := spec.Commit == ModeAuto
 	// The journal gets the whole call's time, not only the work's: a
 	// prepared checkpoint is worth journaling until the deadline.
-	_, err = c.propose(cl.cleanup, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
+	// It ends early, though, when the session may no longer act (its
+	// writer moved, or this node lost its lease): the entry would be
+	// refused or cannot be made, and the prepared branches must be let go
+	// for the new owner (dropSession waits for this call).
+	jctx, unbindJ := bindSession(cl.cleanup, s)
+	defer unbindJ()
+	_, err = c.propose(jctx, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
 		State: state, Branches: jbs, Decide: auto})
 	if err != nil && errors.Is(err, ErrUnavailable) {
 		// Unknown outcome: the entry may still be applied (the journal
@@ -150,7 +156,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 
 	if !auto || len(obs) == 0 {
 		c.branches.release(ids) // held for the external commit
-		r, _ := c.m.CheckpointStatus(job, writer, n)
+		r := c.journaledStatus(job, writer, n, jbs, StatusPrepared)
 		s.last = &r
 		return r, nil
 	}
@@ -169,9 +175,24 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		return r, nil
 	}
 	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finish(ctx, fin) })
-	r, _ := c.m.CheckpointStatus(job, writer, n)
+	r := c.journaledStatus(job, writer, n, jbs, StatusCommitting)
 	s.last = &r
 	return r, checkpointLoss(job, writer, r)
+}
+
+// journaledStatus is checkpoint n's status in this node's copy of the
+// journal, which has applied its entry (the journal waits for that). Should
+// the copy not know it (it left the recent list already), the answer is
+// built from what this call journaled, with status fallback, never an
+// empty success.
+func (c *Coordinator) journaledStatus(job, writer string, n int64, jbs []JournalBranch, fallback string) CheckpointResult {
+	if r, ok := c.m.CheckpointStatus(job, writer, n); ok {
+		return r
+	}
+	if fallback == StatusCommitting {
+		fallback = c.m.CommittedStatus(job, writer, n)
+	}
+	return CheckpointResult{Checkpoint: n, Status: fallback, Branches: branchInfosOf(jbs, fallback)}
 }
 
 // checkpointLoss returns an error wrapping ErrDataLoss, naming the sinks,
@@ -215,9 +236,9 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 	if err := CheckCheckpoint(n); err != nil {
 		return CommitResult{}, err
 	}
-	spec, ok := c.m.JobSpec(job)
-	if !ok {
-		return CommitResult{}, fmt.Errorf("%w: %s", ErrJobNotFound, job)
+	spec, err := c.jobSpec(ctx, job)
+	if err != nil {
+		return CommitResult{}, err
 	}
 	if spec.Commit != ModeExternal {
 		return CommitResult{}, fmt.Errorf("%w: job %s is in %s mode; its checkpoints commit by themselves", ErrModeConflict, job, spec.Commit)

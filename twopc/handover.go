@@ -33,6 +33,25 @@ func (c *Coordinator) ownershipMetrics(f func(OwnershipMetrics)) {
 	}
 }
 
+// jobSpec returns a job's spec from this node's copy of the journal. A job
+// the copy does not know may have been created through another node a
+// moment ago (a follower's copy lags the leader's): a journal barrier
+// makes the copy catch up before the answer is job_not_found.
+func (c *Coordinator) jobSpec(ctx context.Context, job string) (JobSpec, error) {
+	if spec, ok := c.m.JobSpec(job); ok {
+		return spec, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeouts.Session)
+	defer cancel()
+	if _, err := c.propose(ctx, Command{Op: OpBarrier}); err != nil {
+		return JobSpec{}, err
+	}
+	if spec, ok := c.m.JobSpec(job); ok {
+		return spec, nil
+	}
+	return JobSpec{}, fmt.Errorf("%w: %s", ErrJobNotFound, job)
+}
+
 // leaseOK reports whether this node may act for its writers now.
 func (c *Coordinator) leaseOK() bool { return c.cfg.Lease == nil || c.cfg.Lease() }
 

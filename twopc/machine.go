@@ -283,6 +283,7 @@ var applyOps = map[Op]func(*Machine, Command) ApplyResult{
 	OpRelease:      (*Machine).release,
 	OpPutMember:    (*Machine).putMember,
 	OpRemoveMember: (*Machine).removeMember,
+	OpBarrier:      (*Machine).barrier,
 }
 
 // KnownOp reports whether op is a journal operation Apply knows. Apply

@@ -12,6 +12,10 @@ const (
 	OpPutMember Op = "put_member"
 	// OpRemoveMember forgets a member.
 	OpRemoveMember Op = "remove_member"
+	// OpBarrier changes nothing. A node that proposes it and has applied
+	// its index has applied everything committed before it: a read
+	// barrier for a node whose copy of the journal may lag (barrier).
+	OpBarrier Op = "barrier"
 )
 
 // MemberInfo is one cluster member as the journal knows it.
@@ -44,6 +48,8 @@ func (m *Machine) removeMember(c Command) ApplyResult {
 	delete(m.st.Members, c.Node)
 	return ApplyResult{}
 }
+
+func (m *Machine) barrier(Command) ApplyResult { return ApplyResult{} }
 
 // Members lists the members the journal knows, sorted by id.
 func (m *Machine) Members() []MemberInfo {

@@ -15,9 +15,9 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	if err := CheckName("writer", writer); err != nil {
 		return SessionInfo{}, err
 	}
-	spec, ok := c.m.JobSpec(job)
-	if !ok {
-		return SessionInfo{}, fmt.Errorf("%w: %s", ErrJobNotFound, job)
+	spec, err := c.jobSpec(ctx, job)
+	if err != nil {
+		return SessionInfo{}, err
 	}
 	if restore != nil && (*restore < 0 || *restore > MaxCheckpoint) {
 		return SessionInfo{}, fmt.Errorf("%w: restore must be from 0 to %d, got %d", ErrInvalid, MaxCheckpoint, *restore)
