@@ -12,6 +12,25 @@ import (
 	"github.com/txsink/txsink/raftlog"
 )
 
+// oneLeader waits until one of ps leads and has applied what came before.
+func oneLeader(t *testing.T, ctx context.Context, ps []*peer) *peer {
+	t.Helper()
+	var leader *peer
+	poll(t, "one leader", func() bool {
+		for _, p := range ps {
+			if p.n.IsLeader() {
+				leader = p
+				return true
+			}
+		}
+		return false
+	})
+	if err := leader.n.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return leader
+}
+
 // TestBootstrapClusterTogether: three empty nodes, none bootstrapped alone,
 // each given the same three voters (in different orders) elect one leader
 // and replicate; a follower's WaitApplied covers the leader's index.
@@ -36,19 +55,7 @@ func TestBootstrapClusterTogether(t *testing.T) {
 	if err := ps[0].n.BootstrapCluster(ctx, servers); !errors.Is(err, raftlog.ErrCantBootstrap) {
 		t.Errorf("second BootstrapCluster = %v, want ErrCantBootstrap", err)
 	}
-	var leader *peer
-	poll(t, "one leader", func() bool {
-		for _, p := range ps {
-			if p.n.IsLeader() {
-				leader = p
-				return true
-			}
-		}
-		return false
-	})
-	if err := leader.n.WaitLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
+	leader := oneLeader(t, ctx, ps)
 	res := propose(t, leader.n, "x")
 	idx := leader.sm.Index()
 	for _, p := range ps {

@@ -239,24 +239,7 @@ func TestVoterBackAtNewIPBehindSameName(t *testing.T) {
 				nodes = append(nodes, nd)
 			}
 			n1, n2, n3 := nodes[0], nodes[1], nodes[2]
-			n1.open(t, ips["n1"], true, dns.dial)
-			n2.open(t, ips["n2"], false, dns.dial)
-			n3.open(t, ips["n3"], false, dns.dial)
-
-			ctx, cancel := context.WithTimeout(t.Context(), namesWait)
-			defer cancel()
-			if err := n1.n.WaitLeader(ctx); err != nil {
-				t.Fatalf("WaitLeader(n1): %v", err)
-			}
-			for _, nd := range []*namedNode{n2, n3} {
-				// What a joining node sends: its advertised address, a name.
-				if err := n1.n.AddVoter(ctx, nd.id, nd.n.Addr()); err != nil {
-					t.Fatalf("AddVoter(%s, %s): %v", nd.id, nd.n.Addr(), err)
-				}
-			}
-			proposeOn(t, n1.n, "a")
-			waitApplied(t, "a", n1, n2, n3)
-			checkNamesInConfiguration(t, ctx, n1.n, n1, n2, n3)
+			ctx := formNamed(t, nodes, func(nd *namedNode) string { return ips[nd.id] }, dns.dial)
 
 			// n3's pod goes away; the other two keep the quorum.
 			if err := n3.n.Close(); err != nil {
@@ -285,6 +268,33 @@ func TestVoterBackAtNewIPBehindSameName(t *testing.T) {
 	}
 }
 
+// formNamed opens three named nodes (the first bootstraps, at the IP ip
+// gives each), adds the other two as voters by their advertised names, as
+// a join does, and checks an entry reaches all three with the names kept
+// in the configuration. It returns a context bounded by namesWait.
+func formNamed(t *testing.T, nodes []*namedNode, ip func(*namedNode) string, dial dialFunc) context.Context {
+	t.Helper()
+	for i, nd := range nodes {
+		nd.open(t, ip(nd), i == 0, dial)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), namesWait)
+	t.Cleanup(cancel)
+	n1 := nodes[0]
+	if err := n1.n.WaitLeader(ctx); err != nil {
+		t.Fatalf("WaitLeader(n1): %v", err)
+	}
+	for _, nd := range nodes[1:] {
+		// What a joining node sends: its advertised address, a name.
+		if err := n1.n.AddVoter(ctx, nd.id, nd.n.Addr()); err != nil {
+			t.Fatalf("AddVoter(%s, %s): %v", nd.id, nd.n.Addr(), err)
+		}
+	}
+	proposeOn(t, n1.n, "a")
+	waitApplied(t, "a", nodes...)
+	checkNamesInConfiguration(t, ctx, n1.n, nodes...)
+	return ctx
+}
+
 // TestClusterAdvertisingLocalhost runs three nodes that advertise
 // localhost:PORT through the system resolver (no seam): the name is what
 // raft stores, every dial resolves it, and a node restarted behind the same
@@ -300,22 +310,7 @@ func TestClusterAdvertisingLocalhost(t *testing.T) {
 			auth: func(cfg *Config) { cfg.ClusterKeyFile = keyFile }})
 	}
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
-	n1.open(t, "127.0.0.1", true, nil)
-	n2.open(t, "127.0.0.1", false, nil)
-	n3.open(t, "127.0.0.1", false, nil)
-	ctx, cancel := context.WithTimeout(t.Context(), namesWait)
-	defer cancel()
-	if err := n1.n.WaitLeader(ctx); err != nil {
-		t.Fatalf("WaitLeader(n1): %v", err)
-	}
-	for _, nd := range []*namedNode{n2, n3} {
-		if err := n1.n.AddVoter(ctx, nd.id, nd.n.Addr()); err != nil {
-			t.Fatalf("AddVoter(%s, %s): %v", nd.id, nd.n.Addr(), err)
-		}
-	}
-	proposeOn(t, n1.n, "a")
-	waitApplied(t, "a", n1, n2, n3)
-	checkNamesInConfiguration(t, ctx, n1.n, n1, n2, n3)
+	ctx := formNamed(t, nodes, func(*namedNode) string { return "127.0.0.1" }, nil)
 
 	// The leader goes away and comes back behind the same name.
 	if err := n1.n.Close(); err != nil {

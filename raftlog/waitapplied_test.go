@@ -38,19 +38,7 @@ func TestWaitAppliedOnAFollower(t *testing.T) {
 			t.Fatalf("%s: BootstrapCluster: %v", p.id, err)
 		}
 	}
-	var leader *peer
-	poll(t, "one leader", func() bool {
-		for _, p := range ps {
-			if p.n.IsLeader() {
-				leader = p
-				return true
-			}
-		}
-		return false
-	})
-	if err := leader.n.WaitLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
+	leader := oneLeader(t, ctx, ps)
 	unblock(leader) // the leader applies everything at once
 	f := ps[slices.IndexFunc(ps, func(p *peer) bool { return p != leader })]
 	propose(t, leader.n, "block")

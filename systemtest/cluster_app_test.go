@@ -519,34 +519,11 @@ func (c *tcluster) waitNoXA(within time.Duration) {
 	}
 }
 
-// compareOnce counts, for sorted lists, the wanted values missing from
-// got, the extra copies of wanted values, and the values not wanted at all.
-func compareOnce(want, got []string) (missing, dup, extra int) {
-	w := map[string]bool{}
-	for _, v := range want {
-		w[v] = true
-	}
-	seen := map[string]int{}
-	for _, v := range got {
-		seen[v]++
-	}
-	for _, v := range want {
-		if seen[v] == 0 {
-			missing++
-		}
-	}
-	for v, k := range seen {
-		if !w[v] {
-			extra += k
-		} else if k > 1 {
-			dup += k - 1
-		}
-	}
-	return
-}
+// onceDiff is how got differs from want: the wanted values missing, the
+// extra copies of wanted values ("v×k"), and the values never wanted.
+type onceDiff struct{ miss, dups, extra []string }
 
-// diffOnce describes how got differs from want (both sorted).
-func diffOnce(want, got []string) string {
+func diffValues(want, got []string) onceDiff {
 	w := map[string]bool{}
 	for _, v := range want {
 		w[v] = true
@@ -555,21 +532,39 @@ func diffOnce(want, got []string) string {
 	for _, v := range got {
 		seen[v]++
 	}
-	var miss, dups, extra []string
+	var d onceDiff
 	for _, v := range want {
 		if seen[v] == 0 {
-			miss = append(miss, v)
+			d.miss = append(d.miss, v)
 		}
 	}
 	for _, v := range slices.Sorted(maps.Keys(seen)) {
 		if !w[v] {
-			extra = append(extra, v)
+			for range seen[v] {
+				d.extra = append(d.extra, v)
+			}
 		} else if seen[v] > 1 {
-			dups = append(dups, fmt.Sprintf("%s×%d", v, seen[v]))
+			for range seen[v] - 1 {
+				d.dups = append(d.dups, fmt.Sprintf("%s×%d", v, seen[v]))
+			}
 		}
 	}
+	return d
+}
+
+// compareOnce counts the wanted values missing from got, the extra copies
+// of wanted values, and the values not wanted at all.
+func compareOnce(want, got []string) (missing, dup, extra int) {
+	d := diffValues(want, got)
+	return len(d.miss), len(d.dups), len(d.extra)
+}
+
+// diffOnce describes how got differs from want.
+func diffOnce(want, got []string) string {
+	d := diffValues(want, got)
 	return fmt.Sprintf("got %d, want %d: missing %d %s, duplicated %d %s, never committed %d %s",
-		len(got), len(want), len(miss), abbrev(miss), len(dups), abbrev(dups), len(extra), abbrev(extra))
+		len(got), len(want), len(d.miss), abbrev(d.miss), len(d.dups), abbrev(slices.Compact(d.dups)),
+		len(d.extra), abbrev(slices.Compact(d.extra)))
 }
 
 // appStacks returns the stacks of this process's goroutines that run an
