@@ -316,7 +316,6 @@ func TestClusterMembershipChanges(t *testing.T) {
 	}
 	progress(t, apps, 3, 20*time.Second, "after the removal")
 
-	t0 = time.Now()
 	apps[1].moveTo(n4)
 	dm := progress(t, apps[1:], 3, 20*time.Second, "writer 1 on n4")
 	t.Logf("writer 1 moved from %s to n4: 3 checkpoints %v later", keep.id, dm.Round(time.Millisecond))
