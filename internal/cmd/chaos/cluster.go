@@ -5,9 +5,10 @@ package main
 // --bootstrap-expect N), the apps are spread over them (app i talks to node
 // i mod N first and knows the others: pageviews-go's --sidecar takes every
 // node's URL, and the Go client moves to the next node when one cannot be
-// reached), and the rounds add node-kill: kill -9 of any node, the leader
-// half of the time, and a restart on the same data dir after a short pause,
-// as a StatefulSet would. A leader kill is measured: from the kill to the
+// reached), and the rounds add node-kill: kill -9 of any node (the leader
+// in the first node-kill round, then half of the time) and a restart on
+// the same data dir after a short pause, as a StatefulSet would. A leader
+// kill is measured: from the kill to the
 // first checkpoint the journal decides after it (any writer), polled every
 // 20 ms on the survivors; the end of the rounds prints min/median/max.
 // The writers the killed node owned are followed too: when each commits a
@@ -197,11 +198,12 @@ func (d *driver) owners(ctx context.Context) map[string]string {
 	return out
 }
 
-// nodeKillRound kills one node with SIGKILL: the leader half of the time
-// (when one is known), else any node.
+// nodeKillRound kills one node with SIGKILL: the leader in the first
+// node-kill round (so that even a short run measures a failover) and half
+// of the time after that (when one is known), else any node.
 func (d *driver) nodeKillRound(ctx context.Context) (string, error) {
 	pause := time.Duration(500+d.rng.IntN(2000)) * time.Millisecond
-	wantLeader := d.rng.IntN(2) == 0
+	wantLeader := d.rng.IntN(2) == 0 || d.faultsOf[faultNodeKill] == 1
 	pick := d.rng.IntN(len(d.nodes))
 	target := pick
 	if wantLeader {

@@ -24,7 +24,7 @@ const (
 	faultDBStop        = "db-stop"        // SIGSTOP of mariadbd, SIGCONT after 1–4 s
 	faultBrokerRestart = "broker-restart" // SIGTERM of the broker process (clean stop), started again
 	faultSlow          = "slow"           // an app pauses between its records and its checkpoint past the expiry
-	faultNodeKill      = "node-kill"      // cluster: kill -9 of a node (the leader half of the time), restarted after 0.5–2.5 s
+	faultNodeKill      = "node-kill"      // cluster: kill -9 of a node (the leader first, then half of the time), restarted after 0.5–2.5 s
 )
 
 // allFaults is every kind, in the order summaries list them.

@@ -42,9 +42,11 @@
 // first and is given every node's URL (pageviews-go --sidecar a,b,c), so
 // when its node is down the Go client moves to the next one and the app
 // reopens its session there (which moves the writer). The kinds add
-// node-kill: kill -9 of a node, the leader half of the time, and a restart
-// on the same data dir 0.5–2.5 s later, as a StatefulSet would; a kill
-// round's "sidecar" choice kills any node. For every leader kill it prints
+// node-kill: kill -9 of a node (the leader in the first node-kill round,
+// so that even a short run measures a failover, and half of the time
+// after) and a restart on the same data dir 0.5–2.5 s later, as a
+// StatefulSet would; a kill round's "sidecar" choice kills any node
+// (with or without mariadbd). For every leader kill it prints
 // the time to a new leader and the failover time: from the kill to the
 // first checkpoint the journal decides after it (any writer), polled on
 // the survivors every 20 ms; after the rounds a line with min/median/max.
