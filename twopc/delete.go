@@ -6,8 +6,10 @@ import (
 )
 
 // DeleteWriter forgets a writer that has nothing in doubt: its in-memory
-// session is fenced (open branches aborted), its sinks are fenced, then the
-// journal drops its epoch, checkpoints and last state. A new session of the
+// session is fenced (open branches aborted), this node takes the writer
+// over (a journaled grant, so a session elsewhere is fenced too and drops
+// itself), its sinks are fenced, then the journal drops its epoch,
+// checkpoints and last state, if the writer was not granted again since. A new session of the
 // same name starts from checkpoint 0 with no state, at an epoch above every
 // epoch the deleted writer had (so its old clients stay fenced). A writer
 // with unresolved checkpoints is ErrWriterInDoubt; an unknown writer is not
@@ -55,10 +57,29 @@ func (c *Coordinator) DeleteWriter(ctx context.Context, job, writer string) (del
 	if err := c.inDoubt(job, writer); err != nil {
 		return false, err
 	}
-	if err := c.fenceWriter(ctx, job, writer, spec.Sinks); err != nil {
+	// Take the writer over first (ownership.go): from then on no session,
+	// on this node or another, can journal a checkpoint for it (a late
+	// prepared entry would be refused as fenced, not turned into data_loss
+	// by the fence below), and only this node may fence it.
+	_, epoch, _, _ := c.m.Owner(job, writer)
+	res, err := c.propose(ctx, Command{Op: OpTakeover, Job: job, Writer: writer, Epoch: epoch, Node: c.cfg.Node})
+	if err != nil {
+		return false, fmt.Errorf("%w: taking over %s/%s to delete it: %w", ErrUnavailable, job, writer, err)
+	}
+	epoch = res.Session.Epoch
+	if err := c.waitHandover(ctx, job, writer, res.Handover); err != nil {
 		return false, err
 	}
-	if _, err := c.propose(ctx, Command{Op: OpDeleteWriter, Job: job, Writer: writer}); err != nil {
+	if err := c.inDoubt(job, writer); err != nil {
+		c.release(ctx, job, writer, epoch)
+		return false, err
+	}
+	octx, done := c.whileOwner(ctx, job, writer, epoch)
+	defer done()
+	if err := c.fenceWriter(octx, job, writer, spec.Sinks); err != nil {
+		return false, err
+	}
+	if _, err := c.propose(ctx, Command{Op: OpDeleteWriter, Job: job, Writer: writer, Epoch: epoch}); err != nil {
 		return false, err
 	}
 	c.unfenced.done(k)

@@ -278,3 +278,29 @@ func TestCommitOnAnotherNodeIsFinishedByTheOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDeleteOnAnotherNodeTakesTheWriterFirst: deleting a writer through a
+// node that does not own it takes it over first, so the owner's session
+// (with an open branch) is fenced and drops by itself, and only then are
+// the sinks fenced and the writer forgotten. The old session's checkpoint
+// is refused; nothing it wrote commits.
+func TestDeleteOnAnotherNodeTakesTheWriterFirst(t *testing.T) {
+	n := newNodes(t, "a", "b")
+	n.run("a")
+	ctx := context.Background()
+	sa := n.openWrite("a", "auto", "x1")
+	deleted, err := n.c["b"].DeleteWriter(ctx, "auto", "w")
+	if err != nil || !deleted {
+		t.Fatalf("delete on b: %v, %v", deleted, err)
+	}
+	if _, ok := n.j.Machine().Writer("auto", "w"); ok {
+		t.Fatal("the writer is still in the journal")
+	}
+	if got := len(n.s.Branches(twopctest.Open)); got != 0 {
+		t.Fatalf("a's open branch survived the delete: %d open", got)
+	}
+	if _, err := n.c["a"].Checkpoint(ctx, "auto", "w", sa.Epoch, 1, nil, ""); err == nil {
+		t.Fatal("the deleted writer's old session checkpointed")
+	}
+	wantValues(t, n.s)
+}

@@ -90,7 +90,7 @@ type Command struct {
 	// one (0: no limit). In the command, so every replica decides alike.
 	MaxWriters int `json:"max_writers,omitempty"`
 
-	Epoch      uint64          `json:"epoch,omitempty"`      // prepared
+	Epoch      uint64          `json:"epoch,omitempty"`      // prepared; takeover, delete_writer: the epoch expected; release
 	Checkpoint int64           `json:"checkpoint,omitempty"` // prepared, decide
 	State      []byte          `json:"state,omitempty"`      // prepared
 	Branches   []JournalBranch `json:"branches,omitempty"`   // prepared
@@ -507,6 +507,11 @@ func (m *Machine) deleteWriter(c Command) ApplyResult {
 	if len(w.Open) > 0 {
 		return errResult(fmt.Errorf("%w: writer %s/%s has unresolved checkpoints %v; commit or abort them first",
 			ErrWriterInDoubt, c.Job, c.Writer, sortedKeys(w.Open)))
+	}
+	if c.Epoch != 0 && c.Epoch != w.Epoch {
+		// Granted again (a session opened) since the deleter took it over.
+		return errResult(fmt.Errorf("%w: writer %s/%s was opened again (epoch %d, the delete took %d); retry the delete",
+			ErrSessionFenced, c.Job, c.Writer, w.Epoch, c.Epoch))
 	}
 	j.DeletedEpoch = max(j.DeletedEpoch, w.Epoch)
 	delete(j.Writers, c.Writer)
