@@ -15,8 +15,7 @@ import (
 // TestSessionOwner checks which node a session call goes to, over a real
 // journal state machine and a coordinator for this node (n1): another
 // node's writer goes there when the journal knows its address; this node's
-// writers, unknown writers, owners without an address and a session this
-// node opened ahead of its journal copy stay here.
+// writers, unknown writers and owners without an address stay here.
 func TestSessionOwner(t *testing.T) {
 	ctx := context.Background()
 	j := twopctest.NewJournal(twopc.NewMachine())
@@ -45,8 +44,7 @@ func TestSessionOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(coord.Close)
-	held := newHeldSessions(coord)
-	route := sessionOwner(m, "n1", held)
+	route := sessionOwner(m, "n1")
 
 	if _, err := coord.PutJob(ctx, twopc.JobSpec{Name: "j", Commit: twopc.ModeAuto}); err != nil {
 		t.Fatal(err)
@@ -57,8 +55,7 @@ func TestSessionOwner(t *testing.T) {
 	propose(twopc.Command{Op: twopc.OpOpenSession, Job: "j", Writer: "w2", Node: "n2"})
 	propose(twopc.Command{Op: twopc.OpOpenSession, Job: "j", Writer: "w3", Node: "n3"})
 	// w1 is opened here, through the API's service.
-	s1, err := held.OpenSession(ctx, "j", "w1", nil)
-	if err != nil {
+	if _, err := coord.OpenSession(ctx, "j", "w1", nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -80,34 +77,17 @@ func TestSessionOwner(t *testing.T) {
 	check("j", "nobody", local)                                  // unknown writer: no_session here
 	check("nojob", "w1", local)                                  // unknown job: job_not_found here
 
-	// Another node takes w1 over: its calls go there now, and the note of
-	// the session opened here is dropped.
+	// Another node takes w1 over: its calls go there now.
 	propose(twopc.Command{Op: twopc.OpOpenSession, Job: "j", Writer: "w1", Node: "n2"})
 	check("j", "w1", want{"n2", "https://127.0.0.2:8470", true})
-	if held.holds("j", "w1", s1.Epoch+1) || len(held.epochs) != 0 {
-		t.Fatalf("the note of w1 was kept after n2 opened a later session: %v", held.epochs)
-	}
 
-	// This node opens w2 while its journal copy still shows n2 at the
-	// epoch before: a session opened here is served here.
-	_, epoch, _, _ := m.Owner("j", "w2")
-	held.epochs[[2]string{"j", "w2"}] = epoch + 1
-	check("j", "w2", local)
-	// Opening w2 here for real makes it this node's in the journal too.
-	if _, err := held.OpenSession(ctx, "j", "w2", nil); err != nil {
+	// Opening w2 here makes it this node's in the journal: served here.
+	if _, err := coord.OpenSession(ctx, "j", "w2", nil); err != nil {
 		t.Fatal(err)
 	}
 	check("j", "w2", local)
 	if o, _, _, _ := m.Owner("j", "w2"); o != "n1" {
 		t.Fatalf("owner of w2 after opening here: %q", o)
-	}
-
-	// A deleted writer's note goes with it.
-	if _, err := held.DeleteWriter(ctx, "j", "w2"); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := held.epochs[[2]string{"j", "w2"}]; ok {
-		t.Fatal("note of a deleted writer kept")
 	}
 	// A member whose address moves is followed.
 	propose(twopc.Command{Op: twopc.OpPutMember, Member: &twopc.MemberInfo{ID: "n2", APIAddr: "http://127.0.0.3:9000"}})

@@ -186,8 +186,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	met := newMetrics(sc.machine, sc.node)
 	// Session calls for a writer another node owns are passed to it
 	// (owner.go); the journal names owners and members' API addresses.
-	held := newHeldSessions(sc.svc)
-	sc.srv, err = api.New(held, api.Config{
+	sc.srv, err = api.New(sc.svc, api.Config{
 		MaxBodyBytes: cfg.Limits.MaxBodyBytes, MaxRecordsPerCall: cfg.Limits.MaxRecordsPerCall,
 		Token: tokenFromFile, Logger: log.With("component", "api"),
 		Cluster: sc.clusterStatus, Ready: sc.readyz, Admin: sc.admin,
@@ -195,7 +194,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 		Observe:     met.observeRequest,
 		ReadTimeout: cfg.Timeouts.Read, IdleTimeout: cfg.Timeouts.Idle,
 		Node:         cfg.NodeID,
-		SessionOwner: sessionOwner(sc.machine, cfg.NodeID, held),
+		SessionOwner: sessionOwner(sc.machine, cfg.NodeID),
 		ObserveProxy: met.observeProxy,
 		WriteTimeout: cfg.Timeouts.Write, CheckpointTimeout: cfg.Timeouts.Checkpoint,
 	})
