@@ -50,6 +50,9 @@ type Node struct {
 	leaderCh chan bool // see LeadershipChanges
 	// health: peers failing heartbeats, as the leader sees them (PeerDown).
 	health *peerHealth
+	// caughtUp is when (unix ns) HasLease last saw everything committed
+	// applied.
+	caughtUp atomic.Int64
 	// leaderChanges counts leadership changes of this node (see
 	// LeaderChanges).
 	leaderChanges atomic.Uint64
@@ -223,6 +226,7 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 	if existing {
 		n.checkMembership()
 	}
+	n.caughtUp.Store(time.Now().UnixNano())
 	n.health = newPeerHealth(r)
 	n.wg.Add(2)
 	go n.watchLeadership()

@@ -120,25 +120,27 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	defer unbindJ()
 	_, err = c.propose(jctx, Command{Op: OpPrepared, Job: job, Writer: writer, Epoch: epoch, Checkpoint: n,
 		State: state, Branches: jbs, Decide: auto})
+	if err != nil && c.m.journaledAt(job, writer, n, epoch) {
+		// The journal has checkpoint n of this session: the entry
+		// applied, whatever this attempt says (an unknown outcome; or a
+		// retry that was applied again after its key was forgotten and
+		// refused as out of order). Aborting now would be data_loss.
+		err = nil
+	}
 	if err != nil && errors.Is(err, ErrUnavailable) {
 		// Unknown outcome: the entry may still be applied (the journal
-		// keeps an entry whose proposer stopped waiting). If the journal
-		// shows it, it is ours.
-		if _, ok := c.m.CheckpointStatus(job, writer, n); ok {
-			err = nil
-		} else {
-			// Aborting now would turn a late apply into data_loss. The
-			// branches stay prepared and held, not claimed: if the
-			// entry applies, the recovery loop or the writer's next
-			// open finishes them; if it never does, the next open —
-			// whose own entry comes after this one in the journal —
-			// fences them away (fenceWriter forgets them).
-			c.branches.release(ids)
-			s.failed = err
-			c.log.Warn("checkpoint's journal entry has an unknown outcome; its branches stay prepared until the journal settles",
-				"job", job, "writer", writer, "checkpoint", n, "err", err)
-			return CheckpointResult{}, fmt.Errorf("%w (checkpoint %d may still be journaled: reopen the session, which restores what the journal has)", err, n)
-		}
+		// keeps an entry whose proposer stopped waiting). Aborting now
+		// would turn a late apply into data_loss. The branches stay
+		// prepared and held, not claimed: if the entry applies, the
+		// recovery loop or the writer's next open finishes them; if it
+		// never does, the next open — whose own entry comes after this
+		// one in the journal — fences them away (fenceWriter forgets
+		// them).
+		c.branches.release(ids)
+		s.failed = err
+		c.log.Warn("checkpoint's journal entry has an unknown outcome; its branches stay prepared until the journal settles",
+			"job", job, "writer", writer, "checkpoint", n, "err", err)
+		return CheckpointResult{}, fmt.Errorf("%w (checkpoint %d may still be journaled: reopen the session, which restores what the journal has)", err, n)
 	}
 	if err != nil {
 		for i, ob := range obs {

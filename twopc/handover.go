@@ -245,9 +245,18 @@ func (c *Coordinator) dropSession(ctx context.Context, s *session, cause error, 
 		reason = "lease_lost"
 	}
 	c.ownershipMetrics(func(m OwnershipMetrics) { m.SessionDropped(reason) })
-	if release {
-		c.release(actx, s.job, s.writer, s.epoch)
+	if !release {
+		return
 	}
+	// A finish in progress here (claimed before the move; it checks the
+	// owner again before each sink call) may still have a request out:
+	// release only once it ended, so the new owner's wait covers it.
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer rcancel()
+	for c.branches.claimedFor(s.job, s.writer) && rctx.Err() == nil {
+		time.Sleep(ownershipPoll)
+	}
+	c.release(rctx, s.job, s.writer, s.epoch)
 }
 
 // detach lets go of the prepared branches this node holds for a writer it

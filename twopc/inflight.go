@@ -129,6 +129,19 @@ func (f *inflight) isClaimed(id BranchID) bool {
 	return f.claimed[keyOf(id)]
 }
 
+// claimedFor reports whether some goroutine is finishing a branch of the
+// writer now.
+func (f *inflight) claimedFor(job, writer string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k := range f.claimed {
+		if k.job == job && k.writer == writer {
+			return true
+		}
+	}
+	return false
+}
+
 // heldWriters lists the writers with held branches.
 func (f *inflight) heldWriters() []writerKey {
 	f.mu.Lock()

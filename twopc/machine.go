@@ -298,13 +298,28 @@ func (m *Machine) remember(key string, r ApplyResult) {
 	m.st.Results[key] = r.clone() // the proposer gets r and may change it
 	m.st.KeyOrder = append(m.st.KeyOrder, key)
 	m.resultBytes += len(r.Session.State)
-	for len(m.st.KeyOrder) > 1 && (len(m.st.KeyOrder) > dedupeKeys || m.resultBytes > dedupeStateBytes) {
-		old := m.st.KeyOrder[0]
-		m.resultBytes -= len(m.st.Results[old].Session.State)
-		delete(m.st.Keys, old)
-		delete(m.st.Results, old)
-		m.st.KeyOrder = m.st.KeyOrder[1:]
+	for len(m.st.KeyOrder) > 1 && len(m.st.KeyOrder) > dedupeKeys {
+		m.forget(0)
 	}
+	// Over the byte bound, the oldest results that hold a state go first:
+	// a few large session states must not push out the keys of the many
+	// small commands (a retried prepared entry must still be recognised).
+	for i := 0; m.resultBytes > dedupeStateBytes && i < len(m.st.KeyOrder)-1; {
+		if len(m.st.Results[m.st.KeyOrder[i]].Session.State) > 0 {
+			m.forget(i)
+			continue
+		}
+		i++
+	}
+}
+
+// forget drops the i-th remembered key and its result.
+func (m *Machine) forget(i int) {
+	old := m.st.KeyOrder[i]
+	m.resultBytes -= len(m.st.Results[old].Session.State)
+	delete(m.st.Keys, old)
+	delete(m.st.Results, old)
+	m.st.KeyOrder = slices.Delete(m.st.KeyOrder, i, i+1)
 }
 
 func errResult(err error) ApplyResult { return ApplyResult{Code: ErrorCode(err), Message: err.Error()} }
@@ -762,6 +777,27 @@ func (m *Machine) CheckpointStatus(job, writer string, n int64) (CheckpointResul
 		}
 	}
 	return CheckpointResult{}, false
+}
+
+// journaledAt reports whether the journal holds checkpoint n of the writer
+// prepared by the session at epoch (unresolved or recent).
+func (m *Machine) journaledAt(job, writer string, n int64, epoch uint64) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	j := m.st.Jobs[job]
+	if j == nil || j.Writers[writer] == nil {
+		return false
+	}
+	w := j.Writers[writer]
+	if cp := w.Open[n]; cp != nil {
+		return cp.Epoch == epoch
+	}
+	for _, cp := range w.Recent {
+		if cp.N == n {
+			return cp.Epoch == epoch
+		}
+	}
+	return false
 }
 
 // CommittedStatus returns the status of a writer's checkpoint n that was

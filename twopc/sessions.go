@@ -65,6 +65,13 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	res, err := c.propose(cl.ctx, Command{Op: OpOpenSession, Job: job, Writer: writer, Node: c.cfg.Node, Restore: restore,
 		MaxWriters: c.lim.maxWritersPerJob})
 	if err != nil {
+		if old != nil && errors.Is(err, ErrUnavailable) {
+			// The open may still apply, and then the watcher would never
+			// see the old session as moved (its writer stays this node's):
+			// retire it now. The app is reopening anyway.
+			c.retire(ctx, k, old)
+			old = nil
+		}
 		return SessionInfo{}, err
 	}
 	if old != nil {
