@@ -320,8 +320,16 @@ func TestBinaryOperatorCommandsAndMetrics(t *testing.T) {
 			t.Errorf("%s%v: got %v (present %v), want %s", c.name, c.labels, v, ok, c.want)
 		}
 	}
-	if _, ok := value(fams, "txsink_branches"); ok {
-		t.Errorf("txsink_branches: a series after everything was committed, want none")
+	// Every sink reports each branch state, at 0 once everything committed.
+	for _, st := range []string{"in_doubt", "committing", "aborting"} {
+		if v, ok := value(fams, "txsink_branches", "sink", "events", "state", st); !ok || v != 0 {
+			t.Errorf("txsink_branches{sink=events,state=%s}: got %v (present %v), want 0", st, v, ok)
+		}
+	}
+	for _, m := range fams["txsink_branches"].GetMetric() {
+		if v := m.GetGauge().GetValue(); v != 0 {
+			t.Errorf("txsink_branches%v = %v after everything was committed, want 0", m.GetLabel(), v)
+		}
 	}
 	promtoolCheck(t, rs)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,7 @@ type metrics struct {
 	takeovers prometheus.Counter
 	handover  *prometheus.HistogramVec
 	applyTime prometheus.Histogram
+	branches  *branchCollector
 	reg       *prometheus.Registry
 
 	// Label children cached for the per-call paths, so that recording is
@@ -101,7 +103,8 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 	for _, r := range []string{"moved", "lease_lost"} {
 		x.dropped.WithLabelValues(r) // series exist at 0, so increase() sees the first
 	}
-	x.reg.MustRegister(&branchCollector{m: m})
+	x.branches = &branchCollector{m: m}
+	x.reg.MustRegister(x.branches)
 	x.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "txsink_oldest_prepared_branch_seconds",
 		Help: "Age of the oldest prepared, unresolved branch (compare with the Kafka transaction timeout)."},
 		func() float64 { return m.OldestPrepared(time.Now()).Seconds() }))
@@ -313,7 +316,13 @@ func (b *meteredBranch) Abort(ctx context.Context) error {
 }
 
 // branchCollector reports unresolved branches by state at scrape time.
-type branchCollector struct{ m *twopc.Machine }
+// Every configured sink gets all three states, at 0 when it has none, so
+// that a dashboard shows 0 rather than "no data" and an alert on the
+// series sees it before the first branch.
+type branchCollector struct {
+	m     *twopc.Machine
+	sinks atomic.Pointer[[]string] // set once the sinks are known
+}
 
 var branchDesc = prometheus.NewDesc("txsink_branches", "Unresolved journaled branches by state (in_doubt: prepared, undecided).",
 	[]string{"sink", "state"}, nil)
@@ -322,6 +331,13 @@ func (b *branchCollector) Describe(ch chan<- *prometheus.Desc) { ch <- branchDes
 func (b *branchCollector) Collect(ch chan<- prometheus.Metric) {
 	type key struct{ sink, state string }
 	counts := map[key]int{}
+	if sinks := b.sinks.Load(); sinks != nil {
+		for _, s := range *sinks {
+			for _, st := range []string{"in_doubt", "committing", "aborting"} {
+				counts[key{s, st}] = 0
+			}
+		}
+	}
 	for _, p := range b.m.Pending("") {
 		st := "in_doubt"
 		switch p.Decision {
