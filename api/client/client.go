@@ -1,6 +1,9 @@
 // Package client is a small Go client of txsink's HTTP API, over TCP or the
-// sidecar's Unix socket. Every method maps one endpoint; an error answer
-// comes back as a *Error carrying the problem's status and stable code.
+// sidecar's Unix socket. Every method of Client maps one endpoint; an error
+// answer comes back as a *Error carrying the problem's status and stable
+// code. Job and Writer (writer.go) are the app-facing layer on top: a
+// Writer numbers its writes, retries 429 and 503 answers with backoff and
+// reopens when the app asks (Reopen), like the Python and Node clients.
 //
 // # Clusters
 //
@@ -164,6 +167,8 @@ type Error struct {
 	// Owner is set on a 503 unavailable from a node that could not pass a
 	// session call to the node owning the session: that node's id.
 	Owner string
+	// RetryAfter is the answer's Retry-After (429 and 503), or 0.
+	RetryAfter time.Duration
 }
 
 // Is makes errors.Is(err, twopc.ErrDataLoss) true for a data_loss answer,
@@ -460,7 +465,7 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 // out, so the caller sees which checkpoints lost data.
 func readError(resp *http.Response, out any) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	e := &Error{Status: resp.StatusCode}
+	e := &Error{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
 	var p api.Problem
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") && json.Unmarshal(b, &p) == nil {
 		e.Code, e.Title, e.Detail, e.Record, e.Owner = p.Code, p.Title, p.Detail, p.Record, p.Owner
