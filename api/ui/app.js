@@ -115,6 +115,10 @@
       fill("sinks", []);
     }
 
+    // A writer's last_committed counts a checkpoint decided to commit even
+    // when a sink had aborted it: say so next to the number.
+    const lost = new Set(d.checkpoints.filter((cp) => cp.status === "data_loss")
+      .map((cp) => cp.job + "\u0000" + cp.writer + "\u0000" + cp.checkpoint));
     const wrows = [];
     for (const j of d.jobs) {
       const ws = j.writers || [];
@@ -127,10 +131,12 @@
         const cell = doubt.length
           ? el("td", null, badge("in-doubt", "IN DOUBT"), " checkpoint" + (doubt.length > 1 ? "s " : " ") + doubt.join(", "))
           : el("td", "muted", "none");
-        wrows.push(el("tr", doubt.length ? "in-doubt" : null,
+        const lc = el("td", null, w.last_committed > 0 ? String(w.last_committed) : "none");
+        const lossHere = lost.has(j.name + "\u0000" + w.name + "\u0000" + w.last_committed);
+        if (lossHere) lc.append(" ", badge("data-loss", "DATA LOSS"));
+        wrows.push(el("tr", lossHere ? "data-loss" : doubt.length ? "in-doubt" : null,
           el("td", null, j.name), el("td", null, j.commit), el("td", null, w.name),
-          el("td", null, w.epoch), el("td", null, w.owner || "none"),
-          el("td", null, w.last_committed > 0 ? w.last_committed : "none"), cell));
+          el("td", null, w.epoch), el("td", null, w.owner || "none"), lc, cell));
       }
     }
     if (wrows.length === 0) wrows.push(el("tr", null, el("td", "muted", "no jobs")));
@@ -156,7 +162,10 @@
       }
       const age = cp.age_seconds || 0;
       const ageCell = el("td", null);
-      if (tmo > 0) {
+      if (!doubt && cp.status !== "open") {
+        // Decided and finished: the broker's timeout no longer matters.
+        ageCell.append(secs(age) + " (decided)");
+      } else if (tmo > 0) {
         const m = document.createElement("meter");
         m.min = 0; m.max = tmo; m.value = Math.min(age, tmo);
         m.low = tmo / 2; m.high = tmo * 0.8; m.optimum = 0;
