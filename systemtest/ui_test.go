@@ -119,7 +119,7 @@ func TestUIStatusPage(t *testing.T) {
 		return strings.Contains(s.row("checkpoints", "late", "w2", "1").cell(6), "past the transaction timeout")
 	})
 	if cp := s.row("checkpoints", "late", "w2", "1"); cp.Class != "in-doubt" || cp.cell(4) != "IN DOUBT prepared" ||
-		!regexp.MustCompile(`^\d+(\.\d)? s of 3\.0 s past the transaction timeout: Kafka has aborted it$`).MatchString(cp.cell(6)) {
+		!regexp.MustCompile(`^\d+(\.\d)? s of 3\.0 s past the transaction timeout: Kafka aborts it, a commit loses data$`).MatchString(cp.cell(6)) {
 		t.Errorf("checkpoint late/w2/1: %+v, want IN DOUBT prepared, its age past 3.0 s said in words", cp)
 	}
 

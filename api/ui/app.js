@@ -170,8 +170,11 @@
         m.min = 0; m.max = tmo; m.value = Math.min(age, tmo);
         m.low = tmo / 2; m.high = tmo * 0.8; m.optimum = 0;
         ageCell.append(m, secs(age) + " of " + secs(tmo));
+        // The broker counts from the transaction's start (the first
+        // write), before prepared_at: past this line it has aborted the
+        // transaction or is about to.
         if (doubt && age >= tmo) {
-          ageCell.append(" ", el("span", "over", "past the transaction timeout: Kafka has aborted it"));
+          ageCell.append(" ", el("span", "over", "past the transaction timeout: Kafka aborts it, a commit loses data"));
         }
       } else {
         ageCell.append(secs(age) + " (no Kafka branch)");
