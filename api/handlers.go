@@ -47,6 +47,11 @@ func (s *Server) routes() {
 	h("GET /healthz", s.healthz)
 	h("GET /readyz", s.readyz)
 	h("GET /metrics", s.metrics)
+	// The status page (ui.go); GET also answers HEAD.
+	h("GET /ui", s.ui)
+	h("GET /ui/{$}", s.ui)
+	h("GET /ui/app.js", s.ui)
+	h("GET /ui/app.css", s.ui)
 }
 
 // JobList is the body of GET /v1/jobs.
