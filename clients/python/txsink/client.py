@@ -318,6 +318,20 @@ class Client:
                     self._conn = conn
                 try:
                     self._conn.request(method, path, body=body, headers=headers)
+                except (OSError, http.client.HTTPException) as e:
+                    # Sending failed (EPIPE, reset): the server closed the
+                    # connection before it had the whole request, typically a
+                    # kept-alive one of a sidecar that died or timed it out.
+                    # A server acts only on a complete request, so this one
+                    # did nothing and may go again on a new connection.
+                    self._drop()
+                    if time.monotonic() + delay > deadline:
+                        raise Unreachable(f"{method} {path}: cannot send to {self.endpoint} "
+                                          f"({type(e).__name__}: {e})", e) from e
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                try:
                     resp = self._conn.getresponse()
                     raw = resp.read()
                 except (OSError, http.client.HTTPException) as e:
