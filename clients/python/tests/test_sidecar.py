@@ -157,6 +157,29 @@ class SidecarTest(unittest.TestCase):
         self.assertEqual(harness.kcat_keys(self.dev.kafka_addr, rid), ["k"])
 
 
+class ReadmeTest(unittest.TestCase):
+    """The example on the first screen of clients/python/README.md runs as printed and does what it says."""
+
+    def test_readme_example(self):
+        harness.need_tool("kcat", "apt-get install kcat")
+        with open(os.path.join(os.path.dirname(harness.HERE), "README.md")) as f:
+            readme = f.read()
+        start = readme.index("```python\n") + len("```python\n")
+        code = readme[start:readme.index("```", start)]
+        self.assertIn('"http://127.0.0.1:8470"', code)
+        self.assertLessEqual(len(code.strip().splitlines()), 12, "the README's first example stays short")
+        dev = harness.DevSidecar()
+        self.addCleanup(dev.stop)
+        dev.start()
+        code = code.replace("http://127.0.0.1:8470", dev.url)
+        for run in range(2):  # a second run restores checkpoint 10 (state 100) and writes nothing
+            exec(compile(code, "README.md", "exec"), {})
+        keys = harness.kcat_keys(dev.kafka_addr, "events")
+        self.assertEqual(harness.counts(keys), {str(i): 1 for i in range(1, 101)})
+        with txsink.Client(dev.url).job("demo", commit=None).writer("0") as w:
+            self.assertEqual((w.restored, w.state), (10, b"100"))
+
+
 class CrashTest(unittest.TestCase):
     """The crash contract: kill -9 the sidecar between a write and its checkpoint,
     restart it on the same data dir, reopen, resume from the restored state and

@@ -258,6 +258,12 @@ class Client:
     def __enter__(self) -> "Client":
         return self
 
+    def __del__(self) -> None:
+        # A client dropped without close() (a script's last line) closes its socket.
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
