@@ -12,7 +12,7 @@ import {
 } from '../src/index.js';
 import { DevSidecar, kcat, mariadb, rid, counts, run, REPO } from '../testutil/sidecar.mjs';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -260,6 +260,25 @@ test('after a sidecar restart the old session is SessionLost and its writes are 
   expectOnce(await kafkaKeys(topic), [`${id}-1`], 'kafka');
   expectOnce(await dbKeys(id), [`${id}-1`], 'mysql');
   c.close();
+});
+
+// The README's example, as printed there, pointed at this sidecar.
+test('the README example runs and commits its records', async () => {
+  const readme = await readFile(path.join(REPO, 'clients', 'node', 'README.md'), 'utf8');
+  const m = /```js\n([\s\S]*?)```/.exec(readme);
+  assert.ok(m, 'README.md has a js block');
+  let code = m[1];
+  assert.ok(code.split('\n').filter((l) => l.trim() !== '').length <= 10, 'the example is at most 10 lines');
+  code = code.replace("from 'txsink'", `from ${JSON.stringify(path.join(REPO, 'clients', 'node', 'src', 'index.js'))}`)
+    .replace("'data/sidecar.sock'", JSON.stringify(sc.socket));
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'txsink-node-readme-'));
+  const file = path.join(dir, 'readme.mjs');
+  await writeFile(file, code + '\nclient.close();\n');
+  const r = await runNode([file]);
+  await rm(dir, { recursive: true, force: true });
+  assert.equal(r.code, 0, r.out);
+  const o1 = (await kcat(sc.kafkaAddr, 'events')).filter((x) => x.key === 'o1');
+  assert.deepEqual(o1, [{ key: 'o1', value: '{"total":42}' }]);
 });
 
 // examples/pageviews.mjs: crash on purpose after a write (exit 137), run
