@@ -13,14 +13,14 @@ export interface ClientOptions {
   /** Milliseconds a call keeps retrying 429, 503 and refused connections (default 60000; 0 = never). */
   retryFor?: number;
   /** Extra headers on every call. */
-  headers?: Record<string, string>;
+  headers?: { [name: string]: string };
 }
 
 export type Mode = 'auto' | 'external';
 export type Status = 'open' | 'prepared' | 'committing' | 'aborting' | 'committed' | 'aborted' | 'data_loss';
 
 /** One record. Kafka sinks use topic, key/value (or key_b64/value_b64), headers and partition; MySQL sinks stmt and args. */
-export interface Record {
+export interface SinkRecord {
   sink?: string;
   topic?: string;
   key?: unknown;
@@ -124,7 +124,7 @@ export declare class Writer {
   /** The seq of the last write call. */
   readonly seq: number;
   /** Appends records (NDJSON with the next seq) to the session's open transactions. */
-  write(records: Record[]): Promise<WriteResult>;
+  write(records: SinkRecord[]): Promise<WriteResult>;
   /** Completes checkpoint n with state (bytes; a string is taken as UTF-8). */
   checkpoint(n: number, state?: Uint8Array | string | null, opts?: { wait?: 'committed' | 'prepared' }): Promise<CheckpointResult>;
 }
