@@ -15,6 +15,7 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** @type {DevSidecar} */
 let sc;
@@ -282,10 +283,12 @@ test('the README example runs and commits its records', async () => {
 });
 
 // examples/pageviews.mjs: crash on purpose after a write (exit 137), run
-// again, and the totals in MySQL and Kafka are exact.
-test('the pageviews example resumes after a crash with exact totals', async () => {
+// again and kill -9 the sidecar under it while it runs (it reopens and
+// resumes by itself), and the totals in MySQL and Kafka are exact.
+test('the pageviews example resumes after its own crash and a sidecar kill, with exact totals', async () => {
   const id = rid();
   const jobName = 'pageviews-node-' + id;
+  const events = 3000;
   const dir = await mkdtemp(path.join(os.tmpdir(), 'txsink-node-pv-'));
   const input = path.join(dir, 'clicks.ndjson');
   const example = path.join(REPO, 'clients', 'node', 'examples', 'pageviews.mjs');
@@ -293,42 +296,68 @@ test('the pageviews example resumes after a crash with exact totals', async () =
   const pv = async () => new Map((await mariadb(sc.dsn,
     `SELECT app, views FROM pv WHERE app IN (${apps.map((a) => `'${a}'`).join(',')})`)).map(([a, v]) => [a, Number(v)]));
   const before = await pv();
-  const args = [example, '--socket', sc.socket, '--input', input, '--events', '2000', '--every', '150',
+  const args = [example, '--socket', sc.socket, '--input', input, '--events', String(events), '--every', '50',
     '--job', jobName, '--kafka', sc.kafkaAddr];
   const first = await runNode([...args, '--crash-after', '700']);
   assert.equal(first.code, 137, `first run: exit ${first.code}, want 137 (crash on purpose)\n${first.out}`);
-  const second = await runNode(args);
-  assert.equal(second.code, 0, `second run failed:\n${second.out}`);
-  assert.match(second.out, /restored checkpoint [1-9]/);
+
+  const second = startNode(args);
+  const checkpoints = () => (second.out().match(/^checkpoint \d+: lines/gm) ?? []).length;
+  const deadline = Date.now() + 60000;
+  while (checkpoints() < 3) {
+    assert.ok(second.exit === null, `the second run ended before the kill:\n${second.out()}`);
+    assert.ok(Date.now() < deadline, `no 3 checkpoints of the second run within 60s:\n${second.out()}`);
+    await sleep(5);
+  }
+  await sc.kill9();
+  await sc.start();
+  const end = await second.done;
+  assert.equal(end.code, 0, `second run failed:\n${second.out()}`);
+  const out = second.out();
+  // The first run wrote lines 651-700 and crashed before checkpoint 14.
+  assert.match(out, /^session epoch \d+: restored checkpoint 13, 650 lines/m, 'the second run resumes at the first run\'s last checkpoint');
+  assert.match(out, /reopening the writer/, 'the kill made the app reopen');
+  assert.equal((out.match(/^session epoch/gm) ?? []).length, 2, 'one reopen after the kill');
+
   // The expected totals, from the input.
-  const lines = (await run('cat', [input])).split('\n').filter((l) => l !== '').map((l) => JSON.parse(l));
-  assert.equal(lines.length, 2000);
+  const lines = (await readFile(input, 'utf8')).split('\n').filter((l) => l !== '').map((l) => JSON.parse(l));
+  assert.equal(lines.length, events);
   const want = counts(lines.map((e) => e.app));
   const after = await pv();
   for (const a of apps) {
-    assert.equal((after.get(a) ?? 0) - (before.get(a) ?? 0), want.get(a) ?? 0, `pv of ${a}`);
+    assert.equal((after.get(a) ?? 0) - (before.get(a) ?? 0), want.get(a) ?? 0, `pv of ${a} (mariadb CLI)`);
   }
   const got = new Map();
   for (const r of await kcat(sc.kafkaAddr, 'pageviews')) {
     const v = JSON.parse(r.value);
     if (v.job === jobName) got.set(v.app, (got.get(v.app) ?? 0) + v.views);
   }
-  assert.deepEqual(new Map([...got].sort()), new Map([...want].sort()), 'kafka pageviews of the job');
+  assert.deepEqual(new Map([...got].sort()), new Map([...want].sort()), 'pageviews of the job (kcat, read_committed)');
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Runs node with args (bounded: 2 minutes): {code, out}. */
-function runNode(args) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
-    let out = '';
-    p.stdout.on('data', (b) => { out += b; });
-    p.stderr.on('data', (b) => { out += b; });
-    const t = setTimeout(() => p.kill('SIGKILL'), 120000);
+/** Starts node with args (killed after 2 minutes): {out(), exit, done}. */
+function startNode(args) {
+  const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
+  let out = '';
+  p.stdout.on('data', (b) => { out += b; });
+  p.stderr.on('data', (b) => { out += b; });
+  const t = setTimeout(() => p.kill('SIGKILL'), 120000);
+  const h = { out: () => out, exit: null, done: null };
+  h.done = new Promise((resolve, reject) => {
     p.on('error', reject);
     p.on('exit', (code, sig) => {
       clearTimeout(t);
-      resolve({ code: code ?? (sig ? 128 : -1), out });
+      h.exit = { code: code ?? (sig ? 128 : -1) };
+      resolve(h.exit);
     });
   });
+  return h;
+}
+
+/** Runs node with args (bounded: 2 minutes): {code, out}. */
+async function runNode(args) {
+  const h = startNode(args);
+  const { code } = await h.done;
+  return { code, out: h.out() };
 }
