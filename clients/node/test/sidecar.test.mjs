@@ -285,11 +285,12 @@ test('the README example runs and commits its records', async () => {
 // examples/pageviews.mjs: crash on purpose after a write (exit 137), run
 // again and kill -9 the sidecar under it while it runs (it reopens and
 // resumes by itself), and the totals in MySQL and Kafka are exact.
-test('the pageviews example resumes after its own crash and a sidecar kill, with exact totals', async () => {
+test('the pageviews example resumes after its own crash and a sidecar kill, with exact totals', async (t) => {
   const id = rid();
   const jobName = 'pageviews-node-' + id;
   const events = 3000;
   const dir = await mkdtemp(path.join(os.tmpdir(), 'txsink-node-pv-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
   const input = path.join(dir, 'clicks.ndjson');
   const example = path.join(REPO, 'clients', 'node', 'examples', 'pageviews.mjs');
   const apps = ['node-web', 'node-ios', 'node-android', 'node-tv'];
@@ -302,6 +303,7 @@ test('the pageviews example resumes after its own crash and a sidecar kill, with
   assert.equal(first.code, 137, `first run: exit ${first.code}, want 137 (crash on purpose)\n${first.out}`);
 
   const second = startNode(args);
+  t.after(() => second.kill()); // a failed assertion must not leave the app running
   const checkpoints = () => (second.out().match(/^checkpoint \d+: lines/gm) ?? []).length;
   const deadline = Date.now() + 60000;
   while (checkpoints() < 3) {
@@ -333,17 +335,16 @@ test('the pageviews example resumes after its own crash and a sidecar kill, with
     if (v.job === jobName) got.set(v.app, (got.get(v.app) ?? 0) + v.views);
   }
   assert.deepEqual(new Map([...got].sort()), new Map([...want].sort()), 'pageviews of the job (kcat, read_committed)');
-  await rm(dir, { recursive: true, force: true });
 });
 
-/** Starts node with args (killed after 2 minutes): {out(), exit, done}. */
+/** Starts node with args (killed after 2 minutes): {out(), exit, done, kill()}. */
 function startNode(args) {
   const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
   let out = '';
   p.stdout.on('data', (b) => { out += b; });
   p.stderr.on('data', (b) => { out += b; });
   const t = setTimeout(() => p.kill('SIGKILL'), 120000);
-  const h = { out: () => out, exit: null, done: null };
+  const h = { out: () => out, exit: null, done: null, kill: () => { if (h.exit === null) p.kill('SIGKILL'); } };
   h.done = new Promise((resolve, reject) => {
     p.on('error', reject);
     p.on('exit', (code, sig) => {
