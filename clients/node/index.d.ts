@@ -23,7 +23,9 @@ export type Status = 'open' | 'prepared' | 'committing' | 'aborting' | 'committe
 export interface SinkRecord {
   sink?: string;
   topic?: string;
+  /** A string is its UTF-8 bytes, a Uint8Array its bytes (sent as key_b64), any other value its JSON text. */
   key?: unknown;
+  /** As key (bytes are sent as value_b64). */
   value?: unknown;
   key_b64?: string;
   value_b64?: string;

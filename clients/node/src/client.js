@@ -335,7 +335,7 @@ export class Writer {
       if (r === null || typeof r !== 'object' || Array.isArray(r)) {
         throw new TypeError(`txsink: record ${i + 1} is not an object`);
       }
-      const line = JSON.stringify(r);
+      const line = JSON.stringify(bytesToB64(r, i + 1));
       if (line === undefined) throw new TypeError(`txsink: record ${i + 1} cannot be encoded as JSON`);
       lines[i] = line;
     }
@@ -390,6 +390,26 @@ const SESSION = 1; // records and checkpoints: no connection means the session i
 const ONCE = 2; // sent again only when it never left (delete: a repeat would answer deleted: false)
 
 const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOENT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL']);
+
+/**
+ * A record whose key or value is bytes (a Uint8Array, e.g. a Buffer) goes
+ * out with key_b64/value_b64: JSON.stringify would turn a Buffer into
+ * {"type":"Buffer","data":[…]}, which the sink would store as that text.
+ */
+function bytesToB64(r, i) {
+  const k = r.key instanceof Uint8Array;
+  const v = r.value instanceof Uint8Array;
+  if (!k && !v) return r;
+  const out = { ...r };
+  for (const [isBytes, f] of [[k, 'key'], [v, 'value']]) {
+    if (!isBytes) continue;
+    if (r[f + '_b64'] !== undefined) throw new TypeError(`txsink: record ${i} has both ${f} and ${f}_b64`);
+    const b = r[f];
+    out[f + '_b64'] = Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
+    delete out[f];
+  }
+  return out;
+}
 
 function jobPath(job) {
   return '/v1/jobs/' + encodeURIComponent(job);

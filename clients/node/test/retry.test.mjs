@@ -1,11 +1,14 @@
-// Retries and transport errors against a tiny local HTTP stub: the real
-// sidecar cannot be made to answer 429/503 or to hang on demand. Everything
-// else is tested against a real sidecar (sidecar.test.mjs).
+// Retries, transport errors and data loss against a tiny local HTTP stub:
+// the real sidecar cannot be made to answer 429/503, hang or lose data on
+// demand. Everything else is tested against a real sidecar
+// (sidecar.test.mjs).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { Client, Backpressure, Unavailable, OwnerUnreachable, SessionLost, isReopen } from '../src/index.js';
+import {
+  Client, Writer, Backpressure, Unavailable, OwnerUnreachable, SessionLost, DataLoss, isReopen,
+} from '../src/index.js';
 
 /**
  * Starts a stub whose handler gets (req, body, calls) and returns
@@ -141,4 +144,38 @@ test('no connection: a session call is SessionLost at once; other calls retry, t
   await assert.rejects(c.job('j'), (err) => err instanceof Unavailable && err.code === 'no_answer');
   assert.ok(Date.now() - t0 >= 250, 'the open retried for about retryFor');
   c.close();
+});
+
+test('DataLoss: on an open over lost checkpoints (with the opened writer) and on a checkpoint (with its result)', async () => {
+  const lost = { checkpoint: 4, status: 'data_loss', branches: [{ sink: 'events', slot: 0, status: 'data_loss' }] };
+  const s = await stub((req, body, calls) => {
+    if (req.method === 'PUT') return [200, JSON_H, { name: 'j', commit: 'auto', sinks: ['events'], writers: [] }];
+    if (req.url.endsWith('/session')) {
+      const n = calls.filter((c) => c.url.endsWith('/session')).length;
+      return [200, JSON_H, n === 1 ? { ...SESSION, status: 'data_loss', data_loss: [3] } : SESSION];
+    }
+    return [502, PROBLEM_H(), problem(502, 'data_loss', { result: lost })];
+  });
+  const c = new Client({ url: s.url });
+  const job = await c.job('j');
+  await assert.rejects(job.writer('0'), (err) => err instanceof DataLoss && !isReopen(err) &&
+    err.writer instanceof Writer && err.writer.epoch === 7 && err.writer.dataLoss[0] === 3);
+  const w = await job.writer('0');
+  await assert.rejects(w.checkpoint(4, 'x'), (err) => err instanceof DataLoss && err.status === 502 &&
+    err.result.status === 'data_loss' && !isReopen(err));
+  assert.equal(s.calls.filter((x) => x.url.includes('/checkpoints')).length, 1, 'data loss is never retried');
+  c.close();
+  await s.close();
+});
+
+test('bytes keys and values go out as key_b64 / value_b64', async () => {
+  const s = await sidecarStub(() => [200, JSON_H, { accepted: 2, seq: 1 }]);
+  const c = new Client({ url: s.url });
+  const w = await (await c.job('j')).writer('0');
+  await w.write([{ key: Buffer.from([0, 255]), value: new Uint8Array([1, 2, 3]) }, { key: 'k', value: { a: 1 } }]);
+  assert.equal(s.calls.at(-1).body,
+    '{"key_b64":"AP8=","value_b64":"AQID"}\n{"key":"k","value":{"a":1}}\n');
+  await assert.rejects(w.write([{ value: Buffer.from('x'), value_b64: 'eA==' }]), TypeError);
+  c.close();
+  await s.close();
 });

@@ -82,9 +82,11 @@ test('writes and checkpoints reach Kafka and MySQL, over TCP and the Unix socket
   assert.equal(w2.restored.checkpoint, 1);
   assert.equal(w2.state.toString(), 'pos=3');
   const keys2 = [4, 5].map((i) => `${id}-${i}`);
-  await w2.write(records(topic, keys2));
+  // Bytes go out base64 (key_b64/value_b64) and arrive as those bytes.
+  await w2.write([...records(topic, keys2), { sink: 'events', topic, key: Buffer.from(`${id}-bytes`), value: Buffer.from('raw') }]);
   assert.equal((await w2.checkpoint(2, 'pos=5')).status, 'committed');
-  expectOnce(await kafkaKeys(topic), [...keys1, ...keys2], 'kafka after checkpoint 2');
+  expectOnce(await kafkaKeys(topic), [...keys1, ...keys2, `${id}-bytes`], 'kafka after checkpoint 2');
+  assert.equal((await kcat(sc.kafkaAddr, topic)).find((r) => r.key === `${id}-bytes`).value, 'raw');
   expectOnce(await dbKeys(id), [...keys1, ...keys2], 'mysql after checkpoint 2');
   unix.close();
 });
