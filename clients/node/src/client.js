@@ -397,14 +397,12 @@ const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOENT', 'EHOSTUNREACH', 'ENETUN
  * {"type":"Buffer","data":[…]}, which the sink would store as that text.
  */
 function bytesToB64(r, i) {
-  const k = r.key instanceof Uint8Array;
-  const v = r.value instanceof Uint8Array;
-  if (!k && !v) return r;
+  if (!(r.key instanceof Uint8Array) && !(r.value instanceof Uint8Array)) return r;
   const out = { ...r };
-  for (const [isBytes, f] of [[k, 'key'], [v, 'value']]) {
-    if (!isBytes) continue;
-    if (r[f + '_b64'] !== undefined) throw new TypeError(`txsink: record ${i} has both ${f} and ${f}_b64`);
+  for (const f of ['key', 'value']) {
     const b = r[f];
+    if (!(b instanceof Uint8Array)) continue;
+    if (r[f + '_b64'] !== undefined) throw new TypeError(`txsink: record ${i} has both ${f} and ${f}_b64`);
     out[f + '_b64'] = Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
     delete out[f];
   }
