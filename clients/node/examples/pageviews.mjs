@@ -73,7 +73,14 @@ const input = readFileSync(a.input, 'utf8').split('\n').filter((l) => l !== '').
 });
 
 const client = new Client(a.url ? { url: a.url } : { socketPath: a.socket });
-const job = await client.job(a.job, { commit: 'auto', sinks: ['events', 'db'] });
+let job;
+try {
+  job = await client.job(a.job, { commit: 'auto', sinks: ['events', 'db'] });
+} catch (err) {
+  // Unavailable after a minute of retries, or the sidecar refused the job.
+  console.error(`pageviews: ${err.message}\nIs \`make run\` running? (--socket or --url say where)`);
+  process.exit(1);
+}
 console.log(`counting ${a.input} (${input.length} lines) as job ${a.job}, writer ${a.writer}, ` +
   `a checkpoint every ${every} lines, via ${client.endpoint}`);
 

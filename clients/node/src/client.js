@@ -167,6 +167,11 @@ export class Client {
       }
       const ok = call.okStatus ?? [200];
       if (ok.includes(res.status)) {
+        if (res.json === null) {
+          // Not the sidecar (a proxy's page?): no result to hand back.
+          throw new TxsinkError(`txsink: ${what}: ${res.status} without a JSON body: ${res.text.slice(0, 200)}`,
+            { status: res.status });
+        }
         return res.json;
       }
       const err = problemError(res.status, res.json, what, res.text, call.kind === SESSION);

@@ -60,6 +60,7 @@ test('writes and checkpoints reach Kafka and MySQL, over TCP and the Unix socket
   const id = rid();
   const topic = 'node-basic-' + id;
   const tcp = new Client({ url: sc.url });
+  await tcp.ready();
   const job = await tcp.job('node-basic-' + id, { commit: 'auto' });
   assert.equal(job.info.commit, 'auto');
   const w = await job.writer('0');
