@@ -32,6 +32,7 @@ type env struct {
 	sidecar     *exec.Cmd
 	sidecarLog  string
 	sidecarDone chan struct{}
+	httpAddr    string
 	tcp         *client.Client
 	unix        *client.Client
 
@@ -86,7 +87,7 @@ func setup(ctx context.Context, o options) (*env, error) {
 // needs reports whether any selected case is of kind.
 func (o options) needs(kind string) bool {
 	for _, c := range plan(o) {
-		if c.kind == kind && o.cases.MatchString(c.name) {
+		if (c.kind == kind || kind == "mysql" && c.needsMySQL()) && o.cases.MatchString(c.name) {
 			return true
 		}
 	}
@@ -223,6 +224,7 @@ sinks:
 	go func() { cmd.Wait(); close(e.sidecarDone) }()
 	e.closers = append(e.closers, func() { stopProcess(cmd, e.sidecarDone, "sidecar") })
 
+	e.httpAddr = httpAddr
 	e.tcp = client.New("http://" + httpAddr)
 	e.unix = client.NewUnix(sock)
 	deadline := time.Now().Add(60 * time.Second)
@@ -311,19 +313,7 @@ func procCPU(pid int) float64 {
 }
 
 // vmHWM reads the peak resident set size in KiB from /proc/<pid>/status.
-func vmHWM(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
+func vmHWM(pid int) int64 { return procStatusKB(pid, "VmHWM:") }
 
 // stopProcess sends SIGTERM, waits up to 15s, then SIGKILL. done (may be
 // nil) is closed by whoever waits for cmd.
