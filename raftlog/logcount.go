@@ -8,10 +8,12 @@ import (
 )
 
 // countingStore is the bolt log store with counts of its appends. Every
-// StoreLog/StoreLogs call is one bolt transaction, and bolt (NoSync off)
-// fsyncs once per commit, so batches is the number of fsyncs the log made
-// for appends: entries ÷ batches shows how well raft groups the entries
-// of concurrent proposers into one write (issue 12's "share fsyncs").
+// StoreLog/StoreLogs call is one bolt transaction, whose commit (NoSync
+// off) syncs the file twice: the data pages, then the meta page. So
+// batches counts the log's durable writes ("fsyncs" in the metrics and the
+// bench, each being one such pair), and entries ÷ batches shows how well
+// raft groups the entries of concurrent proposers into one write (issue
+// 12's "share fsyncs"; DESIGN.md "Batching").
 type countingStore struct {
 	*raftboltdb.BoltStore
 	batches atomic.Uint64

@@ -119,7 +119,7 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 			Help: "Times this node gained or lost the journal's leadership. Alert on a rate: a flapping leader stalls checkpoints."},
 			func() float64 { return float64(node.LeaderChanges()) }))
 		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_journal_store_batches_total",
-			Help: "Append batches written to the Raft log store; each is one bolt commit, so one fsync. " +
+			Help: "Append batches written to the Raft log store; each is one bolt commit (its fsyncs: bolt syncs the pages, then the meta page). " +
 				"Compare with txsink_journal_store_entries_total: concurrent checkpoints share batches."},
 			func() float64 { b, _ := node.LogWrites(); return float64(b) }))
 		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_journal_store_entries_total",

@@ -149,8 +149,9 @@ func run() (int, error) {
 	}
 	peak := env.sidecarPeakRSS()
 	broker := env.brokerPeakRSS()
-	printTable(os.Stdout, o, results, peak, broker)
+	printTable(os.Stdout, o, results)
 	printLatencyTables(os.Stdout, o, results)
+	printFooter(os.Stdout, results, peak, broker)
 
 	code := 0
 	for _, r := range results {

@@ -4,13 +4,14 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
 
-// printTable writes the results as one Markdown table with a header and a
-// footer (memory).
-func printTable(w io.Writer, o options, rs []*result, sidecarRSS, brokerRSS int64) {
+// printTable writes the setup and the records/s rows as one Markdown
+// table (none when no such row ran).
+func printTable(w io.Writer, o options, rs []*result) {
 	fmt.Fprintf(w, "\n## txsink bench: sidecar vs direct client (target: sidecar ≥ %.1f× direct)\n\n", target)
 	fmt.Fprintf(w, "- %d-byte random alphanumeric values, batches of %d records, %v per case, %d CPUs.\n",
 		valueSize, batchSize, o.duration, runtime.NumCPU())
@@ -22,6 +23,9 @@ func printTable(w io.Writer, o options, rs []*result, sidecarRSS, brokerRSS int6
 		"interval is up. Direct MySQL: one 1,000-row INSERT per transaction; sidecar MySQL: one XA branch per checkpoint.")
 	fmt.Fprintln(w, "- CPU cores = CPU seconds ÷ wall seconds of the case, for this program (the app), the sidecar and the broker.")
 	fmt.Fprintln(w, "- Sidecar peak RSS: the largest VmRSS of the sidecar sampled every 50 ms during the row (sidecar rows only).")
+	if !slices.ContainsFunc(rs, func(r *result) bool { return r.c.throughput() }) {
+		return
+	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| case | path | commit every | writers | records | seconds | records/s | sidecar ÷ direct | CPU cores: app / sidecar / broker | sidecar peak RSS |")
 	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -67,6 +71,11 @@ func printTable(w io.Writer, o options, rs []*result, sidecarRSS, brokerRSS int6
 		fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.2f | %s | %s | %.2f / %.2f / %.2f | %s |\n", c.name, path, every, c.writers,
 			r.records, r.elapsed.Seconds(), human(r.rate()), ratio, r.cpu.self, r.cpu.sidecar, r.cpu.broker, rowRSS(r))
 	}
+}
+
+// printFooter writes the process-lifetime memory peaks and what was
+// verified.
+func printFooter(w io.Writer, rs []*result, sidecarRSS, brokerRSS int64) {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "Peak RSS (VmHWM) of the sidecar process: %s; of the broker process: %s.\n",
 		mib(sidecarRSS), mib(brokerRSS))
@@ -131,8 +140,12 @@ func printLatencyTables(w io.Writer, o options, rs []*result) {
 		fmt.Fprintln(w, "- fsyncs/ckpt = Raft log store append batches (one bolt commit = one fsync) ÷ checkpoints; "+
 			"entries/ckpt = journal entries ÷ checkpoints (from the sidecar's /metrics before and after the row).")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| case | sinks | path | writers | checkpoints | checkpoints/s | p50 | p99 | sidecar ÷ direct | fsyncs/ckpt | entries/ckpt | CPU cores: app / sidecar / broker | sidecar peak RSS |")
-		fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+		fmt.Fprintln(w, "- Sidecar mean ms: the write call and the checkpoint's phases as the sidecar measures them "+
+			"(txsink_http_request_duration_seconds of the records route, txsink_checkpoint_phase_seconds): "+
+			"prepare (all sinks), journal (the PREPARED+DECIDED entry), commit (all sinks, then the RESOLVED entry).")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| case | sinks | path | writers | checkpoints | checkpoints/s | p50 | p99 | sidecar ÷ direct | fsyncs/ckpt | entries/ckpt | sidecar mean ms: write / prepare / journal / commit | CPU cores: app / sidecar / broker | sidecar peak RSS |")
+		fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, r := range ck {
 			c := r.c
 			sinks := "Kafka"
@@ -140,22 +153,24 @@ func printLatencyTables(w io.Writer, o options, rs []*result) {
 				sinks = "Kafka + MySQL"
 			}
 			if bad := badRow(r); bad != "" {
-				fmt.Fprintf(w, "| %s | %s | %s | %d | | | | | %s | | | | |\n", c.name, sinks, c.path, c.writers, bad)
+				fmt.Fprintf(w, "| %s | %s | %s | %d | | | | | %s | | | | | |\n", c.name, sinks, c.path, c.writers, bad)
 				continue
 			}
 			cps := float64(r.records) / ckptRecords
 			rate := cps / r.elapsed.Seconds()
-			ratio, fs, es := "", "—", "—"
+			ratio, fs, es, phases := "", "—", "—", "—"
 			if c.path != "direct" {
 				ratio = ratioCell(r, findDirect(rs, c))
-				if r.journal.ok && cps > 0 {
-					fs = fmt.Sprintf("%.2f", r.journal.batches/cps)
-					es = fmt.Sprintf("%.2f", r.journal.entries/cps)
+				if j := r.journal; j.ok && cps > 0 {
+					fs = fmt.Sprintf("%.2f", j.batches/cps)
+					es = fmt.Sprintf("%.2f", j.entries/cps)
+					phases = fmt.Sprintf("%.1f / %.1f / %.1f / %.1f", msf(j.phaseMean("write")), msf(j.phaseMean("prepare")),
+						msf(j.phaseMean("journal")), msf(j.phaseMean("commit")))
 				}
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %d | %.0f | %s | %s | %s | %s | %s | %s | %.2f / %.2f / %.2f | %s |\n",
+			fmt.Fprintf(w, "| %s | %s | %s | %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %.2f / %.2f / %.2f | %s |\n",
 				c.name, sinks, c.path, c.writers, cps, human(rate), ms(c.lat.quantile(0.5)), ms(c.lat.quantile(0.99)),
-				ratio, fs, es, r.cpu.self, r.cpu.sidecar, r.cpu.broker, rowRSS(r))
+				ratio, fs, es, phases, r.cpu.self, r.cpu.sidecar, r.cpu.broker, rowRSS(r))
 		}
 	}
 	if len(e2e) > 0 {
@@ -198,5 +213,7 @@ func ratioCell(r, d *result) string {
 	}
 	return fmt.Sprintf("%.2f×", x)
 }
+
+func msf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
