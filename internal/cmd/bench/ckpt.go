@@ -150,17 +150,25 @@ func ckptDirectWriter(ctx context.Context, e *env, c *benchCase, topic string, w
 				return committed, err
 			}
 		}
-		if err := cl.Flush(ctx); err != nil {
-			return committed, err
-		}
+		err := cl.Flush(ctx)
 		mu.Lock()
-		perr := produceErr
-		mu.Unlock()
-		if perr != nil {
-			return committed, fmt.Errorf("produce: %w", perr)
+		if err == nil && produceErr != nil {
+			err = fmt.Errorf("produce: %w", produceErr)
 		}
-		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
-			return committed, fmt.Errorf("commit: %w", err)
+		mu.Unlock()
+		if err == nil {
+			if err = cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+				err = fmt.Errorf("commit: %w", err)
+			}
+		}
+		if err != nil {
+			if c.mysql {
+				// Kafka did not commit: roll the XA branch back, or it
+				// would stay prepared on the server after this run.
+				_, rerr := conn.ExecContext(context.WithoutCancel(ctx), "XA ROLLBACK "+xid)
+				err = errors.Join(err, rerr)
+			}
+			return committed, err
 		}
 		if c.mysql {
 			if _, err := conn.ExecContext(ctx, "XA COMMIT "+xid); err != nil {
@@ -174,21 +182,31 @@ func ckptDirectWriter(ctx context.Context, e *env, c *benchCase, topic string, w
 	return committed, nil
 }
 
-// xaPrepare runs one XA branch up to PREPARE on conn.
+// xaPrepare runs one XA branch up to PREPARE on conn; when a step fails
+// it ends and rolls the branch back (best effort), so nothing stays
+// prepared on the server.
 func xaPrepare(ctx context.Context, conn *sql.Conn, stmt *sql.Stmt, xid string, args []any) error {
 	if _, err := conn.ExecContext(ctx, "XA START "+xid); err != nil {
 		return fmt.Errorf("xa start: %w", err)
 	}
-	if _, err := stmt.ExecContext(ctx, args...); err != nil {
-		return fmt.Errorf("insert: %w", err)
+	err := func() error {
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("insert: %w", err)
+		}
+		if _, err := conn.ExecContext(ctx, "XA END "+xid); err != nil {
+			return fmt.Errorf("xa end: %w", err)
+		}
+		if _, err := conn.ExecContext(ctx, "XA PREPARE "+xid); err != nil {
+			return fmt.Errorf("xa prepare: %w", err)
+		}
+		return nil
+	}()
+	if err != nil {
+		bg := context.WithoutCancel(ctx)
+		_, _ = conn.ExecContext(bg, "XA END "+xid) // fails harmlessly when already ended
+		_, _ = conn.ExecContext(bg, "XA ROLLBACK "+xid)
 	}
-	if _, err := conn.ExecContext(ctx, "XA END "+xid); err != nil {
-		return fmt.Errorf("xa end: %w", err)
-	}
-	if _, err := conn.ExecContext(ctx, "XA PREPARE "+xid); err != nil {
-		return fmt.Errorf("xa prepare: %w", err)
-	}
-	return nil
+	return err
 }
 
 func ckptSidecarWriter(ctx context.Context, e *env, c *benchCase, job, topic string, w int, end time.Time, progress *atomic.Int64) (int64, error) {

@@ -78,7 +78,7 @@ func setup(ctx context.Context, o options) (*env, error) {
 	} else {
 		e.mysqlWhy = "not selected"
 	}
-	if err := e.startSidecar(ctx); err != nil {
+	if err := e.startSidecar(ctx, o.sidecarDir); err != nil {
 		return e, err
 	}
 	return e, nil
@@ -173,7 +173,16 @@ func (e *env) createTopic(ctx context.Context, topic string) error {
 
 // startSidecar writes a config and runs `sidecar run --config`, then waits
 // for /readyz.
-func (e *env) startSidecar(ctx context.Context) error {
+func (e *env) startSidecar(ctx context.Context, parent string) error {
+	dataDir := filepath.Join(e.dir, "sidecar")
+	if parent != "" {
+		d, err := os.MkdirTemp(parent, "txsink-bench-sidecar-")
+		if err != nil {
+			return fmt.Errorf("-sidecar-dir: %w", err)
+		}
+		e.closers = append(e.closers, func() { os.RemoveAll(d) })
+		dataDir = d
+	}
 	httpAddr, err := freeAddr()
 	if err != nil {
 		return err
@@ -194,7 +203,7 @@ sinks:
     brokers: [%q]
     default_topic: bench
     topics: ["*"]
-`, filepath.Join(e.dir, "sidecar"), httpAddr, raftAddr, sock, e.brokerAddr)
+`, dataDir, httpAddr, raftAddr, sock, e.brokerAddr)
 	if e.mysqlDSN != "" {
 		cfg += fmt.Sprintf(`  db:
     kind: mysql

@@ -11,6 +11,25 @@
 // private mariadbd started here (binary log on, sync_binlog=1); without any,
 // the MySQL rows say "skipped" and the Kafka rows still run.
 //
+// Rows (select them with -cases, a regexp over the names; -h lists them):
+//
+//   - kafka-{direct,tcp,unix}-<interval>[-wN], mysql-{direct,sidecar}[-wN]:
+//     throughput, records/s, batches of 1,000 records.
+//   - ckpt-{kafka,both}-{direct,sidecar}-wN (N from -ckpt-writers, default
+//     1,4,16): small checkpoints (10 records a sink) in auto mode, each
+//     writer looping {write, checkpoint}; checkpoints/s, p50 and p99 of a
+//     loop, and for the sidecar its journal fsyncs and entries per
+//     checkpoint and the mean time of each phase, read from its /metrics
+//     (ckpt.go says what the direct baselines include).
+//   - e2e-kafka-{direct,sidecar}-<-e2e-interval>: the time from the call
+//     that writes a record to a read_committed consumer seeing it (e2e.go).
+//
+// Every row records the sidecar's peak VmRSS while it ran (sampled every
+// 50 ms; VmHWM cannot be reset between rows). Targets are ratios against
+// the direct client in the same run (target below); the machine's load
+// moves both alike. -sidecar-dir /dev/shm puts the journal on tmpfs, to
+// see what its fsyncs cost (diagnosis only).
+//
 // Every case checks what it wrote: Kafka by reading the topic with
 // read_committed (every key exactly once), MySQL with SELECT COUNT(*) and
 // COUNT(DISTINCT k). A mismatch is printed loudly and the exit status is 1.
@@ -43,6 +62,7 @@ type options struct {
 	intervals   []time.Duration
 	ckptWriters []int
 	e2eInterval time.Duration
+	sidecarDir  string // parent of the sidecar's data dir; "" = the run's temp dir
 }
 
 func main() {
@@ -63,6 +83,8 @@ func run() (int, error) {
 	flag.StringVar(&intervals, "intervals", "100ms,1s", "comma-separated Kafka commit/checkpoint intervals")
 	flag.StringVar(&ckptWriters, "ckpt-writers", "1,4,16", "comma-separated writer counts of the ckpt-* rows")
 	flag.DurationVar(&o.e2eInterval, "e2e-interval", 50*time.Millisecond, "commit/checkpoint interval of the e2e-* rows")
+	flag.StringVar(&o.sidecarDir, "sidecar-dir", "", "directory to put the sidecar's data dir (journal) in, e.g. /dev/shm to "+
+		"see what the journal's fsyncs cost; for diagnosis only (default: the run's temp dir)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: go run ./internal/cmd/bench [flags]\n\ncases: %s\n\n",
 			strings.Join(allCaseNames(), " "))
