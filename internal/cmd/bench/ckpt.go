@@ -264,12 +264,6 @@ func (l *latencies) reset() {
 	l.mu.Unlock()
 }
 
-func (l *latencies) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.d)
-}
-
 // quantile returns the q-quantile (nearest rank), 0 when empty.
 func (l *latencies) quantile(q float64) time.Duration {
 	l.mu.Lock()
