@@ -43,6 +43,8 @@ type Node struct {
 	trans  *raft.NetworkTransport
 	stream *streamLayer
 	store  *raftboltdb.BoltStore
+	// logCount wraps store as raft's LogStore and counts its appends.
+	logCount *countingStore
 
 	closing  chan struct{} // closed when Close starts: no new work
 	stop     chan struct{} // closed after raft shut down: stops watchLeadership
@@ -205,7 +207,8 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 	}
 
 	f := &fsm{sm: sm}
-	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
+	logs := &countingStore{BoltStore: store}
+	r, err := raft.NewRaft(rc, f, logs, store, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: start raft: %w", err)
 	}
@@ -218,6 +221,7 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 		trans:    trans,
 		stream:   stream,
 		store:    store,
+		logCount: logs,
 		closing:  make(chan struct{}),
 		stop:     make(chan struct{}),
 		leaderCh: make(chan bool, 1),

@@ -314,6 +314,8 @@ func TestBinaryOperatorCommandsAndMetrics(t *testing.T) {
 		{"txsink_raft_leader_changes_total", nil, atLeast(1), ">= 1"},
 		{"txsink_raft_last_index", nil, atLeast(4), ">= 4"},
 		{"txsink_raft_refused_peers_total", nil, eq(0), "0"},
+		{"txsink_journal_store_batches_total", nil, atLeast(1), ">= 1"},
+		{"txsink_journal_store_entries_total", nil, atLeast(4), ">= 4 (every journaled command is an entry)"},
 	} {
 		v, ok := value(fams, c.name, c.labels...)
 		if !ok || !c.ok(v) {

@@ -121,6 +121,13 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_raft_leader_changes_total",
 			Help: "Times this node gained or lost the journal's leadership. Alert on a rate: a flapping leader stalls checkpoints."},
 			func() float64 { return float64(node.LeaderChanges()) }))
+		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_journal_store_batches_total",
+			Help: "Append batches written to the Raft log store; each is one bolt commit (its fsyncs: bolt syncs the pages, then the meta page). " +
+				"Compare with txsink_journal_store_entries_total: concurrent checkpoints share batches."},
+			func() float64 { b, _ := node.LogWrites(); return float64(b) }))
+		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_journal_store_entries_total",
+			Help: "Entries written to the Raft log store (journal commands and Raft's own entries)."},
+			func() float64 { _, e := node.LogWrites(); return float64(e) }))
 		x.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "txsink_raft_refused_peers_total",
 			Help: "Inbound Raft connections refused: failed peer authentication, or any on a node without cluster key or Raft TLS."},
 			func() float64 { return float64(node.RefusedPeers()) }))

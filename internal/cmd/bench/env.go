@@ -32,6 +32,7 @@ type env struct {
 	sidecar     *exec.Cmd
 	sidecarLog  string
 	sidecarDone chan struct{}
+	httpAddr    string
 	tcp         *client.Client
 	unix        *client.Client
 
@@ -77,7 +78,7 @@ func setup(ctx context.Context, o options) (*env, error) {
 	} else {
 		e.mysqlWhy = "not selected"
 	}
-	if err := e.startSidecar(ctx); err != nil {
+	if err := e.startSidecar(ctx, o.sidecarDir); err != nil {
 		return e, err
 	}
 	return e, nil
@@ -86,7 +87,7 @@ func setup(ctx context.Context, o options) (*env, error) {
 // needs reports whether any selected case is of kind.
 func (o options) needs(kind string) bool {
 	for _, c := range plan(o) {
-		if c.kind == kind && o.cases.MatchString(c.name) {
+		if (c.kind == kind || kind == "mysql" && c.needsMySQL()) && o.cases.MatchString(c.name) {
 			return true
 		}
 	}
@@ -172,7 +173,16 @@ func (e *env) createTopic(ctx context.Context, topic string) error {
 
 // startSidecar writes a config and runs `sidecar run --config`, then waits
 // for /readyz.
-func (e *env) startSidecar(ctx context.Context) error {
+func (e *env) startSidecar(ctx context.Context, parent string) error {
+	dataDir := filepath.Join(e.dir, "sidecar")
+	if parent != "" {
+		d, err := os.MkdirTemp(parent, "txsink-bench-sidecar-")
+		if err != nil {
+			return fmt.Errorf("-sidecar-dir: %w", err)
+		}
+		e.closers = append(e.closers, func() { os.RemoveAll(d) })
+		dataDir = d
+	}
 	httpAddr, err := freeAddr()
 	if err != nil {
 		return err
@@ -193,7 +203,7 @@ sinks:
     brokers: [%q]
     default_topic: bench
     topics: ["*"]
-`, filepath.Join(e.dir, "sidecar"), httpAddr, raftAddr, sock, e.brokerAddr)
+`, dataDir, httpAddr, raftAddr, sock, e.brokerAddr)
 	if e.mysqlDSN != "" {
 		cfg += fmt.Sprintf(`  db:
     kind: mysql
@@ -223,6 +233,7 @@ sinks:
 	go func() { cmd.Wait(); close(e.sidecarDone) }()
 	e.closers = append(e.closers, func() { stopProcess(cmd, e.sidecarDone, "sidecar") })
 
+	e.httpAddr = httpAddr
 	e.tcp = client.New("http://" + httpAddr)
 	e.unix = client.NewUnix(sock)
 	deadline := time.Now().Add(60 * time.Second)
@@ -311,19 +322,7 @@ func procCPU(pid int) float64 {
 }
 
 // vmHWM reads the peak resident set size in KiB from /proc/<pid>/status.
-func vmHWM(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
+func vmHWM(pid int) int64 { return procStatusKB(pid, "VmHWM:") }
 
 // stopProcess sends SIGTERM, waits up to 15s, then SIGKILL. done (may be
 // nil) is closed by whoever waits for cmd.

@@ -11,6 +11,25 @@
 // private mariadbd started here (binary log on, sync_binlog=1); without any,
 // the MySQL rows say "skipped" and the Kafka rows still run.
 //
+// Rows (select them with -cases, a regexp over the names; -h lists them):
+//
+//   - kafka-{direct,tcp,unix}-<interval>[-wN], mysql-{direct,sidecar}[-wN]:
+//     throughput, records/s, batches of 1,000 records.
+//   - ckpt-{kafka,both}-{direct,sidecar}-wN (N from -ckpt-writers, default
+//     1,4,16): small checkpoints (10 records a sink) in auto mode, each
+//     writer looping {write, checkpoint}; checkpoints/s, p50 and p99 of a
+//     loop, and for the sidecar its journal fsyncs and entries per
+//     checkpoint and the mean time of each phase, read from its /metrics
+//     (ckpt.go says what the direct baselines include).
+//   - e2e-kafka-{direct,sidecar}-<-e2e-interval>: the time from the call
+//     that writes a record to a read_committed consumer seeing it (e2e.go).
+//
+// Every row records the sidecar's peak VmRSS while it ran (sampled every
+// 50 ms; VmHWM cannot be reset between rows). Targets are ratios against
+// the direct client in the same run (target below); the machine's load
+// moves both alike. -sidecar-dir /dev/shm puts the journal on tmpfs, to
+// see what its fsyncs cost (diagnosis only).
+//
 // Every case checks what it wrote: Kafka by reading the topic with
 // read_committed (every key exactly once), MySQL with SELECT COUNT(*) and
 // COUNT(DISTINCT k). A mismatch is printed loudly and the exit status is 1.
@@ -33,14 +52,17 @@ import (
 const (
 	valueSize = 100   // bytes per record value
 	batchSize = 1_000 // records per write call / per produce batch / per INSERT
-	target    = 0.7   // sidecar ÷ direct we aim for
+	target    = 0.8   // sidecar ÷ direct we aim for (issue 12)
 )
 
 type options struct {
-	duration  time.Duration
-	cases     *regexp.Regexp
-	writers   []int
-	intervals []time.Duration
+	duration    time.Duration
+	cases       *regexp.Regexp
+	writers     []int
+	intervals   []time.Duration
+	ckptWriters []int
+	e2eInterval time.Duration
+	sidecarDir  string // parent of the sidecar's data dir; "" = the run's temp dir
 }
 
 func main() {
@@ -54,11 +76,15 @@ func main() {
 
 func run() (int, error) {
 	var o options
-	var casesRe, writers, intervals string
+	var casesRe, writers, intervals, ckptWriters string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time per case")
 	flag.StringVar(&casesRe, "cases", "", "regexp over case names (e.g. 'kafka', 'unix|direct', 'mysql'); empty: all")
 	flag.StringVar(&writers, "writers", "1,2", "comma-separated writer counts (parallel producers / sidecar writers / DB connections)")
 	flag.StringVar(&intervals, "intervals", "100ms,1s", "comma-separated Kafka commit/checkpoint intervals")
+	flag.StringVar(&ckptWriters, "ckpt-writers", "1,4,16", "comma-separated writer counts of the ckpt-* rows")
+	flag.DurationVar(&o.e2eInterval, "e2e-interval", 50*time.Millisecond, "commit/checkpoint interval of the e2e-* rows")
+	flag.StringVar(&o.sidecarDir, "sidecar-dir", "", "directory to put the sidecar's data dir (journal) in, e.g. /dev/shm to "+
+		"see what the journal's fsyncs cost; for diagnosis only (default: the run's temp dir)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: go run ./internal/cmd/bench [flags]\n\ncases: %s\n\n",
 			strings.Join(allCaseNames(), " "))
@@ -69,12 +95,14 @@ func run() (int, error) {
 	if o.cases, err = regexp.Compile(casesRe); err != nil {
 		return 0, fmt.Errorf("-cases: %w", err)
 	}
-	for _, s := range strings.Split(writers, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return 0, fmt.Errorf("-writers: bad count %q", s)
-		}
-		o.writers = append(o.writers, n)
+	if o.writers, err = parseCounts("-writers", writers); err != nil {
+		return 0, err
+	}
+	if o.ckptWriters, err = parseCounts("-ckpt-writers", ckptWriters); err != nil {
+		return 0, err
+	}
+	if o.e2eInterval <= 0 {
+		return 0, fmt.Errorf("-e2e-interval: must be positive")
 	}
 	for _, s := range strings.Split(intervals, ",") {
 		d, err := time.ParseDuration(strings.TrimSpace(s))
@@ -103,15 +131,27 @@ func run() (int, error) {
 		}
 		r := &result{c: c}
 		results = append(results, r)
-		if c.kind == "mysql" && env.mysqlDSN == "" {
+		if c.needsMySQL() && env.mysqlDSN == "" {
 			r.note = "skipped: no MariaDB (" + env.mysqlWhy + "; set TXSINK_BENCH_MYSQL_DSN)"
 			logf("%s: %s", c.name, r.note)
 			continue
 		}
 		logf("%s: running for %v", c.name, o.duration)
+		if c.lat != nil {
+			c.lat.reset()
+		}
+		var j0 journalWrites
+		if c.path != "direct" {
+			j0 = env.journalWrites(ctx)
+		}
+		rss := env.sampleRSS()
 		before := env.cpu()
 		r.records, r.elapsed, r.err = c.run(ctx, env, o.duration)
 		after := env.cpu()
+		r.peakRSS = rss()
+		if c.path != "direct" && r.err == nil {
+			r.journal = env.journalWrites(ctx).minus(j0)
+		}
 		if s := r.elapsed.Seconds(); s > 0 {
 			r.cpu = cpuSeconds{self: (after.self - before.self) / s, sidecar: (after.sidecar - before.sidecar) / s,
 				broker: (after.broker - before.broker) / s}
@@ -131,7 +171,9 @@ func run() (int, error) {
 	}
 	peak := env.sidecarPeakRSS()
 	broker := env.brokerPeakRSS()
-	printTable(os.Stdout, o, results, peak, broker)
+	printTable(os.Stdout, o, results)
+	printLatencyTables(os.Stdout, o, results)
+	printFooter(os.Stdout, results, peak, broker)
 
 	code := 0
 	for _, r := range results {
@@ -150,9 +192,19 @@ type benchCase struct {
 	path     string // direct | tcp | unix | sidecar
 	interval time.Duration
 	writers  int
-	run      func(ctx context.Context, env *env, d time.Duration) (int64, time.Duration, error)
-	verify   func(ctx context.Context, env *env, records int64) error
+	mysql    bool // needs MariaDB although kind is not mysql
+	// lat, when not nil, collects the latencies the case measures
+	// (ckpt: one write+checkpoint loop; e2e: a record's call start →
+	// visible); the table prints p50 and p99.
+	lat    *latencies
+	run    func(ctx context.Context, env *env, d time.Duration) (int64, time.Duration, error)
+	verify func(ctx context.Context, env *env, records int64) error
 }
+
+func (c *benchCase) needsMySQL() bool { return c.kind == "mysql" || c.mysql }
+
+// throughput reports whether the row belongs in the records/s table.
+func (c *benchCase) throughput() bool { return c.kind == "kafka" || c.kind == "mysql" }
 
 type result struct {
 	c       *benchCase
@@ -161,6 +213,8 @@ type result struct {
 	err     error
 	note    string
 	cpu     cpuSeconds // cores used during the run: bench (the app), sidecar, broker
+	peakRSS int64      // KiB, the sidecar's largest VmRSS sampled during the run
+	journal journalWrites
 }
 
 func (r *result) rate() float64 {
@@ -188,12 +242,35 @@ func plan(o options) []*benchCase {
 			cs = append(cs, mysqlCase(p, w))
 		}
 	}
+	for _, sinks := range []string{"kafka", "both"} {
+		for _, w := range o.ckptWriters {
+			for _, p := range []string{"direct", "sidecar"} {
+				cs = append(cs, ckptCase(sinks, p, w))
+			}
+		}
+	}
+	for _, p := range []string{"direct", "sidecar"} {
+		cs = append(cs, e2eCase(p, o.e2eInterval))
+	}
 	return cs
+}
+
+func parseCounts(flagName, list string) ([]int, error) {
+	var ns []int
+	for _, s := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%s: bad count %q", flagName, s)
+		}
+		ns = append(ns, n)
+	}
+	return ns, nil
 }
 
 func allCaseNames() []string {
 	var ns []string
-	for _, c := range plan(options{writers: []int{1}, intervals: []time.Duration{100 * time.Millisecond, time.Second}}) {
+	for _, c := range plan(options{writers: []int{1}, intervals: []time.Duration{100 * time.Millisecond, time.Second},
+		ckptWriters: []int{1}, e2eInterval: 50 * time.Millisecond}) {
 		ns = append(ns, c.name)
 	}
 	return ns
