@@ -247,3 +247,33 @@ func waitGone(t *testing.T, pid int, within time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The README's first-screen Python and Node examples are the ones the
+// clients' READMEs carry, which the clients' own suites run as printed
+// (clients/python/tests, clients/node/test): they cannot drift apart.
+func TestReadmeClientSnippets(t *testing.T) {
+	_, self, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(self), "..")
+	first := func(path, lang string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(root, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(b)
+		i := strings.Index(s, "```"+lang+"\n")
+		if i < 0 {
+			t.Fatalf("%s: no ```%s block", path, lang)
+		}
+		j := strings.Index(s[i+1:], "\n```")
+		if j < 0 {
+			t.Fatalf("%s: unterminated ```%s block", path, lang)
+		}
+		return s[i : i+1+j+4]
+	}
+	for _, c := range []struct{ client, lang string }{{"clients/python/README.md", "python"}, {"clients/node/README.md", "js"}} {
+		if got, want := first("README.md", c.lang), first(c.client, c.lang); got != want {
+			t.Errorf("README.md's first ```%s block differs from %s's, which its tests run:\n got:\n%s\nwant:\n%s", c.lang, c.client, got, want)
+		}
+	}
+}
