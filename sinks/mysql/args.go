@@ -102,17 +102,18 @@ func trimJSONSpace(a []byte) []byte {
 // decoding: one closing quote at the end, no backslash, no control
 // character, valid UTF-8 (encoding/json would replace invalid bytes).
 func plainString(t []byte) ([]byte, bool) {
-	if len(t) < 2 || t[len(t)-1] != '"' {
+	if len(t) < 2 || t[0] != '"' || t[len(t)-1] != '"' {
 		return nil, false
 	}
 	body := t[1 : len(t)-1]
 	ascii := true
 	for _, c := range body {
-		if c == '"' || c == '\\' || c < 0x20 {
-			return nil, false
-		}
-		if c >= utf8.RuneSelf {
+		switch strClass[c] {
+		case classPlain, classQuote:
+		case classHigh:
 			ascii = false
+		default:
+			return nil, false
 		}
 	}
 	if !ascii && !utf8.Valid(body) {
@@ -120,6 +121,66 @@ func plainString(t []byte) ([]byte, bool) {
 	}
 	return body, true
 }
+
+// appendPlainLiteral is appendLiteral(scalarOf(t)) for a plain JSON string
+// t (see plainString) in one pass over its bytes, the common case of
+// Write. In a plain string only the single quote needs escaping for SQL:
+// the other characters the driver escapes (NUL, \n, \r, \x1a, '"', '\\')
+// cannot appear unescaped in JSON. ok is false (and buf unchanged) if t is
+// not plain.
+func appendPlainLiteral(buf, t []byte, noBackslash bool) ([]byte, bool) {
+	if len(t) < 2 || t[0] != '"' || t[len(t)-1] != '"' {
+		return buf, false
+	}
+	body := t[1 : len(t)-1]
+	n := len(buf)
+	buf = append(buf, '\'')
+	start, ascii := 0, true
+	for i := 0; i < len(body); i++ {
+		switch strClass[body[i]] {
+		case classPlain:
+		case classQuote:
+			buf = append(buf, body[start:i]...)
+			if noBackslash {
+				buf = append(buf, '\'', '\'')
+			} else {
+				buf = append(buf, '\\', '\'')
+			}
+			start = i + 1
+		case classHigh:
+			ascii = false
+		default:
+			return buf[:n], false
+		}
+	}
+	if !ascii && !utf8.Valid(body) {
+		return buf[:n], false
+	}
+	buf = append(buf, body[start:]...)
+	return append(buf, '\''), true
+}
+
+// Classes of a byte inside a JSON string, for plainString.
+const (
+	classPlain = iota // taken as is
+	classQuote        // ': plain, escaped in SQL
+	classHigh         // part of a multi-byte character: UTF-8 must be checked
+	classBail         // '"', '\\' or a control character: encoding/json decodes the string
+)
+
+var strClass = func() (t [256]uint8) {
+	for c := range t {
+		switch {
+		case c < 0x20 || c == '"' || c == '\\':
+			t[c] = classBail
+		case c == '\'':
+			t[c] = classQuote
+		case c >= utf8.RuneSelf:
+			t[c] = classHigh
+		}
+	}
+	return t
+}()
 
 // validNumber reports whether t is a JSON number (RFC 8259 grammar).
 func validNumber(t []byte) bool {

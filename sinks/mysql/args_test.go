@@ -92,6 +92,19 @@ func checkScalar(t *testing.T, a string) {
 	if got := v.value(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("scalarOf(%q).value(): got %#v, want %#v", a, got, want)
 	}
+	// Write's one-pass path for plain strings renders what appendLiteral does.
+	for _, nb := range []bool{false, true} {
+		lit := appendLiteral([]byte("x"), v, nb)
+		got, ok := appendPlainLiteral([]byte("x"), trimJSONSpace(json.RawMessage(a)), nb)
+		switch _, plain := plainString(trimJSONSpace(json.RawMessage(a))); {
+		case ok != plain:
+			t.Fatalf("appendPlainLiteral(%q): ok %v, but plainString says %v", a, ok, plain)
+		case ok && string(got) != string(lit):
+			t.Fatalf("appendPlainLiteral(%q, %v): got %q, want %q", a, nb, got, lit)
+		case !ok && string(got) != "x":
+			t.Fatalf("appendPlainLiteral(%q, %v): not plain, but the buffer became %q", a, nb, got)
+		}
+	}
 }
 
 func TestSplitPlaceholders(t *testing.T) {

@@ -70,6 +70,15 @@ func (st *statement) render(q []byte, args []any, args0 []json.RawMessage, asRow
 	extra := 0
 	q = append(q, parts[0]...)
 	for i, a := range args0 {
+		if !driverArgs {
+			if t := trimJSONSpace(a); len(t) > 0 && t[0] == '"' {
+				var ok bool
+				if q, ok = appendPlainLiteral(q, t, noBackslash); ok {
+					q = append(q, parts[i+1]...)
+					continue
+				}
+			}
+		}
 		v, err := scalarOf(a)
 		if err != nil {
 			return q, args, 0, fmt.Errorf("statement %q arg %d: %w", st.name, i, err)
