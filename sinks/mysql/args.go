@@ -11,9 +11,9 @@ import (
 
 // Arguments go from the record's JSON straight into the SQL text: Write
 // renders each JSON scalar as the literal the driver's interpolation
-// (interpolateParams=true) would produce for argValue's result, so the
-// server sees the same bytes, without a Go value, an interface box and
-// database/sql's conversion per argument. A record's arguments cost no
+// (interpolateParams=true) produces for scalar.value, the Go value the sink
+// used to pass, so the server sees the same bytes without a Go value, an
+// interface box and database/sql's conversion per argument. A record's arguments cost no
 // allocation unless a string has JSON escapes (see scalarOf).
 
 type scalarKind uint8
@@ -83,7 +83,7 @@ func scalarOf(a json.RawMessage) (scalar, error) {
 }
 
 // trimJSONSpace cuts what strings.TrimSpace cuts (all Unicode white space,
-// as argValue always did), without converting to a string first.
+// as the sink always did), without converting to a string first.
 func trimJSONSpace(a []byte) []byte {
 	for len(a) > 0 && (a[0] == ' ' || a[0] == '\t' || a[0] == '\n' || a[0] == '\r') {
 		a = a[1:]
@@ -225,7 +225,8 @@ func validNumber(t []byte) bool {
 }
 
 // value is what the driver is given for the scalar when it interpolates
-// (see Sink.driverArgs): strings, int64 or uint64, bool, nil.
+// (see Sink.driverArgs): strings, int64 or uint64, bool, nil, as the
+// sink always converted JSON arguments.
 func (v scalar) value() any {
 	switch v.kind {
 	case kindTrue:
@@ -240,15 +241,6 @@ func (v scalar) value() any {
 		return string(v.text)
 	}
 	return nil
-}
-
-// argValue converts a JSON scalar to what the driver sends.
-func argValue(a json.RawMessage) (any, error) {
-	v, err := scalarOf(a)
-	if err != nil {
-		return nil, err
-	}
-	return v.value(), nil
 }
 
 // appendLiteral appends the SQL literal of v exactly as the driver's

@@ -18,7 +18,7 @@ import (
 	"github.com/txsink/txsink/twopc"
 )
 
-// refArgValue is the conversion argValue did with encoding/json before it
+// refArgValue is the conversion the sink did with encoding/json before it
 // had a fast path: the reference scalarOf must agree with.
 func refArgValue(a json.RawMessage) (any, error) {
 	t := strings.TrimSpace(string(a))
