@@ -324,3 +324,34 @@ func dsnWith(t *testing.T, mod func(*gomysql.Config)) string {
 	mod(c)
 	return c.FormatDSN()
 }
+
+// Prepare sends the marker INSERT, XA END and XA PREPARE in one round trip;
+// when the first fails the others do not run, and Abort leaves nothing
+// prepared and nothing written.
+func TestPrepareFailsCleanly(t *testing.T) {
+	e := testEnv(t)
+	s := e.sink("db")
+	ctx := ctxT(t, 60*time.Second)
+	b, err := s.Begin(ctx, e.id("0", 1, 1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Write(ctx, []*twopc.Record{put("a", 1), put("b", 2)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.db.Exec("DROP TABLE txsink_xa_marker"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Prepare(ctx); !errors.Is(err, twopc.ErrSinkFailure) || errNumber(err) != 1146 {
+		t.Fatalf("Prepare without the marker table: got %v, want a sink failure with error 1146", err)
+	}
+	if got := len(e.prepared()); got != 0 {
+		t.Fatalf("got %d prepared branches after the failed Prepare, want 0", got)
+	}
+	if err := b.Abort(ctx); err != nil {
+		t.Fatalf("Abort: %v", err)
+	}
+	if got := e.count("1"); got != 0 {
+		t.Fatalf("got %d rows after Abort, want 0", got)
+	}
+}
