@@ -355,3 +355,40 @@ func TestPrepareFailsCleanly(t *testing.T) {
 		t.Fatalf("got %d rows after Abort, want 0", got)
 	}
 }
+
+// A pooled connection is asked for its CONNECTION_ID() etc. once, not per
+// branch, and a dropped connection's answer is forgotten.
+func TestSessionCachedPerConnection(t *testing.T) {
+	e := testEnv(t)
+	s := e.sink("db", func(c *Config) { c.MaxConns = 1 })
+	ctx := ctxT(t, 60*time.Second)
+	var ids []uint64
+	for seq := uint64(1); seq <= 2; seq++ {
+		b, _ := prepare(t, s, e.id("0", 1, seq, 0), put(fmt.Sprint("k", seq), 1))
+		ids = append(ids, b.(*branch).x.connID)
+		if err := b.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.mu.Lock()
+	n := len(s.sessions)
+	s.mu.Unlock()
+	if ids[0] != ids[1] || n != 1 {
+		t.Fatalf("two branches on one pooled connection: got connection ids %v and %d cached answers, want one id and 1", ids, n)
+	}
+	id := e.id("0", 1, 3, 0)
+	b, h := prepare(t, s, id, put("k3", 1))
+	killPreparer(b)
+	s.mu.Lock()
+	n = len(s.sessions)
+	s.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("after the branch's connection was dropped: got %d cached answers, want 0", n)
+	}
+	if err := s.Resolve(ctx, id, h, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.count("1"); got != 2 {
+		t.Fatalf("got %d rows, want 2", got)
+	}
+}

@@ -50,7 +50,7 @@ func (b *branch) start(ctx context.Context) error {
 		return b.fail("connect", errors.New("the branch's connection is gone"))
 	}
 	conn := b.conn
-	sess, err := b.s.connInfo(ctx, conn)
+	sess, err := b.s.session(ctx, conn)
 	if err != nil {
 		return b.fail("connection id", err)
 	}
@@ -408,6 +408,7 @@ func (b *branch) dropConn() {
 	if b.conn == nil {
 		return
 	}
+	b.s.forgetSession(b.conn)
 	_ = b.conn.Raw(func(any) error { return driver.ErrBadConn })
 	_ = b.conn.Close()
 	b.conn = nil

@@ -63,10 +63,52 @@ type Sink struct {
 	// transaction ended (they wait in the pool or serve a newer branch).
 	// Recovery runs on the separate pool rdb, so it can no longer count
 	// on getting the preparer's own connection back; ended tells it that
-	// a live preparer session holds nothing of the branch.
-	mu    sync.Mutex
-	live  map[liveKey]*branch
-	ended map[uint64]bool
+	// a live preparer session holds nothing of the branch. sessions:
+	// what connInfo answered for a branch-pool connection, keyed by the
+	// driver's connection (the key keeps it from being freed, so its
+	// address is never another connection's): the connection id, the
+	// boot id and max_allowed_packet cannot change while it lives, and
+	// its sql_mode only through a statement that makes driverArgs true.
+	mu       sync.Mutex
+	live     map[liveKey]*branch
+	ended    map[uint64]bool
+	sessions map[any]session
+}
+
+// session returns what connInfo answered for conn before, or asks it once
+// (one round trip per new connection instead of one per branch).
+func (s *Sink) session(ctx context.Context, conn *sql.Conn) (session, error) {
+	var key any
+	if err := conn.Raw(func(dc any) error { key = dc; return nil }); err != nil {
+		return session{}, err
+	}
+	s.mu.Lock()
+	ss, ok := s.sessions[key]
+	s.mu.Unlock()
+	if ok {
+		return ss, nil
+	}
+	ss, err := s.connInfo(ctx, conn)
+	if err != nil {
+		return ss, err
+	}
+	s.mu.Lock()
+	if len(s.sessions) >= maxEnded {
+		clear(s.sessions) // connections the pool dropped by itself: ask again
+	}
+	s.sessions[key] = ss
+	s.mu.Unlock()
+	return ss, nil
+}
+
+// forgetSession drops the answer for a connection that is being closed.
+func (s *Sink) forgetSession(conn *sql.Conn) {
+	_ = conn.Raw(func(dc any) error {
+		s.mu.Lock()
+		delete(s.sessions, dc)
+		s.mu.Unlock()
+		return nil
+	})
 }
 
 // maxEnded bounds Sink.ended; connections the pool closes by itself leave
@@ -157,12 +199,13 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	rdb.SetConnMaxIdleTime(time.Minute)
 	s := &Sink{
 		cfg: cfg, db: db, rdb: rdb, log: cfg.Logger.With("sink", cfg.Name),
-		stmts:  make(map[string]*statement, len(cfg.Statements)),
-		marker: "`" + cfg.MarkerTable + "`",
-		boot:   "`" + cfg.MarkerTable + "_boot`",
-		live:   make(map[liveKey]*branch),
-		ended:  make(map[uint64]bool),
-		merge:  true,
+		stmts:    make(map[string]*statement, len(cfg.Statements)),
+		marker:   "`" + cfg.MarkerTable + "`",
+		boot:     "`" + cfg.MarkerTable + "_boot`",
+		live:     make(map[liveKey]*branch),
+		ended:    make(map[uint64]bool),
+		sessions: make(map[any]session),
+		merge:    true,
 		// The driver's default is 64 MiB, far above any batch.
 		clientMaxPacket: mc.MaxAllowedPacket,
 	}
