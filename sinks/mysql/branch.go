@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/txsink/txsink/twopc"
@@ -33,6 +32,7 @@ type branch struct {
 	mu    sync.Mutex
 	state branchState
 	conn  *sql.Conn
+	sess  session // what start learnt about conn
 	x     xid
 	// maybePrepared: XA PREPARE was sent; without an answer the branch may
 	// be prepared, so cleanup must go through XA RECOVER.
@@ -50,12 +50,13 @@ func (b *branch) start(ctx context.Context) error {
 		return b.fail("connect", errors.New("the branch's connection is gone"))
 	}
 	conn := b.conn
-	connID, boot, err := b.s.connInfo(ctx, conn)
+	sess, err := b.s.session(ctx, conn)
 	if err != nil {
 		return b.fail("connection id", err)
 	}
-	b.s.connEnded(connID, false)
-	b.x = newXID(b.id, connID, boot)
+	b.sess = sess
+	b.s.connEnded(sess.id, false)
+	b.x = newXID(b.id, sess.id, sess.boot)
 	if _, err := conn.ExecContext(ctx, "XA START "+b.x.literal()); err != nil {
 		return b.fail("XA START", err)
 	}
@@ -76,21 +77,28 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 		return fmt.Errorf("%w: mysql sink %q: write to branch %v in state %s", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.state)
 	}
 	// One round trip per run of records instead of one per record: the
-	// statements are joined with a newline and ";" and sent together (the driver
-	// interpolates every argument), in chunks well below the server's
-	// max_allowed_packet (16 MiB by default in MariaDB 10.11). A failing
-	// statement stops its chunk. Each chunk starts with a savepoint, the
-	// first one also with the call's, so a record the server refuses for
-	// good can be found and the call undone (see DESIGN.md "Poison
-	// records"); any other failure fails the branch.
-	var q strings.Builder
-	args := make([]any, 0, 2*min(len(recs), maxBatchStmts))
-	n, size, prev, first := 0, 0, "", 0
+	// statements are joined with a newline and ";" and sent together,
+	// consecutive records of an INSERT … VALUES (…) as one multi-row
+	// INSERT, in chunks below the server's max_allowed_packet. The
+	// arguments are rendered into the text (args.go). A failing statement
+	// stops its chunk. Each chunk starts with a savepoint, the first one
+	// also with the call's, so a record the server refuses for good can be
+	// found and the call undone (see DESIGN.md "Poison records"); any
+	// other failure fails the branch.
+	bp := textPool.Get().(*[]byte)
+	q, args := (*bp)[:0], []any(nil)
+	n, extra, prev, first := 0, 0, "", 0
+	defer func() {
+		if cap(q) <= 2*maxBatchBytes { // one chunk's worth; a rare giant record's buffer goes
+			*bp = q[:0]
+			textPool.Put(bp)
+		}
+	}()
 	flush := func(end int) error {
 		if n == 0 {
 			return nil
 		}
-		if _, err := b.conn.ExecContext(ctx, q.String(), args...); err != nil {
+		if _, err := b.conn.ExecContext(ctx, string(q), args...); err != nil {
 			if rejected(err) {
 				return b.reject(ctx, recs, first, end, err)
 			}
@@ -100,52 +108,101 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 			}
 			return b.fail(what, err)
 		}
-		q.Reset()
-		args, n, size, prev, first = args[:0], 0, 0, "", end
+		q, args = q[:0], args[:0]
+		n, extra, prev, first = 0, 0, "", end
 		return nil
 	}
-	for i, r := range recs {
-		stmt, ok := b.s.sql[r.Stmt]
+	limit := b.chunkLimit()
+	for i := 0; i < len(recs); {
+		r := recs[i]
+		st, ok := b.s.stmts[r.Stmt]
 		if !ok {
 			b.state = stateFailed
 			return fmt.Errorf("%w: mysql sink %q: unknown statement %q", twopc.ErrInvalid, b.s.cfg.Name, r.Stmt)
 		}
-		recSize := len(stmt) + 1
-		for _, a := range r.Args {
-			recSize += len(a) + 8
+		mark, argMark := len(q), len(args)
+		asRow := n > 0 && st.row != nil && b.s.merge && r.Stmt == prev
+		switch {
+		case asRow:
+			q = append(q, ',') // one more row of the same INSERT … VALUES
+		case n > 0:
+			q = append(q, "\n;"...)
+		default:
+			if i == 0 {
+				q = append(q, savepointCall+"\n;"...)
+			}
+			q = append(q, savepointChunk+"\n;"...)
 		}
-		if n == maxBatchStmts || (n > 0 && size+recSize > maxBatchBytes) {
+		var more int
+		var err error
+		q, args, more, err = st.render(q, args, r.Args, asRow, b.s.driverArgs, b.sess.noBackslash)
+		if err != nil {
+			b.state = stateFailed
+			return fmt.Errorf("%w: mysql sink %q: %v", twopc.ErrInvalid, b.s.cfg.Name, err)
+		}
+		if n > 0 && (n == maxBatchStmts || len(q)+extra+more > limit) {
+			// Send the chunk without this record, which starts the next.
+			q, args = q[:mark], args[:argMark]
 			if err := flush(i); err != nil {
 				return err
 			}
+			continue
 		}
-		for _, a := range r.Args {
-			v, err := argValue(a)
-			if err != nil {
-				b.state = stateFailed
-				return fmt.Errorf("%w: mysql sink %q: statement %q: %v", twopc.ErrInvalid, b.s.cfg.Name, r.Stmt, err)
-			}
-			args = append(args, v)
+		if n == 0 && len(q)+more > b.packetLimit() {
+			return b.tooLarge(ctx, recs, i, len(q)+more)
 		}
-		switch tuple, ok := b.s.tuple[r.Stmt]; {
-		case n > 0 && ok && r.Stmt == prev:
-			q.WriteByte(',') // one more row of the same INSERT … VALUES
-			q.WriteString(tuple)
-		case n > 0:
-			q.WriteString("\n;")
-			q.WriteString(stmt)
-		default:
-			if i == 0 {
-				q.WriteString(savepointCall + "\n;")
-			}
-			q.WriteString(savepointChunk + "\n;")
-			q.WriteString(stmt)
-		}
+		extra += more
 		prev = r.Stmt
 		n++
-		size += recSize
+		i++
 	}
 	return flush(len(recs))
+}
+
+// Bounds of one multi-statement round trip in Write: at most maxBatchStmts
+// records and maxBatchBytes bytes (or less if the server's
+// max_allowed_packet is smaller). packetSlack leaves room for the command
+// byte and packet headers.
+const (
+	maxBatchStmts = 1000
+	maxBatchBytes = 1 << 20
+	packetSlack   = 1024
+)
+
+// packetLimit is the longest statement text this connection can send: the
+// server's max_allowed_packet and the driver's own bound, less slack.
+func (b *branch) packetLimit() int {
+	limit := b.sess.maxPacket
+	if c := b.s.clientMaxPacket; c > 0 && (limit <= 0 || c < limit) {
+		limit = c
+	}
+	if limit <= 0 {
+		limit = maxBatchBytes // not reported: assume the 1 MiB of old servers
+	}
+	return limit - packetSlack
+}
+
+func (b *branch) chunkLimit() int { return min(maxBatchBytes, b.packetLimit()) }
+
+// textPool holds Write's statement text buffers: a branch usually gets one
+// Write per checkpoint, so a buffer kept per branch would grow from nothing
+// on every call.
+var textPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// tooLarge answers a record whose statement alone exceeds what the server
+// takes in one packet: the server would refuse it on every replay, so it
+// is rejected like a poison record, and the call's earlier chunks (if any
+// ran) are undone.
+func (b *branch) tooLarge(ctx context.Context, recs []*twopc.Record, i, size int) error {
+	rej := &twopc.RecordError{Line: i + 1, Err: fmt.Errorf("%w: mysql sink %q: statement %q with its arguments is %d bytes, more than the server's max_allowed_packet allows (%d)",
+		twopc.ErrRecordRejected, b.s.cfg.Name, recs[i].Stmt, size, b.packetLimit()+packetSlack)}
+	if i == 0 {
+		return rej // nothing of the call was sent
+	}
+	if _, err := b.conn.ExecContext(ctx, "ROLLBACK TO SAVEPOINT txsink_call"); err != nil {
+		return errors.Join(rej, b.fail("rollback to the call's savepoint after a record too large", err))
+	}
+	return rej
 }
 
 // Savepoints of a Write call: the call's (set before its first record) and
@@ -170,11 +227,9 @@ func (b *branch) reject(ctx context.Context, recs []*twopc.Record, first, end in
 	}
 	for i := first; i < end && line == 0; i++ {
 		r := recs[i]
-		args := make([]any, len(r.Args))
-		for j, a := range r.Args {
-			args[j], _ = argValue(a) // checked when the chunk was built
-		}
-		if _, err := b.conn.ExecContext(ctx, b.s.sql[r.Stmt], args...); err != nil {
+		// Checked when the chunk was built.
+		q, args, _, _ := b.s.stmts[r.Stmt].render(nil, nil, r.Args, false, b.s.driverArgs, b.sess.noBackslash)
+		if _, err := b.conn.ExecContext(ctx, string(q), args...); err != nil {
 			if !rejected(err) {
 				return b.fail(fmt.Sprintf("statement %q (finding the rejected record)", r.Stmt), err)
 			}
@@ -218,13 +273,8 @@ func rejected(err error) bool {
 	return false
 }
 
-// Bounds of one multi-statement round trip in Write.
-const (
-	maxBatchStmts = 1000
-	maxBatchBytes = 1 << 20
-)
-
-// Prepare inserts the marker row, then XA END and XA PREPARE.
+// Prepare inserts the marker row, then XA END and XA PREPARE, in one round
+// trip.
 func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -239,19 +289,18 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 		return nil, fmt.Errorf("%w: mysql sink %q: prepare branch %v in state %s", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, b.state)
 	}
 	x := b.x
+	// One round trip for the three statements (each round trip costs the
+	// sidecar ~0.1 ms of CPU and the checkpoint its latency): the server
+	// stops at the first that fails. Whether XA PREPARE ran is then
+	// unknown, so maybePrepared is set before sending and cleanup goes
+	// through XA RECOVER if the branch's own XA ROLLBACK fails (Abort).
+	b.maybePrepared = true
 	_, err := b.conn.ExecContext(ctx, "INSERT INTO "+b.s.marker+
 		" (format_id, gtrid, bqual, job, writer, sink, epoch, seq, after_checkpoint, slot, conn_id)"+
-		" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)\n;XA END "+x.literal()+"\n;XA PREPARE "+x.literal(),
 		FormatID, x.gtrid, x.bqual, b.id.Job, b.id.Writer, b.id.Sink, b.id.Epoch, b.id.Seq, b.id.After, b.id.Slot, x.connID)
 	if err != nil {
-		return nil, b.fail("insert marker row", err)
-	}
-	if _, err := b.conn.ExecContext(ctx, "XA END "+x.literal()); err != nil {
-		return nil, b.fail("XA END", err)
-	}
-	b.maybePrepared = true
-	if _, err := b.conn.ExecContext(ctx, "XA PREPARE "+x.literal()); err != nil {
-		return nil, b.fail("XA PREPARE", err)
+		return nil, b.fail("insert marker row, XA END, XA PREPARE", err)
 	}
 	b.state = statePrepared
 	return x.handle(), nil
@@ -359,6 +408,7 @@ func (b *branch) dropConn() {
 	if b.conn == nil {
 		return
 	}
+	b.s.forgetSession(b.conn)
 	_ = b.conn.Raw(func(any) error { return driver.ErrBadConn })
 	_ = b.conn.Close()
 	b.conn = nil

@@ -10,14 +10,12 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,21 +42,73 @@ type Sink struct {
 	db     *sql.DB
 	rdb    *sql.DB
 	log    *slog.Logger
-	stmts  map[string]int    // statement name → placeholder count
-	sql    map[string]string // statement name → SQL without a trailing ';'
-	tuple  map[string]string // statement name → "(…)" when it is INSERT/REPLACE … VALUES (…): rows can be appended
-	marker string            // quoted marker table
-	boot   string            // quoted boot table
+	stmts  map[string]*statement
+	marker string // quoted marker table
+	boot   string // quoted boot table
+	// driverArgs: Write leaves the arguments to the driver's interpolation
+	// (placeholders stay in the text) instead of rendering them itself,
+	// because a statement may change the session's sql_mode, on which
+	// escaping depends (see statement and DESIGN.md "Writes").
+	driverArgs bool
+	// merge: consecutive records of a statement with a row tuple become one
+	// multi-row INSERT. Off when a statement reads what a multi-row INSERT
+	// reports differently from single-row ones (LAST_INSERT_ID, ROW_COUNT).
+	merge bool
+	// clientMaxPacket is the driver's own bound on a command (the DSN's
+	// maxAllowedPacket; 0: the server's, read per connection).
+	clientMaxPacket int
 
 	// mu guards live: branches of this process that hold a connection,
 	// and ended: ids of pooled connections on which a branch's XA
 	// transaction ended (they wait in the pool or serve a newer branch).
 	// Recovery runs on the separate pool rdb, so it can no longer count
 	// on getting the preparer's own connection back; ended tells it that
-	// a live preparer session holds nothing of the branch.
-	mu    sync.Mutex
-	live  map[liveKey]*branch
-	ended map[uint64]bool
+	// a live preparer session holds nothing of the branch. sessions:
+	// what connInfo answered for a branch-pool connection, keyed by the
+	// driver's connection (the key keeps it from being freed, so its
+	// address is never another connection's): the connection id, the
+	// boot id and max_allowed_packet cannot change while it lives, and
+	// its sql_mode only through a statement that makes driverArgs true.
+	mu       sync.Mutex
+	live     map[liveKey]*branch
+	ended    map[uint64]bool
+	sessions map[any]session
+}
+
+// session returns what connInfo answered for conn before, or asks it once
+// (one round trip per new connection instead of one per branch).
+func (s *Sink) session(ctx context.Context, conn *sql.Conn) (session, error) {
+	var key any
+	if err := conn.Raw(func(dc any) error { key = dc; return nil }); err != nil {
+		return session{}, err
+	}
+	s.mu.Lock()
+	ss, ok := s.sessions[key]
+	s.mu.Unlock()
+	if ok {
+		return ss, nil
+	}
+	ss, err := s.connInfo(ctx, conn)
+	if err != nil {
+		return ss, err
+	}
+	s.mu.Lock()
+	if len(s.sessions) >= maxEnded {
+		clear(s.sessions) // connections the pool dropped by itself: ask again
+	}
+	s.sessions[key] = ss
+	s.mu.Unlock()
+	return ss, nil
+}
+
+// forgetSession drops the answer for a connection that is being closed.
+func (s *Sink) forgetSession(conn *sql.Conn) {
+	_ = conn.Raw(func(dc any) error {
+		s.mu.Lock()
+		delete(s.sessions, dc)
+		s.mu.Unlock()
+		return nil
+	})
 }
 
 // maxEnded bounds Sink.ended; connections the pool closes by itself leave
@@ -149,13 +199,15 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	rdb.SetConnMaxIdleTime(time.Minute)
 	s := &Sink{
 		cfg: cfg, db: db, rdb: rdb, log: cfg.Logger.With("sink", cfg.Name),
-		stmts:  make(map[string]int, len(cfg.Statements)),
-		sql:    make(map[string]string, len(cfg.Statements)),
-		tuple:  make(map[string]string, len(cfg.Statements)),
-		marker: "`" + cfg.MarkerTable + "`",
-		boot:   "`" + cfg.MarkerTable + "_boot`",
-		live:   make(map[liveKey]*branch),
-		ended:  make(map[uint64]bool),
+		stmts:    make(map[string]*statement, len(cfg.Statements)),
+		marker:   "`" + cfg.MarkerTable + "`",
+		boot:     "`" + cfg.MarkerTable + "_boot`",
+		live:     make(map[liveKey]*branch),
+		ended:    make(map[uint64]bool),
+		sessions: make(map[any]session),
+		merge:    true,
+		// The driver's default is 64 MiB, far above any batch.
+		clientMaxPacket: mc.MaxAllowedPacket,
 	}
 	if err := s.setup(ctx); err != nil {
 		db.Close()
@@ -212,12 +264,18 @@ func (s *Sink) setup(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			s.stmts[name] = st.NumInput()
-			s.sql[name] = trimSQL(q)
-			if t, ok := valuesTuple(s.sql[name]); ok {
-				s.tuple[name] = t
+			n := st.NumInput()
+			if err := st.Close(); err != nil {
+				return err
 			}
-			return st.Close()
+			stmt, err := newStatement(name, q, n)
+			if err != nil {
+				return err
+			}
+			s.stmts[name] = stmt
+			s.driverArgs = s.driverArgs || stmt.modeDependent
+			s.merge = s.merge && !stmt.readsInsertResult
+			return nil
 		})
 		if err != nil {
 			bad = append(bad, fmt.Errorf("statement %q: %w", name, err))
@@ -238,8 +296,11 @@ func (s *Sink) MaxInflight() int { return s.cfg.MaxInflight }
 // Placeholders returns the number of ? placeholders of statement name, and
 // whether it exists.
 func (s *Sink) Placeholders(name string) (int, bool) {
-	n, ok := s.stmts[name]
-	return n, ok
+	st, ok := s.stmts[name]
+	if !ok {
+		return 0, false
+	}
+	return st.n, true
 }
 
 // Close detaches every branch of this process (open ones are rolled back by
@@ -280,59 +341,19 @@ func (s *Sink) Validate(r *twopc.Record) error {
 	case r.Stmt == "":
 		return bad("stmt is required")
 	}
-	n, ok := s.stmts[r.Stmt]
+	st, ok := s.stmts[r.Stmt]
 	if !ok {
 		return bad("unknown statement %q", r.Stmt)
 	}
-	if len(r.Args) != n {
-		return bad("statement %q takes %d args, got %d", r.Stmt, n, len(r.Args))
+	if len(r.Args) != st.n {
+		return bad("statement %q takes %d args, got %d", r.Stmt, st.n, len(r.Args))
 	}
 	for i, a := range r.Args {
-		if _, err := argValue(a); err != nil {
+		if _, err := scalarOf(a); err != nil {
 			return bad("statement %q arg %d: %v", r.Stmt, i, err)
 		}
 	}
 	return nil
-}
-
-// argValue converts a JSON scalar to what the driver sends: strings, int64 or
-// uint64 for integers, the literal text for other numbers (exact for DECIMAL
-// columns), bool, nil.
-func argValue(a json.RawMessage) (any, error) {
-	t := strings.TrimSpace(string(a))
-	if t == "" {
-		return nil, errors.New("empty value")
-	}
-	switch c := t[0]; {
-	case c == '"':
-		var s string
-		if err := json.Unmarshal([]byte(t), &s); err != nil {
-			return nil, err
-		}
-		return s, nil
-	case t == "null":
-		return nil, nil
-	case t == "true":
-		return true, nil
-	case t == "false":
-		return false, nil
-	case c == '-' || (c >= '0' && c <= '9'):
-		var num json.Number
-		if err := json.Unmarshal([]byte(t), &num); err != nil {
-			return nil, err
-		}
-		if i, err := strconv.ParseInt(t, 10, 64); err == nil {
-			return i, nil
-		}
-		if u, err := strconv.ParseUint(t, 10, 64); err == nil {
-			return u, nil
-		}
-		return t, nil
-	case c == '[' || c == '{':
-		return nil, errors.New("arrays and objects are not allowed, only JSON scalars")
-	default:
-		return nil, fmt.Errorf("invalid JSON %q", t)
-	}
 }
 
 // Begin opens a branch; it takes a connection and starts the XA transaction
@@ -525,26 +546,44 @@ func recoverXIDs(ctx context.Context, conn *sql.Conn) ([]rawXID, error) {
 	return out, rows.Err()
 }
 
-// connInfo returns the session's CONNECTION_ID() and the server incarnation.
-func (s *Sink) connInfo(ctx context.Context, conn *sql.Conn) (uint64, string, error) {
-	var id uint64
+// session is what a branch and recovery learn about their connection in
+// one query.
+type session struct {
+	id   uint64 // CONNECTION_ID()
+	boot string // the server incarnation (the boot table's row)
+	// noBackslash: sql_mode has NO_BACKSLASH_ESCAPES, so string literals
+	// escape only quotes (as the driver's interpolation does).
+	noBackslash bool
+	maxPacket   int // @@max_allowed_packet: the longest statement the server takes
+}
+
+// connInfo returns the session's CONNECTION_ID(), the server incarnation,
+// its sql_mode's escaping and max_allowed_packet.
+func (s *Sink) connInfo(ctx context.Context, conn *sql.Conn) (session, error) {
+	var ss session
 	var boot sql.NullString
-	q := "SELECT CONNECTION_ID(), (SELECT id FROM " + s.boot + " WHERE k = 1)"
-	if err := conn.QueryRowContext(ctx, q).Scan(&id, &boot); err != nil {
-		return 0, "", err
+	var mode string
+	q := "SELECT CONNECTION_ID(), (SELECT id FROM " + s.boot + " WHERE k = 1), @@SESSION.sql_mode, @@SESSION.max_allowed_packet"
+	if err := conn.QueryRowContext(ctx, q).Scan(&ss.id, &boot, &mode, &ss.maxPacket); err != nil {
+		return ss, err
 	}
-	if boot.Valid {
-		return id, strings.ToLower(boot.String), nil
+	if !boot.Valid {
+		// First session since the server started: name this incarnation.
+		// Racing sessions agree through the primary key.
+		if _, err := conn.ExecContext(ctx, "INSERT IGNORE INTO "+s.boot+" (k, id) VALUES (1, LOWER(HEX(RANDOM_BYTES(8))))"); err != nil {
+			return ss, err
+		}
+		if err := conn.QueryRowContext(ctx, q).Scan(&ss.id, &boot, &mode, &ss.maxPacket); err != nil {
+			return ss, err
+		}
 	}
-	// First session since the server started: name this incarnation. Racing
-	// sessions agree through the primary key.
-	if _, err := conn.ExecContext(ctx, "INSERT IGNORE INTO "+s.boot+" (k, id) VALUES (1, LOWER(HEX(RANDOM_BYTES(8))))"); err != nil {
-		return 0, "", err
+	ss.boot = strings.ToLower(boot.String)
+	for m := range strings.SplitSeq(mode, ",") {
+		if strings.EqualFold(strings.TrimSpace(m), "NO_BACKSLASH_ESCAPES") {
+			ss.noBackslash = true
+		}
 	}
-	if err := conn.QueryRowContext(ctx, q).Scan(&id, &boot); err != nil {
-		return 0, "", err
-	}
-	return id, strings.ToLower(boot.String), nil
+	return ss, nil
 }
 
 // waitPreparerGone waits until the session that prepared x has left the
@@ -552,11 +591,11 @@ func (s *Sink) connInfo(ctx context.Context, conn *sql.Conn) (uint64, string, er
 // still detaching can answer OK and leave it prepared (docs/DESIGN.md §10). A server
 // restart since (another boot id) means it is gone.
 func (s *Sink) waitPreparerGone(ctx context.Context, conn *sql.Conn, x xid) error {
-	self, boot, err := s.connInfo(ctx, conn)
+	self, err := s.connInfo(ctx, conn)
 	if err != nil {
 		return err
 	}
-	if !strings.EqualFold(boot, x.boot) || self == x.connID {
+	if !strings.EqualFold(self.boot, x.boot) || self.id == x.connID {
 		return nil
 	}
 	start := time.Now()
