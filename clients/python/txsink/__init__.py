@@ -26,28 +26,8 @@ from .client import (
     Writer,
     encode_records,
 )
-from .errors import (
-    Backpressure,
-    BadRequest,
-    CheckpointOrder,
-    Conflict,
-    DataLoss,
-    NoAnswer,
-    NoSession,
-    NotFound,
-    OwnerUnavailable,
-    RecordRejected,
-    Reopen,
-    SeqConflict,
-    SessionFenced,
-    SessionLost,
-    SinkFailure,
-    TooLarge,
-    TxsinkError,
-    Unauthorized,
-    Unavailable,
-    Unreachable,
-)
+from . import errors as _errors
+from .errors import *  # noqa: F401,F403  (the exception family; errors.__all__ names it)
 
 __version__ = "0.1.0"
 
@@ -60,24 +40,4 @@ __all__ = [
     "WriteResult",
     "CheckpointResult",
     "encode_records",
-    "TxsinkError",
-    "Reopen",
-    "SessionFenced",
-    "SessionLost",
-    "NoSession",
-    "SeqConflict",
-    "CheckpointOrder",
-    "SinkFailure",
-    "OwnerUnavailable",
-    "NoAnswer",
-    "RecordRejected",
-    "DataLoss",
-    "Backpressure",
-    "Unavailable",
-    "Unreachable",
-    "BadRequest",
-    "Unauthorized",
-    "NotFound",
-    "Conflict",
-    "TooLarge",
-]
+] + [n for n in _errors.__all__ if n != "error_from_problem"]

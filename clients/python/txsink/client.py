@@ -281,6 +281,15 @@ class Client:
             return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
+    def _pause(self, delay: float, deadline: float, what: str, err: Exception) -> float:
+        """Sleeps delay before the next attempt of a call that never reached
+        the sidecar and returns the next delay; raises Unreachable when that
+        would pass the deadline."""
+        if time.monotonic() + delay > deadline:
+            raise Unreachable(f"{what} {self.endpoint} ({type(err).__name__}: {err})", err) from err
+        time.sleep(delay)
+        return min(delay * 2, 2.0)
+
     def _drop(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -315,11 +324,7 @@ class Client:
                         conn.connect()
                     except OSError as e:  # refused, no such socket, timeout: the call never left
                         conn.close()
-                        if time.monotonic() + delay > deadline:
-                            raise Unreachable(f"{method} {path}: cannot connect to {self.endpoint} "
-                                              f"({type(e).__name__}: {e})", e) from e
-                        time.sleep(delay)
-                        delay = min(delay * 2, 2.0)
+                        delay = self._pause(delay, deadline, f"{method} {path}: cannot connect to", e)
                         continue
                     self._conn = conn
                 try:
@@ -331,11 +336,7 @@ class Client:
                     # A server acts only on a complete request, so this one
                     # did nothing and may go again on a new connection.
                     self._drop()
-                    if time.monotonic() + delay > deadline:
-                        raise Unreachable(f"{method} {path}: cannot send to {self.endpoint} "
-                                          f"({type(e).__name__}: {e})", e) from e
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    delay = self._pause(delay, deadline, f"{method} {path}: cannot send to", e)
                     continue
                 try:
                     resp = self._conn.getresponse()
