@@ -57,7 +57,7 @@ func (s *Sink) Validate(r *twopc.Record) error {
 }
 
 func (s *Sink) topicAllowed(t string) bool {
-	if t == s.cfg.DefaultTopic {
+	if t == s.cfg.DefaultTopic || s.topics.known(t) {
 		return true
 	}
 	if s.allowAll {
