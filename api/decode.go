@@ -20,19 +20,48 @@ import (
 // limit is checked once, line numbers come from offsets, and the decoded
 // records never alias the buffer (encoding/json copies strings, RawMessage
 // and base64 bytes), so it can be reused as soon as the call returns.
+//
+// A few buffers of common size are kept in a free list besides the
+// sync.Pool: the pool is emptied by every other GC, and a sidecar under
+// write load collects several times a second (the records of each call are
+// fresh memory), so pooled buffers were mostly regrown from scratch.
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// maxPooledBuf keeps an occasional huge body from pinning its buffer.
-const maxPooledBuf = 4 << 20
+var bufFree = make(chan *bytes.Buffer, maxFreeBufs)
+
+// maxPooledBuf keeps an occasional huge body from pinning its buffer;
+// maxFreeBuf and maxFreeBufs bound what the free list pins (8 MiB).
+const (
+	maxPooledBuf = 4 << 20
+	maxFreeBuf   = 1 << 20
+	maxFreeBufs  = 8
+)
+
+func getBuf() *bytes.Buffer {
+	select {
+	case b := <-bufFree:
+		return b
+	default:
+		return bufPool.Get().(*bytes.Buffer)
+	}
+}
 
 // maxPreGrow bounds what readBody allocates on the word of Content-Length.
 const maxPreGrow = 256 << 10
 
 func putBuf(b *bytes.Buffer) {
-	if b.Cap() <= maxPooledBuf {
-		b.Reset()
-		bufPool.Put(b)
+	if b.Cap() > maxPooledBuf {
+		return
 	}
+	b.Reset()
+	if b.Cap() <= maxFreeBuf {
+		select {
+		case bufFree <- b:
+			return
+		default:
+		}
+	}
+	bufPool.Put(b)
 }
 
 // readBody reads r's body, at most limit bytes, into a pooled buffer that
@@ -41,7 +70,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) (*bytes.Buffe
 	if r.ContentLength > limit {
 		return nil, tooLarge(limit)
 	}
-	buf := bufPool.Get().(*bytes.Buffer)
+	buf := getBuf()
 	buf.Reset()
 	if r.ContentLength > 0 {
 		// ReadFrom wants MinRead spare bytes before it sees EOF. Never

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"unicode/utf8"
 
@@ -22,6 +23,9 @@ import (
 type fastDecoder struct {
 	arena []byte            // capacity bounds every copy: the body's length
 	names map[string]string // interned sink/topic/stmt/header names
+	// The last sink, topic and statement: records of a call mostly repeat
+	// them, and a comparison is cheaper than hashing for the map.
+	sink, topic, stmt string
 }
 
 // maxInterned bounds the names map of one call.
@@ -68,13 +72,13 @@ func (d *fastDecoder) record(b []byte, r *twopc.Record) bool {
 		switch string(b[ks:ke]) {
 		case "sink":
 			bit = fSink
-			r.Sink, i, ok = d.name(b, i)
+			r.Sink, i, ok = d.name(b, i, &d.sink)
 		case "topic":
 			bit = fTopic
-			r.Topic, i, ok = d.name(b, i)
+			r.Topic, i, ok = d.name(b, i, &d.topic)
 		case "stmt":
 			bit = fStmt
-			r.Stmt, i, ok = d.name(b, i)
+			r.Stmt, i, ok = d.name(b, i, &d.stmt)
 		case "key":
 			bit = fKey
 			r.Key, i, ok = d.raw(b, i)
@@ -132,7 +136,13 @@ func plainString(b []byte, i int) (start, end int, ok bool) {
 		return 0, 0, false
 	}
 	ascii := true
-	for j := i + 1; j < len(b); j++ {
+	j := i + 1
+	for ; len(b)-j >= 8; j += 8 {
+		if special(binary.LittleEndian.Uint64(b[j:]), true) {
+			break
+		}
+	}
+	for ; j < len(b); j++ {
 		c := b[j]
 		switch {
 		case c == '"':
@@ -149,7 +159,7 @@ func plainString(b []byte, i int) (start, end int, ok bool) {
 	return 0, 0, false
 }
 
-func (d *fastDecoder) name(b []byte, i int) (string, int, bool) {
+func (d *fastDecoder) name(b []byte, i int, last *string) (string, int, bool) {
 	if isNull(b, i) {
 		return "", i + 4, true
 	}
@@ -157,7 +167,10 @@ func (d *fastDecoder) name(b []byte, i int) (string, int, bool) {
 	if !ok {
 		return "", 0, false
 	}
-	return d.intern(b[s:e]), e + 1, true
+	if string(b[s:e]) != *last {
+		*last = d.intern(b[s:e])
+	}
+	return *last, e + 1, true
 }
 
 func (d *fastDecoder) intern(b []byte) string {
@@ -412,7 +425,13 @@ func skipString(b []byte, i int) (int, bool) {
 	if i >= len(b) || b[i] != '"' {
 		return 0, false
 	}
-	for j := i + 1; j < len(b); j++ {
+	j := i + 1
+	for ; len(b)-j >= 8; j += 8 {
+		if special(binary.LittleEndian.Uint64(b[j:]), false) {
+			break
+		}
+	}
+	for ; j < len(b); j++ {
 		switch c := b[j]; {
 		case c == '"':
 			return j + 1, true
@@ -436,6 +455,28 @@ func skipString(b []byte, i int) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// special reports whether any byte of w may end a plain run of string
+// bytes: below 0x20, a quote, a backslash, and with nonASCII any byte from
+// 0x80. These are the classic "has a byte less than n / equal to n" bit
+// tricks: a false positive is possible next to a true one, a false negative
+// never, so a word it passes needs no byte-by-byte look. Strings are most of
+// a records body, and this lets the scans take them eight bytes at a time.
+func special(w uint64, nonASCII bool) bool {
+	less := (w - ones*0x20) &^ w
+	quote := w ^ (ones * '"')
+	bslash := w ^ (ones * '\\')
+	m := less | ((quote - ones) &^ quote) | ((bslash - ones) &^ bslash)
+	if nonASCII {
+		m |= w
+	}
+	return m&highs != 0
 }
 
 func isHex(c byte) bool {

@@ -75,15 +75,7 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	if err := c.validateRecords(job, recs); err != nil {
 		return WriteResult{}, err
 	}
-	// Group by sink, keeping each sink's order. Most calls have one sink.
-	groups := map[string][]*Record{}
-	var order []string
-	for _, r := range recs {
-		if _, ok := groups[r.Sink]; !ok {
-			order = append(order, r.Sink)
-		}
-		groups[r.Sink] = append(groups[r.Sink], r)
-	}
+	groups, order := bySink(recs)
 	// Open every needed branch before writing anything, so backpressure
 	// leaves the call without effect.
 	for _, name := range order {
@@ -118,6 +110,34 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 		res.Seq = seq.N
 	}
 	return res, nil
+}
+
+// bySink groups records by sink, keeping each sink's order. Most calls
+// have one sink: then the call's slice is the group, with no map and no
+// copy of a thousand pointers.
+func bySink(recs []*Record) (map[string][]*Record, []string) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	one := true
+	for _, r := range recs[1:] {
+		if r.Sink != recs[0].Sink {
+			one = false
+			break
+		}
+	}
+	if one {
+		return map[string][]*Record{recs[0].Sink: recs}, []string{recs[0].Sink}
+	}
+	groups := map[string][]*Record{}
+	var order []string
+	for _, r := range recs {
+		if _, ok := groups[r.Sink]; !ok {
+			order = append(order, r.Sink)
+		}
+		groups[r.Sink] = append(groups[r.Sink], r)
+	}
+	return groups, order
 }
 
 func recordBytes(recs []*Record) int {

@@ -212,11 +212,24 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 	// answer); the same context is the only way to stop that wait, so
 	// when ctx ends during the loop the branch's context is cancelled:
 	// its records fail and the write fails, which aborts the branch.
+	//
+	// Per call rather than per record: one slab of kgo.Records (franz-go
+	// keeps pointers into it until each promise ran, which keeps the slab
+	// alive that long), one slab of headers, one clock reading (kgo reads
+	// the clock for every record without a timestamp; records of one call
+	// are accepted at one moment anyway), one pending count.
+	krs := make([]kgo.Record, len(recs))
+	var hs []kgo.RecordHeader
+	if n := headerCount(recs); n > 0 {
+		hs = make([]kgo.RecordHeader, n)
+	}
+	now := time.Now()
+	b.pending.Add(int64(len(recs)))
 	stop := context.AfterFunc(ctx, b.cancel)
-	for _, r := range recs {
-		kr := toKgo(r)
-		kr.Context = b.ctx
-		b.pending.Add(1)
+	for i, r := range recs {
+		kr := &krs[i]
+		hs = toKgo(kr, r, hs)
+		kr.Context, kr.Timestamp = b.ctx, now
 		cl.Produce(b.ctx, kr, b.promise)
 	}
 	if !stop() {
@@ -224,6 +237,14 @@ func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
 			twopc.ErrSinkFailure, b.s.cfg.Name, b.id, context.Cause(ctx))
 	}
 	return nil
+}
+
+func headerCount(recs []*twopc.Record) int {
+	n := 0
+	for _, r := range recs {
+		n += len(r.Headers)
+	}
+	return n
 }
 
 // Prepare flushes, checks every produce result and returns the handle.

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"unicode/utf8"
@@ -56,7 +57,7 @@ func (s *Sink) Validate(r *twopc.Record) error {
 }
 
 func (s *Sink) topicAllowed(t string) bool {
-	if t == s.cfg.DefaultTopic {
+	if t == s.cfg.DefaultTopic || s.topics.known(t) {
 		return true
 	}
 	if s.allowAll {
@@ -80,11 +81,8 @@ func jsonBytes(raw json.RawMessage) ([]byte, error) {
 	case '"':
 		// Fast path: no escapes, so the bytes between the quotes are the
 		// string (aliasing raw, which the record owns anyway).
-		if n := len(raw); n >= 2 && raw[n-1] == '"' && bytes.IndexByte(raw[1:n-1], '\\') < 0 && bytes.IndexByte(raw[1:n-1], '"') < 0 {
-			inner := raw[1 : n-1]
-			if utf8.Valid(inner) && !hasControl(inner) {
-				return inner, nil
-			}
+		if n := len(raw); n >= 2 && raw[n-1] == '"' && plainString(raw[1:n-1]) {
+			return raw[1 : n-1], nil
 		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
@@ -102,6 +100,47 @@ func jsonBytes(raw json.RawMessage) ([]byte, error) {
 	return raw, nil
 }
 
+// plainString reports whether b, the inside of a JSON string, is its own
+// decoding: valid UTF-8 without a quote, backslash or control character.
+// It runs over every key and value of every record, so the common case (all
+// ASCII) is checked eight bytes at a time; anything suspicious in a word
+// falls back to the exact check of that word and the rest.
+func plainString(b []byte) bool {
+	i := 0
+	for ; len(b)-i >= 8; i += 8 {
+		if special(binary.LittleEndian.Uint64(b[i:])) {
+			break
+		}
+	}
+	for ; i < len(b); i++ {
+		c := b[i]
+		if c < 0x20 || c == '"' || c == '\\' {
+			return false
+		}
+		if c >= utf8.RuneSelf {
+			rest := b[i:]
+			return utf8.Valid(rest) && bytes.IndexByte(rest, '"') < 0 && bytes.IndexByte(rest, '\\') < 0 && !hasControl(rest)
+		}
+	}
+	return true
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// special reports whether any byte of w may be below 0x20, a quote, a
+// backslash or non-ASCII (the classic "has a byte less than n" bit tricks;
+// they may report a false positive next to a true one, never a false
+// negative).
+func special(w uint64) bool {
+	less := (w - ones*0x20) &^ w
+	quote := w ^ (ones * '"')
+	bslash := w ^ (ones * '\\')
+	return (less|((quote-ones)&^quote)|((bslash-ones)&^bslash)|w)&highs != 0
+}
+
 func hasControl(b []byte) bool {
 	for _, c := range b {
 		if c < 0x20 {
@@ -111,10 +150,12 @@ func hasControl(b []byte) bool {
 	return false
 }
 
-// toKgo builds the kgo.Record for a validated record. Partition -1 means
-// "let the partitioner hash the key" (see partitioner).
-func toKgo(r *twopc.Record) *kgo.Record {
-	kr := &kgo.Record{Topic: r.Topic, Key: r.KeyB64, Value: r.ValueB64, Partition: -1}
+// toKgo fills kr, a zero kgo.Record, for a validated record. Partition -1
+// means "let the partitioner hash the key" (see partitioner). Headers are
+// carved from hs, which the caller sizes for the whole call (one
+// allocation per call instead of one per record); toKgo returns the rest.
+func toKgo(kr *kgo.Record, r *twopc.Record, hs []kgo.RecordHeader) []kgo.RecordHeader {
+	kr.Topic, kr.Key, kr.Value, kr.Partition = r.Topic, r.KeyB64, r.ValueB64, -1
 	if r.Key != nil { // not normalised by Validate; be forgiving
 		kr.Key, _ = jsonBytes(r.Key)
 	}
@@ -124,13 +165,17 @@ func toKgo(r *twopc.Record) *kgo.Record {
 	if r.Partition != nil {
 		kr.Partition = *r.Partition
 	}
-	if len(r.Headers) > 0 {
-		kr.Headers = make([]kgo.RecordHeader, 0, len(r.Headers))
-		for k, v := range r.Headers {
-			kr.Headers = append(kr.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
+	if n := len(r.Headers); n > 0 {
+		if len(hs) < n { // the caller counted; be safe anyway
+			hs = make([]kgo.RecordHeader, n)
 		}
+		h := hs[:0:n]
+		for k, v := range r.Headers {
+			h = append(h, kgo.RecordHeader{Key: k, Value: []byte(v)})
+		}
+		kr.Headers, hs = h, hs[n:]
 	}
-	return kr
+	return hs
 }
 
 // partitioner honours an explicit partition (Record.Partition >= 0, set by

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -44,15 +45,45 @@ type topicInfo struct {
 }
 
 // topicCache holds topicInfo by topic name. Validate reads it for every
-// record, so it is a sync.Map (read-mostly, no lock on the hot path).
-type topicCache struct{ m sync.Map }
+// record, so it is a sync.Map (read-mostly, no lock on the hot path) of
+// immutable entries, and last remembers the entry read most recently: the
+// records of a call mostly name one topic, and comparing a name is cheaper
+// than hashing it. Only topics that passed topicAllowed are ever stored
+// (checkRecord runs after it), which lets topicAllowed trust last too.
+type topicCache struct {
+	m    sync.Map // topic name → *topicEntry
+	last atomic.Pointer[topicEntry]
+}
+
+type topicEntry struct {
+	name string
+	ti   topicInfo
+}
 
 func (c *topicCache) load(topic string) (topicInfo, bool) {
+	if e := c.last.Load(); e != nil && e.name == topic {
+		return e.ti, true
+	}
 	v, ok := c.m.Load(topic)
 	if !ok {
 		return topicInfo{}, false
 	}
-	return v.(topicInfo), true
+	e := v.(*topicEntry)
+	c.last.Store(e)
+	return e.ti, true
+}
+
+func (c *topicCache) store(topic string, ti topicInfo) {
+	e := &topicEntry{name: topic, ti: ti}
+	c.m.Store(topic, e)
+	c.last.Store(e)
+}
+
+// known reports whether topic is the last one looked up, and so was
+// allowed before.
+func (c *topicCache) known(topic string) bool {
+	e := c.last.Load()
+	return e != nil && e.name == topic
 }
 
 // checkRecord refuses (ErrInvalid) a record the broker would refuse for
@@ -96,7 +127,7 @@ func (s *Sink) topicInfo(topic string, partition *int32) topicInfo {
 		}
 		return topicInfo{maxBytes: s.maxMessage}
 	}
-	s.topics.m.Store(topic, fresh)
+	s.topics.store(topic, fresh)
 	return fresh
 }
 
