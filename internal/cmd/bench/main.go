@@ -238,7 +238,7 @@ func plan(o options) []*benchCase {
 		}
 	}
 	for _, w := range o.writers {
-		for _, p := range []string{"direct", "sidecar"} {
+		for _, p := range []string{"direct", "sidecar", "async"} {
 			cs = append(cs, mysqlCase(p, w))
 		}
 	}
