@@ -122,15 +122,8 @@ func ckptDirectWriter(ctx context.Context, e *env, c *benchCase, topic string, w
 		}
 		defer stmt.Close()
 	}
-	var mu sync.Mutex
-	var produceErr error
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			produceErr = errors.Join(produceErr, err)
-			mu.Unlock()
-		}
-	}
+	var pe produceErrs
+	promise := pe.promise
 	prefix := strconv.Itoa(w) + ":"
 	args := make([]any, 2*ckptRecords)
 	var committed int64
@@ -151,11 +144,9 @@ func ckptDirectWriter(ctx context.Context, e *env, c *benchCase, topic string, w
 			}
 		}
 		err := cl.Flush(ctx)
-		mu.Lock()
-		if err == nil && produceErr != nil {
-			err = fmt.Errorf("produce: %w", produceErr)
+		if err == nil {
+			err = pe.err()
 		}
-		mu.Unlock()
 		if err == nil {
 			if err = cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
 				err = fmt.Errorf("commit: %w", err)
@@ -232,12 +223,8 @@ func ckptSidecarWriter(ctx context.Context, e *env, c *benchCase, job, topic str
 		if _, err := cl.WriteNDJSON(ctx, job, writer, sess.Epoch, client.Seq(n), body.Bytes()); err != nil {
 			return committed, errors.Join(fmt.Errorf("write: %w", err), e.sidecarAlive())
 		}
-		res, err := cl.Checkpoint(ctx, job, writer, sess.Epoch, n, nil, twopc.WaitCommitted)
-		if err != nil {
-			return committed, errors.Join(fmt.Errorf("checkpoint %d: %w", n, err), e.sidecarAlive())
-		}
-		if res.Status != twopc.StatusCommitted {
-			return committed, fmt.Errorf("checkpoint %d: status %q, want committed", n, res.Status)
+		if err := checkpoint(ctx, e, cl, job, writer, sess.Epoch, n, twopc.WaitCommitted); err != nil {
+			return committed, err
 		}
 		c.lat.add(time.Since(t0))
 		committed += ckptRecords

@@ -111,15 +111,8 @@ func e2eDirectWriter(ctx context.Context, e *env, topic string, interval time.Du
 		return 0, err
 	}
 	defer cl.Close()
-	var mu sync.Mutex
-	var produceErr error
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			produceErr = errors.Join(produceErr, err)
-			mu.Unlock()
-		}
-	}
+	var pe produceErrs
+	promise := pe.promise
 	if err := cl.BeginTransaction(); err != nil {
 		return 0, err
 	}
@@ -141,11 +134,8 @@ func e2eDirectWriter(ctx context.Context, e *env, topic string, interval time.Du
 			if err := cl.Flush(ctx); err != nil {
 				return committed, err
 			}
-			mu.Lock()
-			perr := produceErr
-			mu.Unlock()
-			if perr != nil {
-				return committed, fmt.Errorf("produce: %w", perr)
+			if err := pe.err(); err != nil {
+				return committed, err
 			}
 			if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
 				return committed, fmt.Errorf("commit: %w", err)

@@ -61,24 +61,14 @@ func kafkaDirectWriter(ctx context.Context, e *env, topic string, interval time.
 		return 0, err
 	}
 	defer cl.Close()
-	var mu sync.Mutex
-	var produceErr error
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			produceErr = errors.Join(produceErr, err)
-			mu.Unlock()
-		}
-	}
+	var pe produceErrs
+	promise := pe.promise
 	commit := func(again bool) error {
 		if err := cl.Flush(ctx); err != nil {
 			return err
 		}
-		mu.Lock()
-		perr := produceErr
-		mu.Unlock()
-		if perr != nil {
-			return fmt.Errorf("produce: %w", perr)
+		if err := pe.err(); err != nil {
+			return err
 		}
 		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
 			return fmt.Errorf("commit: %w", err)
@@ -147,12 +137,8 @@ func kafkaSidecarWriter(ctx context.Context, e *env, cl *client.Client, job, top
 		done := !now.Before(end)
 		if done || now.Sub(last) >= interval {
 			n++
-			res, err := cl.Checkpoint(ctx, job, writer, sess.Epoch, n, nil, twopc.WaitCommitted)
-			if err != nil {
-				return committed, errors.Join(fmt.Errorf("checkpoint %d: %w", n, err), e.sidecarAlive())
-			}
-			if res.Status != twopc.StatusCommitted {
-				return committed, fmt.Errorf("checkpoint %d: status %q, want committed", n, res.Status)
+			if err := checkpoint(ctx, e, cl, job, writer, sess.Epoch, n, twopc.WaitCommitted); err != nil {
+				return committed, err
 			}
 			committed, last = produced, time.Now()
 		}
@@ -275,4 +261,30 @@ func parseKey(k []byte) (w int, n int64, ok bool) {
 		return 0, 0, false
 	}
 	return w, n, true
+}
+
+// produceErrs collects the errors of asynchronous produces (the promise
+// runs on franz-go's goroutines) for the direct clients, which check them
+// after each Flush, before they commit.
+type produceErrs struct {
+	mu   sync.Mutex
+	errs error
+}
+
+func (p *produceErrs) promise(_ *kgo.Record, err error) {
+	if err != nil {
+		p.mu.Lock()
+		p.errs = errors.Join(p.errs, err)
+		p.mu.Unlock()
+	}
+}
+
+// err is every produce error so far, as one error, or nil.
+func (p *produceErrs) err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.errs != nil {
+		return fmt.Errorf("produce: %w", p.errs)
+	}
+	return nil
 }

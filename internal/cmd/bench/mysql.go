@@ -307,16 +307,8 @@ func mysqlSidecarWriter(ctx context.Context, e *env, job string, w int, end time
 		if _, err := cl.WriteNDJSON(ctx, job, writer, sess.Epoch, client.Seq(seq), body.Bytes()); err != nil {
 			return committed, errors.Join(fmt.Errorf("write: %w", err), e.sidecarAlive())
 		}
-		res, err := cl.Checkpoint(ctx, job, writer, sess.Epoch, seq, nil, wait)
-		for tries := 0; client.Code(err) == "backpressure" && tries < 5000; tries++ {
-			time.Sleep(time.Millisecond)
-			res, err = cl.Checkpoint(ctx, job, writer, sess.Epoch, seq, nil, wait)
-		}
-		if err != nil {
-			return committed, errors.Join(fmt.Errorf("checkpoint %d: %w", seq, err), e.sidecarAlive())
-		}
-		if want := twopc.StatusCommitted; res.Status != want && !(wait == twopc.WaitPrepared && res.Status == twopc.StatusCommitting) {
-			return committed, fmt.Errorf("checkpoint %d: status %q, want %s", seq, res.Status, want)
+		if err := checkpoint(ctx, e, cl, job, writer, sess.Epoch, seq, wait); err != nil {
+			return committed, err
 		}
 		committed += batchSize
 		progress.Add(batchSize)
