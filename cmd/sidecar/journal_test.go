@@ -16,12 +16,7 @@ import (
 // domain error comes back as its code and turns into the sentinel again.
 func TestRaftJournal(t *testing.T) {
 	m := twopc.NewMachine()
-	n, err := raftlog.Open(raftlog.Config{Dir: t.TempDir(), BindAddr: "127.0.0.1:0", Bootstrap: true,
-		Logger: slog.New(slog.DiscardHandler)}, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
+	n := singleNode(t, m)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	if err := n.WaitLeader(ctx); err != nil {
@@ -54,4 +49,17 @@ func TestRaftJournal(t *testing.T) {
 	if err != nil || bad.Code != "job_not_found" || !errors.Is(bad.Err(), twopc.ErrJobNotFound) {
 		t.Fatalf("unknown job: got %+v %v, want code job_not_found", bad, err)
 	}
+}
+
+// singleNode opens a bootstrapped one-node journal over m in a temp dir,
+// closed when the test ends.
+func singleNode(t *testing.T, m *twopc.Machine) *raftlog.Node {
+	t.Helper()
+	n, err := raftlog.Open(raftlog.Config{Dir: t.TempDir(), BindAddr: "127.0.0.1:0", Bootstrap: true,
+		Logger: slog.New(slog.DiscardHandler)}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
 }

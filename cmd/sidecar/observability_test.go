@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/txsink/txsink/api"
-	"github.com/txsink/txsink/raftlog"
 	"github.com/txsink/txsink/twopc"
 	"github.com/txsink/txsink/twopc/twopctest"
 )
@@ -209,13 +207,7 @@ func (kafkaLike) CachedClients() int                { return 1 }
 func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	m := twopc.NewMachine()
-	n, err := raftlog.Open(raftlog.Config{Dir: t.TempDir(), BindAddr: "127.0.0.1:0", Bootstrap: true,
-		Logger: slog.New(slog.DiscardHandler)}, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	x := newMetrics(m, n)
+	x := newMetrics(m, singleNode(t, m))
 	sinks := map[string]twopc.Sink{"events": kafkaLike{twopctest.NewSink("events", 2)}}
 	c, err := twopc.NewCoordinator(twopc.Config{Node: "n1", Journal: twopctest.NewJournal(m), Machine: m,
 		Sinks: x.wrapSinks(sinks)})
