@@ -78,10 +78,9 @@ func reportPerRecord(b *testing.B, cpu0 time.Duration) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchRecords), "ns/record")
 }
 
-// BenchmarkWrite is one branch per op: Begin, Write of 1,000 records,
-// Prepare, Commit, as the sidecar does per checkpoint.
-func BenchmarkWrite(b *testing.B) {
-	dsn, db := benchDB(b)
+// benchSink is a sink with the one statement the benchmarks run.
+func benchSink(b *testing.B, dsn string) *Sink {
+	b.Helper()
 	cfg := DefaultConfig()
 	cfg.Name, cfg.DSN = "db", dsn
 	cfg.Statements = map[string]string{"ins": "INSERT INTO bench(k, v) VALUES (?, ?)"}
@@ -90,6 +89,14 @@ func BenchmarkWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { s.Close() })
+	return s
+}
+
+// BenchmarkWrite is one branch per op: Begin, Write of 1,000 records,
+// Prepare, Commit, as the sidecar does per checkpoint.
+func BenchmarkWrite(b *testing.B) {
+	dsn, db := benchDB(b)
+	s := benchSink(b, dsn)
 	recs := benchRecs()
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -125,14 +132,7 @@ func BenchmarkWrite(b *testing.B) {
 // BenchmarkValidate is what the coordinator checks per call before Write.
 func BenchmarkValidate(b *testing.B) {
 	dsn, _ := benchDB(b)
-	cfg := DefaultConfig()
-	cfg.Name, cfg.DSN = "db", dsn
-	cfg.Statements = map[string]string{"ins": "INSERT INTO bench(k, v) VALUES (?, ?)"}
-	s, err := New(context.Background(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { s.Close() })
+	s := benchSink(b, dsn)
 	recs := benchRecs()
 	b.ReportAllocs()
 	b.ResetTimer()
