@@ -317,6 +317,12 @@ func (c *Coordinator) recoverWriter(ctx context.Context, k writerKey, epoch uint
 		if err := c.waitHandover(ctx, k.job, k.writer, res.Handover); err != nil {
 			return err
 		}
+	} else if !c.unfenced.has(k) {
+		// A session open fenced the writer while this call waited for the
+		// lock. Its epoch may be the one the caller read (the open had
+		// journaled it but not finished), so the epoch check below would
+		// pass and this fence would abort the new session's branches.
+		return nil
 	} else if owner, e, _, ok := c.m.Owner(k.job, k.writer); !ok || owner != c.cfg.Node || e != epoch {
 		c.unfenced.done(k)
 		return nil
