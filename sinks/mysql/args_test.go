@@ -392,3 +392,36 @@ func TestSessionCachedPerConnection(t *testing.T) {
 		t.Fatalf("got %d rows, want 2", got)
 	}
 }
+
+// A connection in a character set where a backslash or quote byte can be
+// part of a multi-byte character (GBK here) is refused: the sink escapes
+// literals itself, byte by byte, which is unsafe there.
+func TestUnsafeCharsetRefused(t *testing.T) {
+	e := testEnv(t)
+	dc, err := gomysql.ParseDSN(e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dc.Params == nil {
+		dc.Params = map[string]string{}
+	}
+	dc.Params["charset"] = "gbk"
+	cfg := DefaultConfig()
+	cfg.Name, cfg.DSN, cfg.Statements = "db", dc.FormatDSN(), testStmts
+	ctx := ctxT(t, 30*time.Second)
+	s, err := New(ctx, cfg)
+	if err == nil {
+		t.Cleanup(func() { s.Close() })
+		var b twopc.Branch
+		if b, err = s.Begin(ctx, e.id("w", 1, 1, 0)); err == nil {
+			err = b.Write(ctx, []*twopc.Record{put("a", 1)})
+			_ = b.Abort(ctx)
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "character set is gbk") {
+		t.Fatalf("a gbk connection: got %v, want it refused naming the character set", err)
+	}
+	if n := e.count("1=1"); n != 0 {
+		t.Fatalf("kv has %d rows after the refused write, want 0", n)
+	}
+}

@@ -557,15 +557,27 @@ type session struct {
 	maxPacket   int // @@max_allowed_packet: the longest statement the server takes
 }
 
+// safeCharset are the client character sets in which no byte of a
+// multi-byte character is 0x5C (backslash) or 0x27 (quote), so escaping
+// byte by byte is sound. GBK, Big5, SJIS and their kin are not: there
+// 0xBF5C is one character and an escape could be swallowed by it.
+var safeCharset = map[string]bool{"utf8mb4": true, "utf8mb3": true, "utf8": true, "latin1": true, "ascii": true, "binary": true}
+
 // connInfo returns the session's CONNECTION_ID(), the server incarnation,
-// its sql_mode's escaping and max_allowed_packet.
+// its sql_mode's escaping and max_allowed_packet, and refuses a character
+// set in which the sink's own escaping (args.go) would be unsafe.
 func (s *Sink) connInfo(ctx context.Context, conn *sql.Conn) (session, error) {
 	var ss session
 	var boot sql.NullString
-	var mode string
-	q := "SELECT CONNECTION_ID(), (SELECT id FROM " + s.boot + " WHERE k = 1), @@SESSION.sql_mode, @@SESSION.max_allowed_packet"
-	if err := conn.QueryRowContext(ctx, q).Scan(&ss.id, &boot, &mode, &ss.maxPacket); err != nil {
+	var mode, charset string
+	q := "SELECT CONNECTION_ID(), (SELECT id FROM " + s.boot + " WHERE k = 1), @@SESSION.sql_mode, @@SESSION.max_allowed_packet, @@SESSION.character_set_client"
+	if err := conn.QueryRowContext(ctx, q).Scan(&ss.id, &boot, &mode, &ss.maxPacket, &charset); err != nil {
 		return ss, err
+	}
+	if !safeCharset[strings.ToLower(charset)] {
+		return ss, fmt.Errorf("mysql sink %q: the connection's character set is %s; the sink escapes string literals itself, "+
+			"which is only safe where a backslash or quote byte is never part of a multi-byte character: use charset=utf8mb4 "+
+			"(the default) or utf8mb3, latin1, ascii or binary in the DSN", s.cfg.Name, charset)
 	}
 	if !boot.Valid {
 		// First session since the server started: name this incarnation.
@@ -573,7 +585,7 @@ func (s *Sink) connInfo(ctx context.Context, conn *sql.Conn) (session, error) {
 		if _, err := conn.ExecContext(ctx, "INSERT IGNORE INTO "+s.boot+" (k, id) VALUES (1, LOWER(HEX(RANDOM_BYTES(8))))"); err != nil {
 			return ss, err
 		}
-		if err := conn.QueryRowContext(ctx, q).Scan(&ss.id, &boot, &mode, &ss.maxPacket); err != nil {
+		if err := conn.QueryRowContext(ctx, q).Scan(&ss.id, &boot, &mode, &ss.maxPacket, &charset); err != nil {
 			return ss, err
 		}
 	}
