@@ -78,9 +78,10 @@ type Config struct {
 		MaxSessions        int           `yaml:"max_sessions"`
 		MaxWritersPerJob   int           `yaml:"max_writers_per_job"`
 		SessionIdleTimeout time.Duration `yaml:"session_idle_timeout"`
-		// GCPercent (0: 400) and MemoryLimitMiB (0: 512; negative: no
-		// limit) tune Go's garbage collector, unless GOGC or GOMEMLIMIT
-		// are set (gc.go says why and what they measured).
+		// GCPercent (0: 400) and MemoryLimitMiB (0: 85% of the
+		// container's memory limit, none outside one; negative: none)
+		// tune Go's garbage collector, unless GOGC or GOMEMLIMIT are set
+		// (gc.go says why and what they measured).
 		GCPercent      int   `yaml:"gc_percent"`
 		MemoryLimitMiB int64 `yaml:"memory_limit_mib"`
 	} `yaml:"limits"`
@@ -228,8 +229,8 @@ func (c *Config) Finish() error {
 	if c.Limits.GCPercent < 0 {
 		errs = append(errs, fmt.Errorf("limits.gc_percent %d: want 0 (default 400) or more", c.Limits.GCPercent))
 	}
-	if m := c.Limits.MemoryLimitMiB; m > 0 && m < 32 {
-		errs = append(errs, fmt.Errorf("limits.memory_limit_mib %d: want at least 32, 0 (default 512) or negative (none)", m))
+	if m := c.Limits.MemoryLimitMiB; m > 0 && m < minMemoryLimitMiB {
+		errs = append(errs, fmt.Errorf("limits.memory_limit_mib %d: want at least %d, 0 (default: 85%% of the container's limit) or negative (none)", m, minMemoryLimitMiB))
 	}
 	if len(c.Sinks) == 0 {
 		errs = append(errs, errors.New("no sinks configured"))

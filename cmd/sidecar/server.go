@@ -153,7 +153,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, err
 	}
-	tuneGC(cfg, log)
+	tuneGC(cfg, log, cgroupFiles)
 	var tokenFromFile string
 	if cfg.TokenFile != "" {
 		if tokenFromFile, err = readTokenFile(cfg.TokenFile, log); err != nil {
