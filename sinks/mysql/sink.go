@@ -93,7 +93,10 @@ func (s *Sink) session(ctx context.Context, conn *sql.Conn) (session, error) {
 		return ss, err
 	}
 	s.mu.Lock()
-	if len(s.sessions) >= maxEnded {
+	// The key keeps the driver's connection (and its buffers) reachable,
+	// so entries of connections the pool closed by itself must not pile
+	// up: the pool never holds more than the sink's connections.
+	if len(s.sessions) >= 2*(s.cfg.MaxConns+s.cfg.ReservedConns)+8 {
 		clear(s.sessions) // connections the pool dropped by itself: ask again
 	}
 	s.sessions[key] = ss

@@ -175,7 +175,10 @@ export class Client {
         return res.json;
       }
       const err = problemError(res.status, res.json, what, res.text, call.kind === SESSION);
-      if ((res.status === 429 || (res.status === 503 && !err.owner))) {
+      // 429 means not done: always safe to repeat. A 503 can also be a
+      // timeout with the outcome unknown, so a send-once call (commit,
+      // abort, delete) reports it instead of repeating it.
+      if (res.status === 429 || (res.status === 503 && !err.owner && call.kind !== ONCE)) {
         const ra = Number.parseFloat(res.retryAfter ?? '');
         const wait = Number.isFinite(ra) && ra >= 0 ? Math.max(ra * 1000, 50) : backoff;
         if (Date.now() + wait <= deadline) {

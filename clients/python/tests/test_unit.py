@@ -120,6 +120,14 @@ class RetryTest(unittest.TestCase):
         self.assertEqual(cm.exception.owner, "node2")
         self.assertEqual(len(stub.requests), 2)
 
+    def test_send_once_call_is_not_repeated_on_503(self):
+        # A 503 may be a timeout with the outcome unknown: a commit, abort or
+        # delete reports it rather than sending itself again.
+        stub, w = self.run_script([SESSION, problem(503, "unavailable"), (200, {"deleted": True}, {})])
+        with self.assertRaises(txsink.Unavailable):
+            w.job.delete_writer("w")
+        self.assertEqual(len(stub.requests), 2, "the delete was sent once")
+
     def test_session_call_without_an_answer_is_no_answer_and_not_resent(self):
         stub, w = self.run_script([SESSION, None, (200, {"accepted": 1}, {})])
         with self.assertRaises(txsink.NoAnswer) as cm:

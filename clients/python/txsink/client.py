@@ -364,7 +364,11 @@ class Client:
                     return status, parsed
                 problem = parsed if isinstance(parsed, dict) else {"detail": raw[:500].decode(errors="replace")}
                 err = error_from_problem(status, problem, checkpoint_call=checkpoint_call)
-                if err.code in ("backpressure", "unavailable") and not problem.get("owner"):
+                # 429 means not done: always safe to repeat. A 503 can also be
+                # a timeout with the outcome unknown, so a send-once call
+                # (commit, abort, delete) reports it instead of repeating it.
+                if err.code == "backpressure" or (err.code == "unavailable" and not problem.get("owner")
+                                                  and kind != "once"):
                     wait = max(delay, _retry_after(resp.getheader("Retry-After")))
                     if time.monotonic() + wait <= deadline:
                         time.sleep(wait)
