@@ -425,3 +425,25 @@ func TestUnsafeCharsetRefused(t *testing.T) {
 		t.Fatalf("kv has %d rows after the refused write, want 0", n)
 	}
 }
+
+// A statement whose placeholders the server counted under
+// NO_BACKSLASH_ESCAPES (its global sql_mode) is accepted with that split
+// and left to the driver's interpolation, which follows each session's
+// mode; in backslash mode the same text has no placeholder.
+func TestStatementCountedWithoutBackslashEscapes(t *testing.T) {
+	q := `INSERT INTO kv(k, v) VALUES ('a\', ?)`
+	st, err := newStatement("s", q, 1)
+	if err != nil {
+		t.Fatalf("newStatement: %v", err)
+	}
+	if !st.modeDependent {
+		t.Fatalf("modeDependent false, want true: the two splits differ")
+	}
+	got, args, _, err := st.render(nil, nil, []json.RawMessage{json.RawMessage(`7`)}, false, true, true)
+	if err != nil || string(got) != q || len(args) != 1 {
+		t.Fatalf("render with driver args: got %q %v %v, want the statement as written and one arg", got, args, err)
+	}
+	if _, err := newStatement("s", q, 2); err == nil {
+		t.Fatalf("a count neither split finds: got no error")
+	}
+}

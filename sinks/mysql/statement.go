@@ -35,6 +35,14 @@ type statement struct {
 func newStatement(name, q string, n int) (*statement, error) {
 	st := &statement{name: name, n: n, sql: trimSQL(q)}
 	st.parts = splitPlaceholders(st.sql, false)
+	noBackslash := splitPlaceholders(st.sql, true)
+	if len(st.parts) != n+1 && len(noBackslash) == n+1 {
+		// The server counted under NO_BACKSLASH_ESCAPES (its global
+		// sql_mode), e.g. 'a\' then ?: keep the split that agrees. The
+		// splits differ, so the statement is mode dependent below and the
+		// driver interpolates it under the mode each session reports.
+		st.parts = noBackslash
+	}
 	if len(st.parts) != n+1 {
 		// The driver finds placeholders the same way; it would not have
 		// interpolated this statement either (e.g. a ? in /*! … */).
@@ -42,7 +50,7 @@ func newStatement(name, q string, n int) (*statement, error) {
 	}
 	upper := strings.ToUpper(q)
 	st.modeDependent = strings.Contains(upper, "SQL_MODE") ||
-		!slices.Equal(st.parts, splitPlaceholders(st.sql, true))
+		!slices.Equal(splitPlaceholders(st.sql, false), noBackslash)
 	st.readsInsertResult = strings.Contains(upper, "LAST_INSERT_ID") || strings.Contains(upper, "@@IDENTITY") ||
 		strings.Contains(upper, "ROW_COUNT")
 	if tuple, ok := valuesTuple(st.sql); ok {
