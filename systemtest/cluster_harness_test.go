@@ -130,10 +130,17 @@ sinks:
 	c.t.Cleanup(func() {
 		if !c.t.Failed() {
 			n.kill()
+			if os.Getenv("TXSINK_TEST_KEEP_LOGS") != "" { // to read a passing run's logs
+				c.keepLog(n)
+			}
 			return
 		}
-		// SIGQUIT makes a Go process print every goroutine's stack: a
-		// hung node shows where it hangs. The full log goes to a file.
+		// What CI shows of a failure is this output, not the log files:
+		// the node's warnings and ownership moves first (a writer that
+		// ping-pongs between nodes shows here), then, after SIGQUIT made
+		// it print every goroutine's stack, where a hung node hangs. The
+		// full log goes to a file.
+		c.t.Logf("%s warnings and ownership moves (last 40):\n%s", id, notable(n.logs, 40))
 		_ = n.signal(syscall.SIGQUIT, 5*time.Second)
 		c.t.Logf("%s logs (tail):\n%s", id, tail(n.logs, 40))
 		c.keepLog(n)
@@ -163,6 +170,26 @@ func (c *tcluster) keepLog(n *cnode) {
 		return
 	}
 	c.t.Logf("%s: full log in %s", n.id, p)
+}
+
+// notable returns the last n lines of a node's log that are warnings or
+// errors or say who owns a writer (takeovers, handovers, dropped sessions).
+func notable(b *testenv.Buffer, n int) string {
+	if b == nil {
+		return ""
+	}
+	var out []string
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") ||
+			strings.Contains(l, "handed over") || strings.Contains(l, "did not release") ||
+			strings.Contains(l, "session dropped") || strings.Contains(l, "taking over") {
+			out = append(out, l)
+		}
+	}
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return strings.Join(out, "\n")
 }
 
 // joinArg is the --join value naming the API (proxy) addresses of ns.
