@@ -604,7 +604,13 @@ func (s *Sink) connInfo(ctx context.Context, conn *sql.Conn) (session, error) {
 // waitPreparerGone waits until the session that prepared x has left the
 // server: committing a branch from another session while its preparer is
 // still detaching can answer OK and leave it prepared (docs/DESIGN.md §10). A server
-// restart since (another boot id) means it is gone.
+// restart since (another boot id) means it is gone. So does x no longer
+// being prepared: XA RECOVER lists a prepared branch whether or not its
+// session is still attached, so the preparer (or someone) ended it, and
+// the caller's marker check tells how. Waiting for the session then would
+// never end when the preparer finished the branch itself and its process
+// kept the connection (a pooled connection of a node that committed the
+// branch but could not journal that).
 func (s *Sink) waitPreparerGone(ctx context.Context, conn *sql.Conn, x xid) error {
 	self, err := s.connInfo(ctx, conn)
 	if err != nil {
@@ -622,6 +628,11 @@ func (s *Sink) waitPreparerGone(ctx context.Context, conn *sql.Conn, x xid) erro
 			return err
 		}
 		if n == 0 || s.endedOn(x.connID) {
+			return nil
+		}
+		if prepared, _, err := s.check(ctx, conn, x); err != nil {
+			return err
+		} else if !prepared {
 			return nil
 		}
 		if !warned && time.Since(start) > 5*time.Second {

@@ -229,6 +229,54 @@ func TestResolveFromAnotherProcess(t *testing.T) {
 	}
 }
 
+// TestResolveAfterPreparerFinished: the preparing process ended the branch
+// itself and kept its connection (a node that committed a branch but could
+// not journal that, then lost the writer). Another process must finish or
+// report it from the marker at once, not wait for that connection to leave
+// the server, which may never happen.
+func TestResolveAfterPreparerFinished(t *testing.T) {
+	e := testEnv(t)
+	s1 := e.sink("db")
+	ctx := ctxT(t, 60*time.Second)
+	idC, idA := e.id("0", 1, 1, 0), e.id("0", 1, 2, 1)
+	bc, hc := prepare(t, s1, idC, put("c", 1))
+	ba, ha := prepare(t, s1, idA, put("a", 1))
+	if err := bc.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ba.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	xc, _, err := xidOf(idC, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var alive int
+	if err := e.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?", xc.connID).Scan(&alive); err != nil {
+		t.Fatal(err)
+	}
+	if alive != 1 {
+		t.Fatalf("the preparer's connection %d is not connected any more (%d): the test would not test the wait", xc.connID, alive)
+	}
+
+	s2 := e.sink("db")
+	short, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	if err := s2.Resolve(short, idC, hc, true); err != nil {
+		t.Fatalf("Resolve(commit) of a branch its preparer committed: %v (after %v)", err, time.Since(t0))
+	}
+	if err := s2.Resolve(short, idA, ha, false); err != nil {
+		t.Fatalf("Resolve(abort) of a branch its preparer aborted: %v", err)
+	}
+	if err := s2.Resolve(short, idA, ha, true); !errors.Is(err, twopc.ErrDataLoss) {
+		t.Fatalf("Resolve(commit) of a branch its preparer aborted: got %v, want ErrDataLoss", err)
+	}
+	if got := e.count("k = 'c'"); got != 1 {
+		t.Fatalf("got %d committed rows, want 1", got)
+	}
+}
+
 func TestFence(t *testing.T) {
 	e := testEnv(t)
 	s1 := e.sink("db")
