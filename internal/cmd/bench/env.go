@@ -284,8 +284,9 @@ func (e *env) brokerPeakRSS() int64 {
 }
 
 // cpuSeconds is the CPU time (user+system) of the bench itself, the
-// sidecar and the broker so far.
-type cpuSeconds struct{ self, sidecar, broker float64 }
+// sidecar, the broker and the database server (when it runs on this
+// machine and says its pid) so far.
+type cpuSeconds struct{ self, sidecar, broker, db float64 }
 
 func (e *env) cpu() cpuSeconds {
 	var c cpuSeconds
@@ -298,6 +299,9 @@ func (e *env) cpu() cpuSeconds {
 	}
 	if e.broker != nil && e.broker.Process != nil {
 		c.broker = procCPU(e.broker.Process.Pid)
+	}
+	if e.mysqldPid > 0 {
+		c.db = procCPU(e.mysqldPid)
 	}
 	return c
 }

@@ -154,7 +154,7 @@ func run() (int, error) {
 		}
 		if s := r.elapsed.Seconds(); s > 0 {
 			r.cpu = cpuSeconds{self: (after.self - before.self) / s, sidecar: (after.sidecar - before.sidecar) / s,
-				broker: (after.broker - before.broker) / s}
+				broker: (after.broker - before.broker) / s, db: (after.db - before.db) / s}
 		}
 		if r.err == nil {
 			logf("%s: %d records in %.2fs = %s/s; verifying", c.name, r.records, r.elapsed.Seconds(), human(r.rate()))
@@ -173,6 +173,7 @@ func run() (int, error) {
 	broker := env.brokerPeakRSS()
 	printTable(os.Stdout, o, results)
 	printLatencyTables(os.Stdout, o, results)
+	printCPUBudget(os.Stdout, results)
 	printFooter(os.Stdout, results, peak, broker)
 
 	code := 0

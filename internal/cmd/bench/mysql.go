@@ -30,6 +30,9 @@ type mysqlEnv struct {
 	mysqlDSN string // with the bench database selected; "" when there is none
 	mysqlWhy string // why there is none
 	db       *sql.DB
+	// mysqldPid is the server's pid when it runs on this machine (from
+	// @@pid_file), for the CPU accounting; 0 when unknown.
+	mysqldPid int
 }
 
 const envBenchDSN = "TXSINK_BENCH_MYSQL_DSN"
@@ -70,6 +73,7 @@ func (e *env) setupMySQL(ctx context.Context) {
 			c.Close()
 		}
 	})
+	e.mysqldPid = localPid(ctx, root)
 	cfg.DBName = name
 	e.mysqlDSN = cfg.FormatDSN()
 	e.db, err = sql.Open("mysql", e.mysqlDSN)
@@ -379,4 +383,26 @@ var pool = func() []byte {
 func valueAt(w int, n int64) []byte {
 	o := (n*valueSize + int64(w)*7919) % int64(len(pool)-valueSize)
 	return pool[o : o+valueSize : o+valueSize]
+}
+
+// localPid returns the pid of the server behind db when it runs on this
+// machine: its @@pid_file names a process that is a mariadbd or mysqld.
+func localPid(ctx context.Context, db *sql.DB) int {
+	var f string
+	if err := db.QueryRowContext(ctx, "SELECT @@pid_file").Scan(&f); err != nil {
+		return 0
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if name := strings.TrimSpace(string(comm)); err != nil || (name != "mariadbd" && name != "mysqld") {
+		return 0
+	}
+	return pid
 }
