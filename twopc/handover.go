@@ -377,8 +377,9 @@ func (c *Coordinator) hasDecided(match func(PendingBranch) bool) bool {
 
 // takeoverStale (leader only) takes over the writers of other nodes whose
 // decided branches nobody finishes: their owner left them unfinished for
-// TakeoverAfter, or for a fifth of it when it is not a member any more or
-// is known to be down.
+// TakeoverAfter since it was granted the writer or they were decided
+// (whichever is later), or for a fifth of it when it is not a member any
+// more or is known to be down.
 func (c *Coordinator) takeoverStale(ctx context.Context) {
 	now := c.now()
 	seen := map[writerKey]bool{}
@@ -399,12 +400,23 @@ func (c *Coordinator) takeoverStale(ctx context.Context) {
 		if gone {
 			after /= 5
 		}
-		if now.Sub(p.DecidedAt) < after {
+		// The owner has had the branch since the later of its decision and
+		// the owner's grant: a writer granted a moment ago (an app that
+		// reopened its session there) gets the full time too. Counting
+		// from the decision alone took a writer whose branch nobody could
+		// finish back from every new session at once, fencing the app
+		// again and again.
+		since := p.DecidedAt
+		if g := c.m.GrantedAt(p.Job, p.Writer); g.After(since) {
+			since = g
+		}
+		if now.Sub(since) < after {
 			continue
 		}
 		seen[k] = true
 		c.log.Warn("taking over a writer whose decided branches its owner does not finish", "job", p.Job,
-			"writer", p.Writer, "owner", owner, "owner_gone", gone, "decided_ago", now.Sub(p.DecidedAt).Round(time.Millisecond))
+			"writer", p.Writer, "owner", owner, "owner_gone", gone, "decided_ago", now.Sub(p.DecidedAt).Round(time.Millisecond),
+			"owner_for", now.Sub(since).Round(time.Millisecond))
 		if err := c.recoverWriter(ctx, k, epoch, true); err != nil {
 			c.log.Warn("takeover failed; retrying next round", "job", p.Job, "writer", p.Writer, "err", err)
 		}

@@ -30,6 +30,11 @@ const (
 )
 
 func newNodes(t *testing.T, ids ...string) *nodes {
+	return newNodesTakeover(t, testTakeover, ids...)
+}
+
+// newNodesTakeover is newNodes with another TakeoverAfter.
+func newNodesTakeover(t *testing.T, takeover time.Duration, ids ...string) *nodes {
 	n := &nodes{t: t, j: twopctest.NewJournal(twopc.NewMachine()), s: twopctest.NewSink("s", 4),
 		c: map[string]*twopc.Coordinator{}, lease: map[string]*atomic.Bool{}, stop: map[string]context.CancelFunc{}}
 	leader := ids[0]
@@ -39,7 +44,7 @@ func newNodes(t *testing.T, ids ...string) *nodes {
 		c, err := twopc.NewCoordinator(twopc.Config{
 			Node: id, Journal: n.j, Machine: n.j.Machine(), Sinks: map[string]twopc.Sink{"s": n.s},
 			RetryInterval: 10 * time.Millisecond, IsLeader: func() bool { return id == leader },
-			Lease: lease.Load, HandoverWait: testHandover, TakeoverAfter: testTakeover,
+			Lease: lease.Load, HandoverWait: testHandover, TakeoverAfter: takeover,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -303,4 +308,71 @@ func TestDeleteOnAnotherNodeTakesTheWriterFirst(t *testing.T) {
 		t.Fatal("the deleted writer's old session checkpointed")
 	}
 	wantValues(t, n.s)
+}
+
+// TestTakeoverGivesANewOwnerItsTime: a decided branch nobody can finish
+// (the sink fails every commit) makes the leader take the writer over from its
+// live owner after TakeoverAfter. When the app then reopens on that node,
+// the new grant gets TakeoverAfter of its own: the leader must not take the
+// writer back at once because the decision is old, which fenced the app's
+// every new session (a CI failure: epoch 17 in 20 s).
+func TestTakeoverGivesANewOwnerItsTime(t *testing.T) {
+	// TakeoverAfter longer than the handover wait, as in production (5 s
+	// and 2.5 s): counted from the decision, the leader took the writer
+	// back as soon as its previous takeover's handover wait ended.
+	const takeover = 2 * testHandover
+	n := newNodesTakeover(t, takeover, "a", "b")
+	n.run("a")
+	n.run("b")
+	ctx := context.Background()
+	sb := n.openWrite("b", "j", "v1")
+	if _, err := n.c["b"].Checkpoint(ctx, "j", "w", sb.Epoch, 1, nil, twopc.WaitPrepared); err != nil {
+		t.Fatal(err)
+	}
+	n.s.SetFailFinish(twopctest.ErrInjected)
+	t.Cleanup(func() { n.s.SetFailFinish(nil) })
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	_, _ = n.c["a"].Commit(cctx, "j", 1) // decided; finishing fails
+	cancel()
+	waitOwner := func(want string, within time.Duration) {
+		t.Helper()
+		for deadline := time.Now().Add(within); ; time.Sleep(5 * time.Millisecond) {
+			if o, _, _ := n.owner("j", "w"); o == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				o, e, _ := n.owner("j", "w")
+				t.Fatalf("owner %s (epoch %d) after %v, want %s", o, e, within, want)
+			}
+		}
+	}
+	waitOwner("a", 5*time.Second) // the leader took over b's stuck writer
+
+	// The app reopens on b: b is granted the writer and waits for a.
+	opened := make(chan error, 1)
+	go func() {
+		_, err := n.c["b"].OpenSession(ctx, "j", "w", nil)
+		opened <- err
+	}()
+	waitOwner("b", 5*time.Second)
+	granted := time.Now()
+	for time.Since(granted) < takeover*3/4 {
+		if o, e, _ := n.owner("j", "w"); o != "b" {
+			t.Fatalf("the leader took the writer back %v after b's grant (owner %s, epoch %d); TakeoverAfter is %v",
+				time.Since(granted).Round(time.Millisecond), o, e, takeover)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	n.s.SetFailFinish(nil)
+	select {
+	case <-opened:
+	case <-time.After(10 * time.Second):
+		t.Fatal("open on b did not end within 10s after the sink recovered")
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(n.j.Machine().Pending("j")) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("branch still pending 5s after the sink recovered: %+v", n.j.Machine().Pending("j"))
+		}
+	}
+	wantValues(t, n.s, "v1")
 }

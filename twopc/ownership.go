@@ -1,6 +1,9 @@
 package twopc
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // Ownership of a writer across nodes (DESIGN.md in this folder, "Who
 // finishes a branch").
@@ -92,6 +95,18 @@ func (m *Machine) Owner(job, writer string) (owner string, epoch, released uint6
 	}
 	w := j.Writers[writer]
 	return w.Owner, w.Epoch, w.Released, true
+}
+
+// GrantedAt returns when the writer's current owner was granted it (zero
+// when unknown).
+func (m *Machine) GrantedAt(job, writer string) time.Time {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	j := m.st.Jobs[job]
+	if j == nil || j.Writers[writer] == nil || j.Writers[writer].GrantedAt == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, j.Writers[writer].GrantedAt)
 }
 
 // Owned lists the (job, writer) pairs whose owner is node.

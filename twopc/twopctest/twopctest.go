@@ -201,6 +201,14 @@ func (s *Sink) Fence(ctx context.Context, job, writer string, keep []twopc.Branc
 	return nil
 }
 
+// SetFailFinish makes Commit and Resolve fail with err (nil: succeed), like
+// setting FailCommit and FailResolve, but safe while coordinators run.
+func (s *Sink) SetFailFinish(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.FailCommit, s.FailResolve = err, err
+}
+
 // SetFailFence makes every Fence fail with err (nil: succeed again); safe
 // while a coordinator runs.
 func (s *Sink) SetFailFence(err error) {
