@@ -394,18 +394,34 @@ func (s *Sink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, erro
 // takeConn takes the connection a new branch pins, waiting at most
 // Config.ConnWait: a full pool is backpressure for the writer, not an error
 // of the server (which would also take the administrator's connections).
+//
+// Only a pool whose connections are all pinned is backpressure. A wait can
+// also run out while one of them is still being dialled (a slow server, a
+// loaded machine): that connection is counted open but not in use, and is
+// the waiter's as soon as it is up, so the wait is repeated (a few times)
+// rather than answering "all pinned" with a connection about to be free.
 func (s *Sink) takeConn(ctx context.Context, id twopc.BranchID) (*sql.Conn, error) {
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.ConnWait)
-	defer cancel()
-	conn, err := s.db.Conn(wctx)
-	if err == nil {
-		return conn, nil
+	const attempts = 4
+	for attempt := 1; ; attempt++ {
+		wctx, cancel := context.WithTimeout(ctx, s.cfg.ConnWait)
+		conn, err := s.db.Conn(wctx)
+		cancel()
+		if err == nil {
+			return conn, nil
+		}
+		if ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) || s.cfg.MaxConns <= 0 {
+			return nil, s.wrapID(id, "connect", err)
+		}
+		st := s.db.Stats()
+		if st.InUse >= s.cfg.MaxConns {
+			return nil, fmt.Errorf("%w: mysql sink %q: branch %v: all %d connections (max_conns) are pinned by open or prepared branches; checkpoint, or retry later",
+				twopc.ErrBackpressure, s.cfg.Name, id, s.cfg.MaxConns)
+		}
+		if attempt == attempts {
+			return nil, s.wrapID(id, "connect", fmt.Errorf("no connection within %d waits of %v (%d open, %d in use, max_conns %d): %w",
+				attempts, s.cfg.ConnWait, st.OpenConnections, st.InUse, s.cfg.MaxConns, err))
+		}
 	}
-	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) && s.cfg.MaxConns > 0 && s.db.Stats().OpenConnections >= s.cfg.MaxConns {
-		return nil, fmt.Errorf("%w: mysql sink %q: branch %v: all %d connections (max_conns) are pinned by open or prepared branches; checkpoint, or retry later",
-			twopc.ErrBackpressure, s.cfg.Name, id, s.cfg.MaxConns)
-	}
-	return nil, s.wrapID(id, "connect", err)
 }
 
 func (s *Sink) forget(b *branch) {
