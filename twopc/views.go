@@ -10,14 +10,19 @@ type JobSpec struct {
 	Name   string   `json:"name"`
 	Commit Mode     `json:"commit"`
 	Sinks  []string `json:"sinks"`
+	// Guarantee is journaled with the spec; "" (entries written before
+	// the field existed) means exactly_once.
+	Guarantee Guarantee `json:"guarantee,omitempty"`
 }
 
 // JobInfo describes a job and its writers.
 type JobInfo struct {
-	Name    string       `json:"name"`
-	Commit  Mode         `json:"commit"`
-	Sinks   []string     `json:"sinks"`
-	Writers []WriterInfo `json:"writers"`
+	Name   string   `json:"name"`
+	Commit Mode     `json:"commit"`
+	Sinks  []string `json:"sinks"`
+	// Guarantee is always named ("" is answered as exactly_once).
+	Guarantee Guarantee    `json:"guarantee"`
+	Writers   []WriterInfo `json:"writers"`
 }
 
 // WriterInfo describes one writer of a job.

@@ -138,8 +138,9 @@ type TimeoutsConfig struct {
 
 // JobConfig declares a job.
 type JobConfig struct {
-	Commit twopc.Mode `yaml:"commit"`
-	Sinks  []string   `yaml:"sinks"`
+	Commit    twopc.Mode      `yaml:"commit"`
+	Sinks     []string        `yaml:"sinks"`
+	Guarantee twopc.Guarantee `yaml:"guarantee"` // "" = exactly_once
 }
 
 // DefaultConfig returns the defaults (docs/DESIGN.md §6).

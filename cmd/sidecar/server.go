@@ -250,7 +250,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	// its own writer first.
 	sc.coord.RecoverDecided(ctx)
 	for name, j := range cfg.Jobs {
-		if _, err := sc.coord.PutJob(ctx, twopc.JobSpec{Name: name, Commit: j.Commit, Sinks: j.Sinks}); err != nil {
+		if _, err := sc.coord.PutJob(ctx, twopc.JobSpec{Name: name, Commit: j.Commit, Sinks: j.Sinks, Guarantee: j.Guarantee}); err != nil {
 			return nil, fmt.Errorf("job %s: %w", name, err)
 		}
 	}
