@@ -81,17 +81,19 @@ func ckptCase(sinks, path, g string, writers int) *benchCase {
 		if c.mysql {
 			js = append(js, "db")
 		}
-		if err := putJob(ctx, e, e.unix, job, js, g); err != nil {
+		if err := putJob(ctx, e.unix, job, js, g); err != nil {
 			return 0, 0, err
 		}
-		return runWriters(ctx, name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
-			return ckptSidecarWriter(ctx, e, c, job, topic, w, end, n)
+		return countXA(ctx, e, c, func() (int64, time.Duration, error) {
+			return runWriters(ctx, name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
+				return ckptSidecarWriter(ctx, e, c, job, topic, w, end, n)
+			})
 		})
 	}
 	c.verify = func(ctx context.Context, e *env, records int64) error {
 		err := verifyTopic(ctx, e, c, topic, records)
 		if c.mysql {
-			err = errors.Join(err, verifyTable(ctx, e, c, table, records))
+			err = errors.Join(err, verifyTable(ctx, e, c, table, records), checkXA(c, records/ckptRecords))
 		}
 		return err
 	}

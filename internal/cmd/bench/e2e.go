@@ -62,7 +62,7 @@ func e2eCase(path, g string, interval time.Duration) *benchCase {
 			})
 		} else {
 			job := "bench-" + name
-			if err := putJob(ctx, e, e.unix, job, []string{"events"}, g); err != nil {
+			if err := putJob(ctx, e.unix, job, []string{"events"}, g); err != nil {
 				return 0, 0, err
 			}
 			records, elapsed, err = runWriters(ctx, name, 1, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {

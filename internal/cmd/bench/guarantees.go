@@ -1,17 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+
+	"github.com/txsink/txsink/api"
 	"github.com/txsink/txsink/api/client"
+	"github.com/txsink/txsink/twopc"
 )
 
 // The price of exactly-once (issue 14): the sidecar rows that matter for it
@@ -28,8 +29,10 @@ import (
 //   - none: fire and forget; errors are counted, nothing is retried.
 //
 // printGuaranteeSummary compares eo with alo row by row. A sidecar that
-// refuses the guarantee (400) or stores another one fails the row: a
-// silently ignored field would measure exactly-once under another name.
+// refuses the guarantee (400) or stores another one fails the row, and so
+// does a Kafka row whose topic shows it was (or was not) written in
+// transactions against its guarantee (checkMarkers): a silently ignored
+// guarantee would measure exactly-once under another name.
 
 // allGuarantees is the default of -guarantees, in row order.
 var allGuarantees = []string{"eo", "alo", "none"}
@@ -67,39 +70,50 @@ func guaranteeLabel(g string) string {
 // putJob creates (or updates) the auto-mode job of a sidecar row. g ""
 // keeps the sidecar's default; otherwise the job gets that guarantee and
 // the answer must report it back.
-func putJob(ctx context.Context, e *env, cl *client.Client, job string, sinks []string, g string) error {
-	if g == "" {
-		if _, err := cl.PutJob(ctx, job, "auto", sinks); err != nil {
-			return fmt.Errorf("put job: %w", err)
+func putJob(ctx context.Context, cl *client.Client, job string, sinks []string, g string) error {
+	req := api.JobRequest{Commit: twopc.ModeAuto, Sinks: sinks}
+	want := twopc.Guarantee(guaranteeWire[g])
+	if g != "" {
+		req.Guarantee = want
+	}
+	info, err := cl.PutJobSpec(ctx, job, req)
+	if err != nil {
+		if g != "" {
+			return fmt.Errorf("put job %s with guarantee %s: the sidecar refused it: %w", job, want, err)
 		}
-		return nil
-	}
-	want := guaranteeWire[g]
-	body, _ := json.Marshal(map[string]any{"commit": "auto", "sinks": sinks, "guarantee": want})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+e.httpAddr+"/v1/jobs/"+url.PathEscape(job),
-		bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("put job %s with guarantee %s: %w", job, want, err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("put job %s with guarantee %s: the sidecar refused it: %s %s",
-			job, want, resp.Status, bytes.TrimSpace(raw))
-	}
-	var info struct {
-		Guarantee string `json:"guarantee"`
-	}
-	if err := json.Unmarshal(raw, &info); err != nil {
 		return fmt.Errorf("put job %s: %w", job, err)
 	}
-	if info.Guarantee != want {
+	if g != "" && info.Guarantee != want {
 		return fmt.Errorf("put job %s: asked for guarantee %s, the sidecar stored %q", job, want, info.Guarantee)
+	}
+	return nil
+}
+
+// checkMarkers tells from the topic's offsets whether the sidecar wrote a
+// row transactionally: each committed (or aborted) Kafka transaction leaves
+// a control record that takes an offset, so with one partition, a fresh
+// topic and read records read (duplicates included), an exactly_once row
+// ends above read and an at_least_once or none row (idempotent producer,
+// no transactions) exactly at it. A stored but not yet acted-on guarantee
+// would otherwise measure exactly-once under another name.
+func checkMarkers(ctx context.Context, e *env, c *benchCase, topic string, read int64) error {
+	if c.guarantee == "" {
+		return nil
+	}
+	ends, err := e.adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("end offsets of %s: %w", topic, err)
+	}
+	var end int64
+	ends.Each(func(o kadm.ListedOffset) { end += o.Offset })
+	switch {
+	case c.guarantee == "eo" && end <= read:
+		return fmt.Errorf("%w: topic %s ends at offset %d with %d records read: no transaction markers, "+
+			"the exactly_once row was not written in transactions", errMismatch, topic, end, read)
+	case c.guarantee != "eo" && end != read:
+		return fmt.Errorf("%w: topic %s ends at offset %d with %d records read: %d transaction markers (or unread "+
+			"records), so this %s row was written in transactions — does the sidecar act on the job's guarantee yet?",
+			errMismatch, topic, end, read, end-read, guaranteeWire[c.guarantee])
 	}
 	return nil
 }
@@ -170,4 +184,54 @@ func findGuarantee(rs []*result, c *benchCase, g string) *result {
 		}
 	}
 	return nil
+}
+
+// xaPrepares is the server's count of XA PREPARE statements (global: every
+// client of the server counts).
+func xaPrepares(ctx context.Context, e *env) (int64, error) {
+	var name string
+	var n int64
+	err := e.db.QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'Com_xa_prepare'").Scan(&name, &n)
+	return n, err
+}
+
+// checkXA is checkMarkers for MySQL: an exactly_once row prepares an XA
+// branch per checkpoint, so the server's XA PREPARE count must have grown
+// by at least checkpoints during the row; an at_least_once or none row
+// prepares none, so it must have grown by fewer (the count is global: on a
+// server shared with busy XA clients this side of the check could fail
+// spuriously; set TXSINK_BENCH_MYSQL_DSN to a private server then).
+func checkXA(c *benchCase, checkpoints int64) error {
+	if c.guarantee == "" || checkpoints == 0 {
+		return nil
+	}
+	switch {
+	case c.guarantee == "eo" && c.xaPrepares < checkpoints:
+		return fmt.Errorf("%w: %d XA PREPAREs on the server for %d checkpoints: the exactly_once row did not prepare "+
+			"XA branches", errMismatch, c.xaPrepares, checkpoints)
+	case c.guarantee != "eo" && c.xaPrepares >= checkpoints:
+		return fmt.Errorf("%w: %d XA PREPAREs on the server for %d checkpoints: this %s row prepared XA branches — "+
+			"does the sidecar act on the job's guarantee yet?", errMismatch, c.xaPrepares, checkpoints, guaranteeWire[c.guarantee])
+	}
+	return nil
+}
+
+// countXA runs a MySQL sidecar row and stores in c.xaPrepares how much the
+// server's XA PREPARE count grew meanwhile (rows with a guarantee only).
+func countXA(ctx context.Context, e *env, c *benchCase, run func() (int64, time.Duration, error)) (int64, time.Duration, error) {
+	c.xaPrepares = 0
+	if c.guarantee == "" || !c.needsMySQL() {
+		return run()
+	}
+	before, err := xaPrepares(ctx, e)
+	if err != nil {
+		return 0, 0, fmt.Errorf("XA PREPARE count: %w", err)
+	}
+	records, elapsed, err := run()
+	after, aerr := xaPrepares(ctx, e)
+	if err == nil && aerr != nil {
+		err = fmt.Errorf("XA PREPARE count: %w", aerr)
+	}
+	c.xaPrepares = after - before
+	return records, elapsed, err
 }

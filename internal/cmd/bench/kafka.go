@@ -42,7 +42,7 @@ func kafkaCase(path, g string, interval time.Duration, writers int) *benchCase {
 				cl = e.unix
 			}
 			job := "bench-" + c.name
-			if err := putJob(ctx, e, cl, job, []string{"events"}, g); err != nil {
+			if err := putJob(ctx, cl, job, []string{"events"}, g); err != nil {
 				return 0, 0, err
 			}
 			return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
@@ -253,7 +253,7 @@ func verifyTopic(ctx context.Context, e *env, c *benchCase, topic string, record
 		}
 		return fmt.Errorf("%w: topic %s: %v", errMismatch, topic, problems)
 	}
-	return nil
+	return checkMarkers(ctx, e, c, topic, total)
 }
 
 func parseKey(k []byte) (w int, n int64, ok bool) {

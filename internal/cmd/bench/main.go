@@ -213,6 +213,9 @@ type benchCase struct {
 	// dups is what verify counted beyond one copy of each record: an
 	// error for exactly-once, allowed (and printed) for alo and none.
 	dups int64
+	// xaPrepares is how much the MariaDB server's XA PREPARE count grew
+	// during a MySQL sidecar row with a guarantee (checkXA).
+	xaPrepares int64
 }
 
 func (c *benchCase) needsMySQL() bool { return c.kind == "mysql" || c.mysql }

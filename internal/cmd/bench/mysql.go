@@ -208,15 +208,17 @@ func mysqlCase(path, g string, writers int) *benchCase {
 			})
 		}
 		job := "bench-" + c.name
-		if err := putJob(ctx, e, e.unix, job, []string{"db"}, g); err != nil {
+		if err := putJob(ctx, e.unix, job, []string{"db"}, g); err != nil {
 			return 0, 0, err
 		}
 		wait := twopc.WaitCommitted
 		if path == "async" {
 			wait = twopc.WaitPrepared
 		}
-		return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
-			return mysqlSidecarWriter(ctx, e, job, w, end, n, wait)
+		return countXA(ctx, e, c, func() (int64, time.Duration, error) {
+			return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
+				return mysqlSidecarWriter(ctx, e, job, w, end, n, wait)
+			})
 		})
 	}
 	c.verify = func(ctx context.Context, e *env, records int64) error {
@@ -224,7 +226,7 @@ func mysqlCase(path, g string, writers int) *benchCase {
 		// after the run, so the count may still be catching up; it must
 		// reach exactly records within a few seconds and never pass it
 		// (verifyTable).
-		return verifyTable(ctx, e, c, table, records)
+		return errors.Join(verifyTable(ctx, e, c, table, records), checkXA(c, records/batchSize))
 	}
 	return c
 }
