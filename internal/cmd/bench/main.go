@@ -13,16 +13,29 @@
 //
 // Rows (select them with -cases, a regexp over the names; -h lists them):
 //
-//   - kafka-{direct,tcp,unix}-<interval>[-wN], mysql-{direct,sidecar}[-wN]:
+//   - kafka-{direct,tcp,unix-<g>}-<interval>[-wN], mysql-{direct,sidecar-<g>,async}[-wN]:
 //     throughput, records/s, batches of 1,000 records.
-//   - ckpt-{kafka,both}-{direct,sidecar}-wN (N from -ckpt-writers, default
+//   - ckpt-{kafka,both}-{direct,sidecar-<g>}-wN (N from -ckpt-writers, default
 //     1,4,16): small checkpoints (10 records a sink) in auto mode, each
 //     writer looping {write, checkpoint}; checkpoints/s, p50 and p99 of a
 //     loop, and for the sidecar its journal fsyncs and entries per
 //     checkpoint and the mean time of each phase, read from its /metrics
 //     (ckpt.go says what the direct baselines include).
-//   - e2e-kafka-{direct,sidecar}-<-e2e-interval>: the time from the call
+//   - e2e-kafka-{direct,sidecar-<g>}-<-e2e-interval>: the time from the call
 //     that writes a record to a read_committed consumer seeing it (e2e.go).
+//
+// <g> is the sidecar job's delivery guarantee, one row each (-guarantees,
+// default eo,alo,none): eo = exactly_once (two-phase commit, the default),
+// alo = at_least_once, none = fire and forget (guarantees.go). The tcp and
+// async rows keep the default. A last section, "The price of exactly-once",
+// compares each eo row with its alo twin of the same run: "exactly-once
+// costs X % throughput, +Y ms p50 checkpoint". A row fails loudly if the
+// sidecar refuses the guarantee, stores another one, or its sinks show the
+// wrong kind of writes (Kafka transaction markers, MariaDB XA PREPAREs;
+// checkMarkers, checkXA): a guarantee the server ignored would otherwise
+// be measured as exactly-once under another name. E.g.
+//
+//	make bench BENCHFLAGS="-duration 3s -cases 'ckpt-kafka|e2e' -ckpt-writers 1,4"
 //
 // Every row records the sidecar's peak VmRSS while it ran (sampled every
 // 50 ms; VmHWM cannot be reset between rows). Targets are ratios against
@@ -32,7 +45,9 @@
 //
 // Every case checks what it wrote: Kafka by reading the topic with
 // read_committed (every key exactly once), MySQL with SELECT COUNT(*) and
-// COUNT(DISTINCT k). A mismatch is printed loudly and the exit status is 1.
+// COUNT(DISTINCT k). alo and none rows may hold duplicates (counted and
+// printed, not a failure); loss fails every row, as the bench injects no
+// faults. A mismatch is printed loudly and the exit status is 1.
 package main
 
 import (

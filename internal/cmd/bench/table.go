@@ -103,7 +103,9 @@ func printFooter(w io.Writer, rs []*result, sidecarRSS, brokerRSS int64) {
 		fmt.Fprintf(w, "**FAILED (see stderr): %s.** ", strings.Join(failed, ", "))
 	}
 	fmt.Fprintf(w, "Each measured row is verified after its run (Kafka: read_committed read, each key exactly once; "+
-		"MySQL: COUNT(*) and COUNT(DISTINCT k)); run at %s.\n", time.Now().Format(time.DateTime))
+		"MySQL: COUNT(*) and COUNT(DISTINCT k); at_least_once and none rows: each key at least once, duplicates counted; "+
+		"rows with a guarantee: Kafka transaction markers and MariaDB XA PREPAREs as the guarantee implies); run at %s.\n",
+		time.Now().Format(time.DateTime))
 }
 
 // rowRSS is the sidecar's peak RSS during a sidecar row; direct rows do
