@@ -74,6 +74,9 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s must be greater than %d",
 			ErrCheckpointOrder, n, job, writer, wv.MaxCheckpoint)
 	}
+	if s.guarantee.Direct() {
+		return c.checkpointDirect(cl, s, n, state)
+	}
 
 	// Phase 1: prepare every open branch (in parallel: sinks are independent).
 	t0 := c.now()

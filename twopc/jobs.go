@@ -46,6 +46,9 @@ func (c *Coordinator) PutJob(ctx context.Context, spec JobSpec) (JobInfo, error)
 			return JobInfo{}, fmt.Errorf("%w: sink %q listed twice", ErrInvalid, s)
 		}
 		seen[s] = true
+		if _, ok := c.cfg.Sinks[s].(DirectSink); spec.Guarantee.Direct() && !ok {
+			return JobInfo{}, fmt.Errorf("%w: sink %q cannot serve guarantee %s", ErrInvalid, s, spec.Guarantee)
+		}
 	}
 	slices.Sort(spec.Sinks)
 	// A live writer keeps the mode it opened with in mind (it commits by

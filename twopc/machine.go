@@ -436,6 +436,9 @@ func (m *Machine) prepared(c Command) ApplyResult {
 	if c.Decide != (j.Spec.Commit == ModeAuto) {
 		return errResult(fmt.Errorf("%w: job %s is in %s mode", ErrModeConflict, c.Job, j.Spec.Commit))
 	}
+	if len(c.Branches) > 0 && j.Spec.Guarantee.Direct() {
+		return errResult(fmt.Errorf("%w: job %s has guarantee %s: its checkpoints have no branches", ErrModeConflict, c.Job, j.Spec.Guarantee))
+	}
 	w.MaxCheckpoint = c.Checkpoint
 	cp := &checkpointState{
 		N: c.Checkpoint, Epoch: c.Epoch, State: slices.Clone(c.State), PreparedAt: c.Time,
