@@ -69,7 +69,7 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 				return kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
 					TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
 					TransactionTimeout: sc.TransactionTimeout, ExpireShare: sc.ExpireShare, CreateTopics: sc.CreateTopics,
-					IdleClientTimeout: sc.IdleClientTimeout, Logger: log})
+					IdleClientTimeout: sc.IdleClientTimeout, DirectDeliveryTimeout: sc.DirectDeliveryTimeout, Logger: log})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))
