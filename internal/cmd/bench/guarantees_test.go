@@ -79,3 +79,23 @@ func TestPlanNamesEveryGuarantee(t *testing.T) {
 		t.Error("parseGuarantees accepted twice")
 	}
 }
+
+func TestLostOK(t *testing.T) {
+	for _, tc := range []struct {
+		g                       string
+		distinct, records, lost int64
+		ok                      bool
+	}{
+		{"eo", 100, 100, 0, true},
+		{"eo", 99, 100, 1, false}, // exactly-once may lose nothing, counted or not
+		{"alo", 99, 100, 1, false},
+		{"none", 90, 100, 10, true},
+		{"none", 95, 100, 10, true},  // counted as failed but delivered after all (a timeout)
+		{"none", 89, 100, 10, false}, // one lost without a count
+		{"none", 101, 100, 0, false},
+	} {
+		if got := lostOK(&benchCase{guarantee: tc.g}, tc.distinct, tc.records, tc.lost); got != tc.ok {
+			t.Errorf("%s: %d of %d delivered, %d counted failed: ok=%v, want %v", tc.g, tc.distinct, tc.records, tc.lost, got, tc.ok)
+		}
+	}
+}

@@ -228,6 +228,9 @@ type benchCase struct {
 	// dups is what verify counted beyond one copy of each record: an
 	// error for exactly-once, allowed (and printed) for alo and none.
 	dups int64
+	// lost is how many records a none row's verification found missing,
+	// each counted by the sidecar as failed (lostOK); 0 for other rows.
+	lost int64
 	// xaPrepares is how much the MariaDB server's XA PREPARE count grew
 	// during a MySQL sidecar row with a guarantee (checkXA).
 	xaPrepares int64
