@@ -36,8 +36,8 @@ func TestAtLeastOnceCheckpoint(t *testing.T) {
 		t.Fatalf("durable before the checkpoint (fake keeps them until flush): %v", got)
 	}
 	r := e.checkpoint("j", "w", s.Epoch, 1, "st1")
-	if r.Status != twopc.StatusCommitted || len(r.Branches) != 0 || r.Checkpoint != 1 {
-		t.Fatalf("checkpoint: got %+v, want committed, no branches", r)
+	if r.Status != twopc.StatusCommitted || len(r.Branches) != 0 || r.Checkpoint != 1 || r.Guarantee != twopc.GuaranteeAtLeastOnce {
+		t.Fatalf("checkpoint: got %+v, want committed, no branches, guarantee named", r)
 	}
 	wantValues(t, e.a, "a1", "a2")
 	wantValues(t, e.b, "b1")
@@ -53,7 +53,7 @@ func TestAtLeastOnceCheckpoint(t *testing.T) {
 		t.Fatalf("direct branches: a %d b %d, want 1 each", e.a.Directs(), e.b.Directs())
 	}
 	// A repeat of the last checkpoint is idempotent; an empty one flushes.
-	if r := e.checkpoint("j", "w", s.Epoch, 2, "st2"); r.Status != twopc.StatusCommitted {
+	if r := e.checkpoint("j", "w", s.Epoch, 2, "st2"); r.Status != twopc.StatusCommitted || r.Guarantee != twopc.GuaranteeAtLeastOnce {
 		t.Fatalf("repeat: %+v", r)
 	}
 	info, _ := e.c.Job("j")
@@ -153,7 +153,7 @@ func TestGuaranteeNone(t *testing.T) {
 		t.Fatalf("records failed: %d, want 4", got)
 	}
 	r := e.checkpoint("j", "w", s.Epoch, 1, "st")
-	if r.Status != twopc.StatusCommitted {
+	if r.Status != twopc.StatusCommitted || r.Guarantee != twopc.GuaranteeNone {
 		t.Fatalf("checkpoint: %+v", r)
 	}
 	wantValues(t, e.a, "n1", "n2", "n3")
