@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -181,4 +184,61 @@ func checkAtLeastOnce(t *testing.T, what string, got, want []string) int {
 		t.Fatalf("%s: %d records; missing %d %s, unexpected %d %s", what, len(got), len(missing), abbrev(missing), len(extra), abbrev(extra))
 	}
 	return len(got) - len(uniq)
+}
+
+// TestNoneCountsDroppedRecords: a job with guarantee none keeps answering
+// while the broker is down; its records fail after direct_delivery_timeout
+// and are counted in txsink_records_failed_total, and checkpoints go on.
+func TestNoneCountsDroppedRecords(t *testing.T) {
+	b := kafkatest.StartBrokerWith(t, t.TempDir(), kafkatest.BrokerOptions{Topics: []string{topic}})
+	n := newNode(t, kafkaSinkYAML(b.Addr)+"    direct_delivery_timeout: 1s\n")
+	c := n.start()
+	ctx := tctx(t)
+	if _, err := c.PutJobSpec(ctx, "nj", api.JobRequest{Guarantee: twopc.GuaranteeNone}); err != nil {
+		t.Fatal(err)
+	}
+	s := mustSession(t, c, "nj", "0", nil)
+	mustWrite(t, c, "nj", "0", s.Epoch, values(0, 10))
+	if r, err := c.Checkpoint(ctx, "nj", "0", s.Epoch, 1, []byte("10"), ""); err != nil || r.Status != twopc.StatusCommitted || r.Guarantee != twopc.GuaranteeNone {
+		t.Fatalf("checkpoint 1: %+v %v", r, err)
+	}
+	wantExactly(t, b.Addr, values(0, 10))
+	b.Kill()
+	t0 := time.Now()
+	mustWrite(t, c, "nj", "0", s.Epoch, values(10, 20))
+	if r, err := c.Checkpoint(ctx, "nj", "0", s.Epoch, 2, []byte("20"), ""); err != nil || r.Status != twopc.StatusCommitted {
+		t.Fatalf("checkpoint 2 with the broker down: %+v %v", r, err)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Fatalf("write and checkpoint with the broker down took %v; none must not wait", d)
+	}
+	want := `txsink_records_failed_total{guarantee="none",job="nj",sink="events"} 10`
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		m := metricsText(t, n.httpAddr)
+		if strings.Contains(m, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics never showed %q; failed-records lines:\n%s", want, grepLines(m, "records_failed"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(n.logs.String(), "records failed and were dropped") {
+		t.Fatal("no log line about the dropped records")
+	}
+}
+
+func metricsText(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
