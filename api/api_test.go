@@ -615,6 +615,26 @@ func TestGuaranteeField(t *testing.T) {
 	if _, err := c.PutJob(ctx, "g-at_least_once", "", nil); err == nil || !strings.Contains(err.Error(), "mode_conflict") {
 		t.Fatalf("PUT without guarantee of an at_least_once job: got %v, want 409 mode_conflict", err)
 	}
+	// A direct job's checkpoint says committed and names its guarantee;
+	// the records reached the sink at the flush (answers are checked
+	// against openapi.yaml).
+	for i, g := range []twopc.Guarantee{twopc.GuaranteeAtLeastOnce, twopc.GuaranteeNone} {
+		job := "g-" + string(g)
+		s := must[twopc.SessionInfo](t)(c.OpenSession(ctx, job, "w", nil))
+		before := len(committed(e.events))
+		must[twopc.WriteResult](t)(c.WriteNDJSON(ctx, job, "w", s.Epoch, nil, []byte(values(fmt.Sprint("d", i)))))
+		cp := must[twopc.CheckpointResult](t)(c.Checkpoint(ctx, job, "w", s.Epoch, 1, []byte("st"), ""))
+		if cp.Status != twopc.StatusCommitted || cp.Guarantee != g || len(cp.Branches) != 0 {
+			t.Fatalf("%s checkpoint: %+v", g, cp)
+		}
+		if got := committed(e.events); len(got) != before+1 || got[len(got)-1] != fmt.Sprint("d", i) {
+			t.Fatalf("%s: sink holds %v after the checkpoint", g, got)
+		}
+	}
+	eoS := must[twopc.SessionInfo](t)(c.OpenSession(ctx, "eo", "w", nil))
+	if r := e.ts[0].do(t, "POST", fmt.Sprintf("/v1/jobs/eo/writers/w/checkpoints/1?epoch=%d", eoS.Epoch), ""); r.status != http.StatusOK || strings.Contains(string(r.body), "guarantee") {
+		t.Fatalf("an exactly_once checkpoint's answer names a guarantee: %s", r.body)
+	}
 	r := e.ts[0].do(t, "GET", "/v1/jobs", "")
 	for _, want := range []string{`"guarantee":"exactly_once"`, `"guarantee":"at_least_once"`, `"guarantee":"none"`} {
 		if !strings.Contains(string(r.body), want) {

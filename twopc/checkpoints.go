@@ -61,6 +61,9 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		if cur, ok := c.m.CheckpointStatus(job, writer, n); ok {
 			r = cur
 		}
+		if s.guarantee.Direct() {
+			r.Guarantee = s.guarantee
+		}
 		return r, checkpointLoss(job, writer, r)
 	}
 	if err := s.usable(); err != nil {

@@ -57,7 +57,9 @@ type Config struct {
 	Metrics Metrics
 	// Failpoint, when set, is called at named points of the protocol; the
 	// crash tests use it to kill the process there. Points: "after-write",
-	// "after-prepare", "after-journal", "after-commit-first-sink".
+	// "after-prepare", "after-journal", "after-commit-first-sink", and
+	// "after-flush" (a direct job's checkpoint: the sinks flushed, the
+	// journal entry not yet made).
 	Failpoint func(point string)
 	// Now returns the current time (nil: time.Now).
 	Now func() time.Time

@@ -188,6 +188,7 @@ func (c *Coordinator) checkpointDirect(cl *call, s *session, n int64, state []by
 	c.failpoint("after-journal")
 	s.lastN, s.lastSum, s.dirty = n, maphash.Bytes(stateSeed, state), false
 	r := c.journaledStatus(job, writer, n, nil, StatusCommitted)
+	r.Guarantee = s.guarantee
 	s.last = &r
 	return r, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/txsink/txsink/twopc"
 	"github.com/txsink/txsink/twopc/twopctest"
@@ -36,8 +37,8 @@ func TestAtLeastOnceCheckpoint(t *testing.T) {
 		t.Fatalf("durable before the checkpoint (fake keeps them until flush): %v", got)
 	}
 	r := e.checkpoint("j", "w", s.Epoch, 1, "st1")
-	if r.Status != twopc.StatusCommitted || len(r.Branches) != 0 || r.Checkpoint != 1 {
-		t.Fatalf("checkpoint: got %+v, want committed, no branches", r)
+	if r.Status != twopc.StatusCommitted || len(r.Branches) != 0 || r.Checkpoint != 1 || r.Guarantee != twopc.GuaranteeAtLeastOnce {
+		t.Fatalf("checkpoint: got %+v, want committed, no branches, guarantee named", r)
 	}
 	wantValues(t, e.a, "a1", "a2")
 	wantValues(t, e.b, "b1")
@@ -53,7 +54,7 @@ func TestAtLeastOnceCheckpoint(t *testing.T) {
 		t.Fatalf("direct branches: a %d b %d, want 1 each", e.a.Directs(), e.b.Directs())
 	}
 	// A repeat of the last checkpoint is idempotent; an empty one flushes.
-	if r := e.checkpoint("j", "w", s.Epoch, 2, "st2"); r.Status != twopc.StatusCommitted {
+	if r := e.checkpoint("j", "w", s.Epoch, 2, "st2"); r.Status != twopc.StatusCommitted || r.Guarantee != twopc.GuaranteeAtLeastOnce {
 		t.Fatalf("repeat: %+v", r)
 	}
 	info, _ := e.c.Job("j")
@@ -153,7 +154,7 @@ func TestGuaranteeNone(t *testing.T) {
 		t.Fatalf("records failed: %d, want 4", got)
 	}
 	r := e.checkpoint("j", "w", s.Epoch, 1, "st")
-	if r.Status != twopc.StatusCommitted {
+	if r.Status != twopc.StatusCommitted || r.Guarantee != twopc.GuaranteeNone {
 		t.Fatalf("checkpoint: %+v", r)
 	}
 	wantValues(t, e.a, "n1", "n2", "n3")
@@ -238,3 +239,82 @@ func TestDirectSinkRequired(t *testing.T) {
 type txOnly struct{ *twopctest.Sink }
 
 func (s txOnly) BeginDirect() {}
+
+// TestDirectSessionEnds: every way a session ends closes its direct
+// branches: idle forgetting, delete of the writer, the coordinator's Close.
+// A rejected record leaves the session usable.
+func TestDirectSessionEnds(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1_000_000, 0)}
+	j := twopctest.NewJournal(twopc.NewMachine())
+	a := twopctest.NewSink("a", 1)
+	c, err := twopc.NewCoordinator(twopc.Config{Node: "n1", Journal: j, Machine: j.Machine(),
+		Sinks: map[string]twopc.Sink{"a": a}, Now: clk.Now, SessionIdleTimeout: time.Minute, RetryInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := c.PutJob(ctx, twopc.JobSpec{Name: "j", Guarantee: twopc.GuaranteeAtLeastOnce}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.OpenSession(ctx, "j", "w", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.RejectValue("poison")
+	if _, err := c.Write(ctx, "j", "w", s.Epoch, nil, recs("a", "ok1", "poison")); !errors.Is(err, twopc.ErrRecordRejected) {
+		t.Fatalf("poison: got %v, want rejected", err)
+	}
+	a.RejectValue("")
+	if _, err := c.Write(ctx, "j", "w", s.Epoch, nil, recs("a", "ok2")); err != nil {
+		t.Fatalf("write after a rejected call: %v", err)
+	}
+	if _, err := c.Checkpoint(ctx, "j", "w", s.Epoch, 1, nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	wantValues(t, a, "ok2")
+	if a.Directs() != 1 {
+		t.Fatalf("direct branches: %d", a.Directs())
+	}
+	// Idle: forgotten, branch closed.
+	clk.Add(2 * time.Minute)
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Sessions() != 0 || a.Directs() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the idle timeout: %d sessions, %d direct branches", c.Sessions(), a.Directs())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	ctx = context.Background()
+	// Delete of a writer with an open direct session.
+	s, err = c.OpenSession(ctx, "j", "w", nil)
+	if err != nil || s.Checkpoint != 1 {
+		t.Fatalf("reopen: %+v %v", s, err)
+	}
+	if _, err := c.Write(ctx, "j", "w", s.Epoch, nil, recs("a", "x")); err != nil {
+		t.Fatal(err)
+	}
+	if deleted, err := c.DeleteWriter(ctx, "j", "w"); err != nil || !deleted {
+		t.Fatalf("delete: %v %v", deleted, err)
+	}
+	if a.Directs() != 0 {
+		t.Fatalf("direct branches after delete: %d", a.Directs())
+	}
+	// Close.
+	s, err = c.OpenSession(ctx, "j", "w2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(ctx, "j", "w2", s.Epoch, nil, recs("a", "y")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if a.Directs() != 0 {
+		t.Fatalf("direct branches after Close: %d", a.Directs())
+	}
+	wantValues(t, a, "ok2") // x and y were never flushed
+}

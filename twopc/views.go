@@ -95,6 +95,11 @@ type CheckpointResult struct {
 	Checkpoint int64        `json:"checkpoint"`
 	Status     string       `json:"status"`
 	Branches   []BranchInfo `json:"branches"`
+	// Guarantee is set (at_least_once, none) when the job is not
+	// exactly_once, so that "committed" is read for what it means there:
+	// at_least_once, the records were durable in every sink before the
+	// state was journaled; none, only the state is journaled.
+	Guarantee Guarantee `json:"guarantee,omitempty"`
 }
 
 // BranchInfo describes one branch of a checkpoint.

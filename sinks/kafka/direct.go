@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -12,29 +13,39 @@ import (
 )
 
 // Direct branches serve jobs with guarantee at_least_once or none (see
-// twopc.DirectBranch and DESIGN.md "Direct branches"). They all produce
-// through one idempotent, non-transactional client per sink: no
-// transactional id, no InitProducerID per writer, no EndTxn. A branch
-// counts its own records in flight, so a checkpoint's Flush waits for
-// this writer's records only, not for every writer's as kgo's Flush does.
+// twopc.DirectBranch and DESIGN.md "Direct branches"). The at_least_once
+// ones all produce through one idempotent, non-transactional client per
+// sink: no transactional id, no InitProducerID per writer, no EndTxn. A
+// branch counts its own records in flight, so a checkpoint's Flush waits
+// for this writer's records only, not for every writer's as kgo's Flush
+// does. The none ones share a second client that is not idempotent and
+// waits for the leader's ack only: an idempotent producer may not fail a
+// batch it may have sent (a sequence gap), so while a broker is down its
+// records would never fail and never be counted; this one fails them at
+// DirectDeliveryTimeout.
 
 var _ twopc.DirectSink = (*Sink)(nil)
 
-// directClient returns the shared client, making it on first use.
-func (s *Sink) directClient() (*kgo.Client, error) {
+// directClient returns the shared client of at_least_once (none=false)
+// or none branches, making it on first use.
+func (s *Sink) directClient(none bool) (*kgo.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, ErrClosed
 	}
-	if s.direct == nil {
-		cl, err := kgo.NewClient(s.directOpts...)
+	p, opts := &s.direct, s.directOpts
+	if none {
+		p, opts = &s.directNone, append(slices.Clone(s.directOpts), kgo.DisableIdempotentWrite(), kgo.RequiredAcks(kgo.LeaderAck()))
+	}
+	if *p == nil {
+		cl, err := kgo.NewClient(opts...)
 		if err != nil {
 			return nil, err
 		}
-		s.direct = cl
+		*p = cl
 	}
-	return s.direct, nil
+	return *p, nil
 }
 
 // BeginDirect implements twopc.DirectSink. It does no I/O.
@@ -45,7 +56,7 @@ func (s *Sink) BeginDirect(ctx context.Context, id twopc.BranchID, opt twopc.Dir
 	if opt.Guarantee == twopc.GuaranteeNone && opt.OnFailed == nil {
 		return nil, fmt.Errorf("%w: kafka sink %q: direct branch %v: guarantee none needs OnFailed", twopc.ErrInvalid, s.cfg.Name, id)
 	}
-	cl, err := s.directClient()
+	cl, err := s.directClient(opt.Guarantee == twopc.GuaranteeNone)
 	if err != nil {
 		return nil, fmt.Errorf("%w: kafka sink %q: direct branch %v: %w", twopc.ErrSinkFailure, s.cfg.Name, id, err)
 	}

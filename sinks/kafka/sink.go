@@ -79,11 +79,12 @@ type Sink struct {
 	// at_least_once or none; direct.go), made on first use.
 	directOpts []kgo.Opt
 
-	mu     sync.Mutex
-	direct *kgo.Client
-	slots  map[string]*slot // by transactional id
-	admin5 *kgo.Client      // lazily, for handles with EndTxnVersion >= 5
-	closed bool
+	mu         sync.Mutex
+	direct     *kgo.Client      // at_least_once: idempotent, acks=all
+	directNone *kgo.Client      // none: not idempotent, leader ack
+	slots      map[string]*slot // by transactional id
+	admin5     *kgo.Client      // lazily, for handles with EndTxnVersion >= 5
+	closed     bool
 }
 
 // slot is the cached transactional client of one transactional id. The
@@ -271,8 +272,10 @@ func (s *Sink) Close() {
 	if s.admin5 != nil {
 		cls = append(cls, s.admin5)
 	}
-	if s.direct != nil {
-		cls = append(cls, s.direct)
+	for _, cl := range []*kgo.Client{s.direct, s.directNone} {
+		if cl != nil {
+			cls = append(cls, cl)
+		}
 	}
 	s.mu.Unlock()
 	s.cancel()
