@@ -192,6 +192,12 @@ func TestBadInput(t *testing.T) {
 		// jobs
 		{"unknown commit mode", "PUT", "/v1/jobs/j", `{"commit":"sometimes"}`, js, 400, api.CodeInvalidRequest, `"sometimes"`},
 		{"unknown sink in job", "PUT", "/v1/jobs/j", `{"sinks":["nope"]}`, js, 400, api.CodeUnknownSink, "nope"},
+		{"unknown guarantee", "PUT", "/v1/jobs/g", `{"guarantee":"at_most_once"}`, js, 400, api.CodeInvalidRequest, `guarantee "at_most_once"`},
+		{"guarantee of the wrong type", "PUT", "/v1/jobs/g", `{"guarantee":1}`, js, 400, api.CodeMalformedBody, `field "guarantee"`},
+		{"guarantee in another case", "PUT", "/v1/jobs/g", `{"guarantee":"Exactly_Once"}`, js, 400, api.CodeInvalidRequest, "guarantee"},
+		{"at_least_once with external commit", "PUT", "/v1/jobs/g", `{"commit":"external","guarantee":"at_least_once"}`, js, 400, api.CodeInvalidRequest, "needs commit mode"},
+		{"none with external commit", "PUT", "/v1/jobs/g", `{"commit":"external","guarantee":"none"}`, js, 400, api.CodeInvalidRequest, "needs commit mode"},
+		{"guarantee change of a job", "PUT", "/v1/jobs/j", `{"sinks":["events"],"guarantee":"at_least_once"}`, js, 409, api.CodeModeConflict, "cannot change it"},
 		{"unknown field in job", "PUT", "/v1/jobs/j", `{"commit":"auto","mode":"x"}`, js, 400, api.CodeMalformedBody, `unknown field "mode"`},
 		{"job body not an object", "PUT", "/v1/jobs/j", `["auto"]`, js, 400, api.CodeMalformedBody, "JSON object"},
 		{"job body trailing data", "PUT", "/v1/jobs/j", `{"commit":"auto"} {}`, js, 400, api.CodeMalformedBody, "after the JSON object"},
@@ -576,5 +582,63 @@ func TestDeleteWriter(t *testing.T) {
 				t.Fatalf("delete of a bad name: got %s, want 400", r)
 			}
 		})
+	}
+}
+
+// TestGuaranteeField: the answers always name the guarantee, "" is
+// exactly_once, and a PUT that repeats the job's own guarantee (or names
+// none) is idempotent.
+func TestGuaranteeField(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.ts[0].c
+	eo := must[twopc.JobInfo](t)(c.PutJob(ctx, "eo", "", []string{"events"}))
+	if eo.Guarantee != twopc.GuaranteeExactlyOnce {
+		t.Fatalf("default guarantee: got %q, want exactly_once", eo.Guarantee)
+	}
+	for _, g := range []twopc.Guarantee{twopc.GuaranteeAtLeastOnce, twopc.GuaranteeNone} {
+		info := must[twopc.JobInfo](t)(c.PutJobSpec(ctx, "g-"+string(g), api.JobRequest{Guarantee: g}))
+		if info.Guarantee != g || info.Commit != twopc.ModeAuto {
+			t.Fatalf("PUT %s: got %+v", g, info)
+		}
+		again := must[twopc.JobInfo](t)(c.PutJobSpec(ctx, "g-"+string(g), api.JobRequest{Guarantee: g}))
+		if again.Guarantee != g {
+			t.Fatalf("repeated PUT %s: got %+v", g, again)
+		}
+		got := must[twopc.JobInfo](t)(c.Job(ctx, "g-"+string(g)))
+		if got.Guarantee != g {
+			t.Fatalf("GET %s: got %+v", g, got)
+		}
+	}
+	// Naming no guarantee for an existing at_least_once job means
+	// exactly_once, which is a change: refused.
+	if _, err := c.PutJob(ctx, "g-at_least_once", "", nil); err == nil || !strings.Contains(err.Error(), "mode_conflict") {
+		t.Fatalf("PUT without guarantee of an at_least_once job: got %v, want 409 mode_conflict", err)
+	}
+	// A direct job's checkpoint says committed and names its guarantee;
+	// the records reached the sink at the flush (answers are checked
+	// against openapi.yaml).
+	for i, g := range []twopc.Guarantee{twopc.GuaranteeAtLeastOnce, twopc.GuaranteeNone} {
+		job := "g-" + string(g)
+		s := must[twopc.SessionInfo](t)(c.OpenSession(ctx, job, "w", nil))
+		before := len(committed(e.events))
+		must[twopc.WriteResult](t)(c.WriteNDJSON(ctx, job, "w", s.Epoch, nil, []byte(values(fmt.Sprint("d", i)))))
+		cp := must[twopc.CheckpointResult](t)(c.Checkpoint(ctx, job, "w", s.Epoch, 1, []byte("st"), ""))
+		if cp.Status != twopc.StatusCommitted || cp.Guarantee != g || len(cp.Branches) != 0 {
+			t.Fatalf("%s checkpoint: %+v", g, cp)
+		}
+		if got := committed(e.events); len(got) != before+1 || got[len(got)-1] != fmt.Sprint("d", i) {
+			t.Fatalf("%s: sink holds %v after the checkpoint", g, got)
+		}
+	}
+	eoS := must[twopc.SessionInfo](t)(c.OpenSession(ctx, "eo", "w", nil))
+	if r := e.ts[0].do(t, "POST", fmt.Sprintf("/v1/jobs/eo/writers/w/checkpoints/1?epoch=%d", eoS.Epoch), ""); r.status != http.StatusOK || strings.Contains(string(r.body), "guarantee") {
+		t.Fatalf("an exactly_once checkpoint's answer names a guarantee: %s", r.body)
+	}
+	r := e.ts[0].do(t, "GET", "/v1/jobs", "")
+	for _, want := range []string{`"guarantee":"exactly_once"`, `"guarantee":"at_least_once"`, `"guarantee":"none"`} {
+		if !strings.Contains(string(r.body), want) {
+			t.Fatalf("GET /v1/jobs: %s lacks %s", r.body, want)
+		}
 	}
 }

@@ -70,6 +70,10 @@ type JobRequest struct {
 	Commit twopc.Mode `json:"commit,omitempty"`
 	// Sinks the job may write (empty: all).
 	Sinks []string `json:"sinks,omitempty"`
+	// Guarantee is the delivery guarantee ("": exactly_once). It cannot
+	// change once the job exists; a guarantee other than exactly_once
+	// needs commit mode auto.
+	Guarantee twopc.Guarantee `json:"guarantee,omitempty"`
 }
 
 // SessionRequest is the optional body of the session call.
@@ -168,12 +172,21 @@ func (s *Server) putJob(w http.ResponseWriter, r *http.Request) error {
 	if !req.Commit.Valid() {
 		return badRequest(CodeInvalidRequest, fmt.Sprintf("commit mode %q must be %q or %q", req.Commit, twopc.ModeAuto, twopc.ModeExternal))
 	}
+	req.Guarantee = req.Guarantee.Norm()
+	if !req.Guarantee.Valid() {
+		return badRequest(CodeInvalidRequest, fmt.Sprintf("guarantee %q must be %q, %q or %q", req.Guarantee,
+			twopc.GuaranteeExactlyOnce, twopc.GuaranteeAtLeastOnce, twopc.GuaranteeNone))
+	}
+	if req.Guarantee.Direct() && req.Commit != twopc.ModeAuto {
+		return badRequest(CodeInvalidRequest, fmt.Sprintf("guarantee %q needs commit mode %q: external commit decides prepared transactions, and a %s job has none",
+			req.Guarantee, twopc.ModeAuto, req.Guarantee))
+	}
 	for _, sink := range req.Sinks {
 		if !twopc.ValidName(sink) {
 			return badRequest(CodeInvalidName, fmt.Sprintf("sink name %q must be 1-64 of A-Z a-z 0-9 . _ - and start with a letter or digit", sink))
 		}
 	}
-	info, err := s.svc.PutJob(r.Context(), twopc.JobSpec{Name: job, Commit: req.Commit, Sinks: req.Sinks})
+	info, err := s.svc.PutJob(r.Context(), twopc.JobSpec{Name: job, Commit: req.Commit, Sinks: req.Sinks, Guarantee: req.Guarantee})
 	if err != nil {
 		return err
 	}
@@ -422,6 +435,7 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 
 // normJob answers empty lists as [] rather than null.
 func normJob(j twopc.JobInfo) twopc.JobInfo {
+	j.Guarantee = j.Guarantee.Norm()
 	if j.Sinks == nil {
 		j.Sinks = []string{}
 	}

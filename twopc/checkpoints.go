@@ -61,6 +61,9 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 		if cur, ok := c.m.CheckpointStatus(job, writer, n); ok {
 			r = cur
 		}
+		if s.guarantee.Direct() {
+			r.Guarantee = s.guarantee
+		}
 		return r, checkpointLoss(job, writer, r)
 	}
 	if err := s.usable(); err != nil {
@@ -73,6 +76,9 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	if wv, _ := c.m.Writer(job, writer); n <= wv.MaxCheckpoint {
 		return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s must be greater than %d",
 			ErrCheckpointOrder, n, job, writer, wv.MaxCheckpoint)
+	}
+	if s.guarantee.Direct() {
+		return c.checkpointDirect(cl, s, n, state)
 	}
 
 	// Phase 1: prepare every open branch (in parallel: sinks are independent).

@@ -57,7 +57,9 @@ type Config struct {
 	Metrics Metrics
 	// Failpoint, when set, is called at named points of the protocol; the
 	// crash tests use it to kill the process there. Points: "after-write",
-	// "after-prepare", "after-journal", "after-commit-first-sink".
+	// "after-prepare", "after-journal", "after-commit-first-sink", and
+	// "after-flush" (a direct job's checkpoint: the sinks flushed, the
+	// journal entry not yet made).
 	Failpoint func(point string)
 	// Now returns the current time (nil: time.Now).
 	Now func() time.Time
@@ -175,11 +177,15 @@ type session struct {
 	seqSum   uint64 // digest of the last seq's body, from the caller
 	lastAcc  int
 	open     map[string]*openBranch // by sink
-	nextSeq  uint64
-	lastN    int64
-	lastSum  uint64 // digest of checkpoint lastN's state
-	dirty    bool   // records were sent to a sink since checkpoint lastN
-	last     *CheckpointResult
+	// guarantee is the job's; direct holds the session's direct branches
+	// (by sink) when it is at_least_once or none (direct.go).
+	guarantee Guarantee
+	direct    map[string]*directBranch
+	nextSeq   uint64
+	lastN     int64
+	lastSum   uint64 // digest of checkpoint lastN's state
+	dirty     bool   // records were sent to a sink since checkpoint lastN
+	last      *CheckpointResult
 }
 
 // stateSeed hashes checkpoint states for the repeat check; a digest is

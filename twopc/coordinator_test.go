@@ -23,7 +23,9 @@ type env struct {
 	c     *twopc.Coordinator
 	point atomic.Value // failpoint name that panics with crash{}
 	lost  atomic.Int64
-	hook  atomic.Pointer[func(point string)] // called at every failpoint
+	// failed counts RecordsFailed (guarantee none), by sink
+	failedA, failedB atomic.Int64
+	hook             atomic.Pointer[func(point string)] // called at every failpoint
 }
 
 type crash struct{}
@@ -34,6 +36,13 @@ func (countMetrics) Records(string, string, int, int)             {}
 func (countMetrics) CheckpointDone(string, string, time.Duration) {}
 func (countMetrics) CommitRetry(string)                           {}
 func (m countMetrics) DataLoss(string, string)                    { m.e.lost.Add(1) }
+func (m countMetrics) RecordsFailed(job, sink string, g twopc.Guarantee, n int) {
+	if sink == "a" {
+		m.e.failedA.Add(int64(n))
+	} else {
+		m.e.failedB.Add(int64(n))
+	}
+}
 
 func newEnv(t *testing.T, inflight int) *env {
 	e := &env{t: t, j: twopctest.NewJournal(twopc.NewMachine()),

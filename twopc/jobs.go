@@ -18,6 +18,22 @@ func (c *Coordinator) PutJob(ctx context.Context, spec JobSpec) (JobInfo, error)
 	if !spec.Commit.Valid() {
 		return JobInfo{}, fmt.Errorf("%w: commit mode %q: want %q or %q", ErrInvalid, spec.Commit, ModeAuto, ModeExternal)
 	}
+	spec.Guarantee = spec.Guarantee.Norm()
+	if !spec.Guarantee.Valid() {
+		return JobInfo{}, fmt.Errorf("%w: guarantee %q: want %q, %q or %q", ErrInvalid, spec.Guarantee,
+			GuaranteeExactlyOnce, GuaranteeAtLeastOnce, GuaranteeNone)
+	}
+	// External commit decides a whole job's checkpoint n at once, which
+	// only means something when the sinks hold it prepared; a direct job's
+	// records are already committed (or sent) when the checkpoint is taken.
+	if spec.Guarantee.Direct() && spec.Commit != ModeAuto {
+		return JobInfo{}, fmt.Errorf("%w: guarantee %s needs commit mode %s (external commit decides prepared transactions; a %s job has none)",
+			ErrInvalid, spec.Guarantee, ModeAuto, spec.Guarantee)
+	}
+	if cur, ok := c.m.JobSpec(spec.Name); ok && cur.Guarantee != spec.Guarantee {
+		return JobInfo{}, fmt.Errorf("%w: job %s has guarantee %s; cannot change it to %s (delete the job and create it again)",
+			ErrModeConflict, spec.Name, cur.Guarantee, spec.Guarantee)
+	}
 	if len(spec.Sinks) == 0 {
 		spec.Sinks = sortedKeys(c.cfg.Sinks)
 	}
@@ -30,6 +46,9 @@ func (c *Coordinator) PutJob(ctx context.Context, spec JobSpec) (JobInfo, error)
 			return JobInfo{}, fmt.Errorf("%w: sink %q listed twice", ErrInvalid, s)
 		}
 		seen[s] = true
+		if _, ok := c.cfg.Sinks[s].(DirectSink); spec.Guarantee.Direct() && !ok {
+			return JobInfo{}, fmt.Errorf("%w: sink %q cannot serve guarantee %s", ErrInvalid, s, spec.Guarantee)
+		}
 	}
 	slices.Sort(spec.Sinks)
 	// A live writer keeps the mode it opened with in mind (it commits by

@@ -1,6 +1,7 @@
 package twopc
 
 import (
+	"context"
 	"fmt"
 	"time"
 )
@@ -99,6 +100,13 @@ func (c *Coordinator) forgetIdle() int {
 		}
 		if len(s.open) == 0 && s.used.Load() < cutoff {
 			s.lost = true
+			// A direct branch pins a connection for the session's life;
+			// what it holds unflushed was never acknowledged.
+			if len(s.direct) > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				c.closeDirect(ctx, s)
+				cancel()
+			}
 			k := writerKey{s.job, s.writer}
 			c.mu.Lock()
 			if c.sessions[k] == s {

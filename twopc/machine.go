@@ -326,13 +326,22 @@ func errResult(err error) ApplyResult { return ApplyResult{Code: ErrorCode(err),
 
 func (m *Machine) putJob(c Command) ApplyResult {
 	s := c.Spec
-	if s == nil || !ValidName(s.Name) || !s.Commit.Valid() || len(s.Sinks) == 0 {
+	if s == nil || !ValidName(s.Name) || !s.Commit.Valid() || len(s.Sinks) == 0 || !s.Guarantee.Norm().Valid() ||
+		(s.Guarantee.Direct() && s.Commit != ModeAuto) {
 		return errResult(fmt.Errorf("%w: bad job spec", ErrInvalid))
 	}
+	g := s.Guarantee.Norm()
 	j := m.st.Jobs[s.Name]
 	if j == nil {
 		j = &jobState{Writers: map[string]*writerState{}}
 		m.st.Jobs[s.Name] = j
+	} else if cur := j.Spec.Guarantee.Norm(); cur != g {
+		// A writer's checkpoints under one guarantee mean something else
+		// under another (a direct checkpoint journals a state whose records
+		// were not written atomically), and sinks hold no transactions of
+		// a direct job to fence; a job keeps the guarantee it was made with.
+		return errResult(fmt.Errorf("%w: job %s has guarantee %s; cannot change it to %s (delete the job and create it again)",
+			ErrModeConflict, s.Name, cur, g))
 	} else if j.Spec.Commit != s.Commit {
 		for _, w := range j.Writers {
 			if len(w.Open) > 0 {
@@ -341,7 +350,7 @@ func (m *Machine) putJob(c Command) ApplyResult {
 			}
 		}
 	}
-	j.Spec = JobSpec{Name: s.Name, Commit: s.Commit, Sinks: slices.Clone(s.Sinks)}
+	j.Spec = JobSpec{Name: s.Name, Commit: s.Commit, Sinks: slices.Clone(s.Sinks), Guarantee: g}
 	return ApplyResult{}
 }
 
@@ -426,6 +435,9 @@ func (m *Machine) prepared(c Command) ApplyResult {
 	}
 	if c.Decide != (j.Spec.Commit == ModeAuto) {
 		return errResult(fmt.Errorf("%w: job %s is in %s mode", ErrModeConflict, c.Job, j.Spec.Commit))
+	}
+	if len(c.Branches) > 0 && j.Spec.Guarantee.Direct() {
+		return errResult(fmt.Errorf("%w: job %s has guarantee %s: its checkpoints have no branches", ErrModeConflict, c.Job, j.Spec.Guarantee))
 	}
 	w.MaxCheckpoint = c.Checkpoint
 	cp := &checkpointState{
@@ -635,6 +647,7 @@ func (m *Machine) JobSpec(name string) (JobSpec, bool) {
 	}
 	s := j.Spec
 	s.Sinks = slices.Clone(s.Sinks)
+	s.Guarantee = s.Guarantee.Norm()
 	return s, true
 }
 
@@ -653,7 +666,7 @@ func (m *Machine) JobInfo(name string) (JobInfo, bool) {
 	if j == nil {
 		return JobInfo{}, false
 	}
-	info := JobInfo{Name: name, Commit: j.Spec.Commit, Sinks: slices.Clone(j.Spec.Sinks), Writers: []WriterInfo{}}
+	info := JobInfo{Name: name, Commit: j.Spec.Commit, Sinks: slices.Clone(j.Spec.Sinks), Guarantee: j.Spec.Guarantee.Norm(), Writers: []WriterInfo{}}
 	for _, wn := range sortedKeys(j.Writers) {
 		w := j.Writers[wn]
 		wi := WriterInfo{Name: wn, Epoch: w.Epoch, Owner: w.Owner, LastCommitted: w.LastCommitted, InDoubt: []int64{}}

@@ -99,6 +99,7 @@ func (c *Coordinator) OpenSession(ctx context.Context, job, writer string, resto
 	}
 	c.unfenced.done(k) // under the opening lock: no background fence of k after this
 	s := newSession(job, writer, res.Session.Epoch)
+	s.guarantee = spec.Guarantee.Norm()
 	c.touch(s)
 	c.mu.Lock()
 	c.sessions[k] = s
@@ -158,6 +159,12 @@ func (c *Coordinator) decidedCommits(job string, match func(PendingBranch) bool)
 // fenceWriter asks every sink of the job to abort what it holds for the
 // writer beyond the journal's unresolved branches.
 func (c *Coordinator) fenceWriter(ctx context.Context, job, writer string, sinks []string) error {
+	if spec, ok := c.m.JobSpec(job); ok && spec.Guarantee.Direct() {
+		// The sinks hold no transaction of a direct job (its guarantee
+		// never changes): nothing to fence. An old session's write still
+		// in flight may land; at_least_once allows that duplicate.
+		return nil
+	}
 	keep := map[string][]BranchID{}
 	for _, p := range c.m.Pending(job) {
 		if p.Writer == writer {
@@ -226,8 +233,12 @@ func (s *session) usable() error {
 	return nil
 }
 
-// abortOpen aborts a session's open branches. Needs s.mu.
+// abortOpen aborts a session's open branches and closes its direct ones.
+// Needs s.mu.
 func (c *Coordinator) abortOpen(ctx context.Context, s *session) {
+	if len(s.direct) > 0 {
+		c.closeDirect(ctx, s)
+	}
 	for name, ob := range s.open {
 		if err := ob.br.Abort(ctx); err != nil {
 			// Fence on the next open (or at start-up) aborts it in the sink.

@@ -88,6 +88,41 @@ const (
 // Valid reports whether m is a known mode.
 func (m Mode) Valid() bool { return m == ModeAuto || m == ModeExternal }
 
+// Guarantee is a job's delivery guarantee: what a checkpoint promises about
+// the records written before it (twopc/DESIGN.md "Delivery guarantees").
+type Guarantee string
+
+const (
+	// GuaranteeExactlyOnce (the default): a checkpoint commits every
+	// sink's transaction atomically with the state (two-phase commit).
+	GuaranteeExactlyOnce Guarantee = "exactly_once"
+	// GuaranteeAtLeastOnce: the checkpoint flushes every sink (Kafka
+	// idempotent producer acked; MySQL plain COMMIT) and journals the state
+	// only after that, so a crash replays and may duplicate, never lose.
+	GuaranteeAtLeastOnce Guarantee = "at_least_once"
+	// GuaranteeNone: writes are handed to the sinks without waiting;
+	// failures are logged and counted; the checkpoint journals at once.
+	GuaranteeNone Guarantee = "none"
+)
+
+// Valid reports whether g is a known guarantee ("" is not; see Norm).
+func (g Guarantee) Valid() bool {
+	return g == GuaranteeExactlyOnce || g == GuaranteeAtLeastOnce || g == GuaranteeNone
+}
+
+// Norm maps "" (a request that names none, or a job journaled before the
+// field existed) to GuaranteeExactlyOnce.
+func (g Guarantee) Norm() Guarantee {
+	if g == "" {
+		return GuaranteeExactlyOnce
+	}
+	return g
+}
+
+// Direct reports whether a job with guarantee g writes through direct
+// (non-transactional) branches: at_least_once and none.
+func (g Guarantee) Direct() bool { return g.Norm() != GuaranteeExactlyOnce }
+
 // MaxStateBytes bounds a checkpoint's opaque state.
 const MaxStateBytes = 1 << 20
 

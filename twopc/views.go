@@ -10,14 +10,19 @@ type JobSpec struct {
 	Name   string   `json:"name"`
 	Commit Mode     `json:"commit"`
 	Sinks  []string `json:"sinks"`
+	// Guarantee is journaled with the spec; "" (entries written before
+	// the field existed) means exactly_once.
+	Guarantee Guarantee `json:"guarantee,omitempty"`
 }
 
 // JobInfo describes a job and its writers.
 type JobInfo struct {
-	Name    string       `json:"name"`
-	Commit  Mode         `json:"commit"`
-	Sinks   []string     `json:"sinks"`
-	Writers []WriterInfo `json:"writers"`
+	Name   string   `json:"name"`
+	Commit Mode     `json:"commit"`
+	Sinks  []string `json:"sinks"`
+	// Guarantee is always named ("" is answered as exactly_once).
+	Guarantee Guarantee    `json:"guarantee"`
+	Writers   []WriterInfo `json:"writers"`
 }
 
 // WriterInfo describes one writer of a job.
@@ -90,6 +95,11 @@ type CheckpointResult struct {
 	Checkpoint int64        `json:"checkpoint"`
 	Status     string       `json:"status"`
 	Branches   []BranchInfo `json:"branches"`
+	// Guarantee is set (at_least_once, none) when the job is not
+	// exactly_once, so that "committed" is read for what it means there:
+	// at_least_once, the records were durable in every sink before the
+	// state was journaled; none, only the state is journaled.
+	Guarantee Guarantee `json:"guarantee,omitempty"`
 }
 
 // BranchInfo describes one branch of a checkpoint.

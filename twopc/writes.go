@@ -78,8 +78,15 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	groups, order := bySink(recs)
 	// Open every needed branch before writing anything, so backpressure
 	// leaves the call without effect.
+	direct := s.guarantee.Direct()
 	for _, name := range order {
-		if _, err := c.openBranch(cl, s, name); err != nil {
+		var err error
+		if direct {
+			_, err = c.openDirect(cl, s, name)
+		} else {
+			_, err = c.openBranch(cl, s, name)
+		}
+		if err != nil {
 			return WriteResult{}, err
 		}
 	}
@@ -87,8 +94,13 @@ func (c *Coordinator) Write(ctx context.Context, job, writer string, epoch uint6
 	wasDirty := s.dirty
 	s.dirty = s.dirty || len(recs) > 0
 	for i, name := range order {
-		ob := s.open[name]
-		if err := ob.br.Write(cl.work, groups[name]); err != nil {
+		var err error
+		if direct {
+			err = s.direct[name].br.Write(cl.work, groups[name])
+		} else {
+			err = s.open[name].br.Write(cl.work, groups[name])
+		}
+		if err != nil {
 			if errors.Is(err, ErrRecordRejected) {
 				err = c.rejected(cl.cleanup, s, recs, name, i > 0, err)
 				if s.failed == nil {

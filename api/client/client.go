@@ -203,9 +203,14 @@ func Seq(n int64) *int64 { return &n }
 
 // PutJob creates or updates a job. sinks nil means every configured sink.
 func (c *Client) PutJob(ctx context.Context, job string, mode twopc.Mode, sinks []string) (twopc.JobInfo, error) {
+	return c.PutJobSpec(ctx, job, api.JobRequest{Commit: mode, Sinks: sinks})
+}
+
+// PutJobSpec creates or updates a job from a full request, e.g. with a
+// delivery guarantee: api.JobRequest{Guarantee: twopc.GuaranteeAtLeastOnce}.
+func (c *Client) PutJobSpec(ctx context.Context, job string, req api.JobRequest) (twopc.JobInfo, error) {
 	var out twopc.JobInfo
-	err := c.doJSON(ctx, repeatable, http.MethodPut, "/v1/jobs/"+url.PathEscape(job), nil,
-		api.JobRequest{Commit: mode, Sinks: sinks}, &out)
+	err := c.doJSON(ctx, repeatable, http.MethodPut, "/v1/jobs/"+url.PathEscape(job), nil, req, &out)
 	return out, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/txsink/txsink/api"
 	"github.com/txsink/txsink/twopc"
 )
 
@@ -49,7 +50,14 @@ type Job struct {
 // UseJob creates or updates the job (PUT is idempotent) and returns a
 // handle on it. sinks nil means every configured sink.
 func (c *Client) UseJob(ctx context.Context, name string, mode twopc.Mode, sinks []string) (*Job, error) {
-	info, err := c.PutJob(ctx, name, mode, sinks)
+	return c.UseJobSpec(ctx, name, api.JobRequest{Commit: mode, Sinks: sinks})
+}
+
+// UseJobSpec is UseJob with the full request, e.g. to choose a delivery
+// guarantee: c.UseJobSpec(ctx, "pageviews", api.JobRequest{Guarantee:
+// twopc.GuaranteeAtLeastOnce}). Job.Info().Guarantee names the job's.
+func (c *Client) UseJobSpec(ctx context.Context, name string, req api.JobRequest) (*Job, error) {
+	info, err := c.PutJobSpec(ctx, name, req)
 	if err != nil {
 		return nil, err
 	}

@@ -115,6 +115,13 @@
       fill("sinks", []);
     }
 
+    // The delivery guarantee; anything but exactly_once is marked, since
+    // its records may be duplicated (at_least_once) or dropped (none).
+    const guarantee = (j) => {
+      const g = j.guarantee || "exactly_once";
+      return g === "exactly_once" ? g : badge(g === "none" ? "down" : "in-doubt", g);
+    };
+
     // A writer's last_committed counts a checkpoint decided to commit even
     // when a sink had aborted it: say so next to the number.
     const lost = new Set(d.checkpoints.filter((cp) => cp.status === "data_loss")
@@ -123,7 +130,7 @@
     for (const j of d.jobs) {
       const ws = j.writers || [];
       if (ws.length === 0) {
-        wrows.push(el("tr", null, el("td", null, j.name), el("td", null, j.commit),
+        wrows.push(el("tr", null, el("td", null, j.name), el("td", null, j.commit), el("td", null, guarantee(j)),
           el("td", "muted", "no writers"), el("td"), el("td"), el("td"), el("td")));
       }
       for (const w of ws) {
@@ -135,7 +142,7 @@
         const lossHere = lost.has(j.name + "\u0000" + w.name + "\u0000" + w.last_committed);
         if (lossHere) lc.append(" ", badge("data-loss", "DATA LOSS"));
         wrows.push(el("tr", lossHere ? "data-loss" : doubt.length ? "in-doubt" : null,
-          el("td", null, j.name), el("td", null, j.commit), el("td", null, w.name),
+          el("td", null, j.name), el("td", null, j.commit), el("td", null, guarantee(j)), el("td", null, w.name),
           el("td", null, w.epoch), el("td", null, w.owner || "none"), lc, cell));
       }
     }

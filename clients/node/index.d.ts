@@ -17,6 +17,8 @@ export interface ClientOptions {
 }
 
 export type Mode = 'auto' | 'external';
+/** A job's delivery guarantee (PUT /v1/jobs/{job}); the sidecar's default is exactly_once. */
+export type Guarantee = 'exactly_once' | 'at_least_once' | 'none';
 export type Status = 'open' | 'prepared' | 'committing' | 'aborting' | 'committed' | 'aborted' | 'data_loss';
 
 /** One record. Kafka sinks use topic, key/value (or key_b64/value_b64), headers and partition; MySQL sinks stmt and args. */
@@ -46,6 +48,8 @@ export interface WriterInfo {
 export interface JobInfo {
   name: string;
   commit: Mode;
+  /** The job's delivery guarantee (absent from a sidecar older than it). */
+  guarantee?: Guarantee;
   sinks: string[];
   writers: WriterInfo[];
 }
@@ -88,8 +92,8 @@ export declare class Client {
   constructor(opts?: ClientOptions);
   /** "http://host:port" or "unix:<path>". */
   readonly endpoint: string;
-  /** Creates or updates a job (idempotent). */
-  job(name: string, spec?: { commit?: Mode; sinks?: string[] }): Promise<Job>;
+  /** Creates or updates a job (idempotent). An unknown guarantee is the sidecar's BadRequest (400). */
+  job(name: string, spec?: { commit?: Mode; sinks?: string[]; guarantee?: Guarantee }): Promise<Job>;
   jobs(): Promise<JobInfo[]>;
   /** Resolves when the sidecar is ready; throws (no retries) otherwise. */
   ready(): Promise<void>;

@@ -315,20 +315,20 @@ func runJobs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return c.printJSON(api.JobList{Jobs: jobs})
 	}
 	tw := c.table()
-	fmt.Fprintln(tw, "JOB\tMODE\tSINKS\tWRITER\tEPOCH\tOWNER\tLAST COMMITTED\tIN DOUBT")
+	fmt.Fprintln(tw, "JOB\tMODE\tGUARANTEE\tSINKS\tWRITER\tEPOCH\tOWNER\tLAST COMMITTED\tIN DOUBT")
 	for _, j := range jobs {
 		sinks := strings.Join(j.Sinks, ",")
 		if sinks == "" {
 			sinks = "(all)"
 		}
 		if len(j.Writers) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t-\n", j.Name, j.Commit, sinks)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\n", j.Name, j.Commit, j.Guarantee.Norm(), sinks)
 			continue
 		}
 		ws := slices.Clone(j.Writers)
 		slices.SortFunc(ws, func(a, b twopc.WriterInfo) int { return strings.Compare(a.Name, b.Name) })
 		for _, w := range ws {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", j.Name, j.Commit, sinks, w.Name, w.Epoch,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", j.Name, j.Commit, j.Guarantee.Norm(), sinks, w.Name, w.Epoch,
 				orDash(w.Owner), w.LastCommitted, int64List(w.InDoubt))
 		}
 	}

@@ -204,10 +204,10 @@ func TestCLIStatusAndJobs(t *testing.T) {
 		t.Fatalf("jobs: exit %d, stderr %s", code, errOut)
 	}
 	wantLines(t, out,
-		"JOB | MODE | SINKS | WRITER | EPOCH | OWNER | LAST COMMITTED | IN DOUBT",
-		"auto | auto | db | - | - | - | - | -",
-		"ext | external | db,events | w0 | 1 | n1 | 0 | -",
-		"ext | external | db,events | w1 | 1 | n1 | 0 | 1,2",
+		"JOB | MODE | GUARANTEE | SINKS | WRITER | EPOCH | OWNER | LAST COMMITTED | IN DOUBT",
+		"auto | auto | exactly_once | db | - | - | - | - | -",
+		"ext | external | exactly_once | db,events | w0 | 1 | n1 | 0 | -",
+		"ext | external | exactly_once | db,events | w1 | 1 | n1 | 0 | 1,2",
 	)
 	out, _, code = cliRun(t, "jobs", "-o", "json", "--addr", e.url)
 	var jl api.JobList

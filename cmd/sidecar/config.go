@@ -109,6 +109,9 @@ type SinkConfig struct {
 	// IdleClientTimeout closes a free slot's Kafka client after this long
 	// (0: 1m; negative: never).
 	IdleClientTimeout time.Duration `yaml:"idle_client_timeout"`
+	// DirectDeliveryTimeout bounds the retries of a Kafka record of a job
+	// with guarantee at_least_once or none (0: 2m).
+	DirectDeliveryTimeout time.Duration `yaml:"direct_delivery_timeout"`
 	// MySQL
 	DSN         string            `yaml:"dsn"`
 	DSNFile     string            `yaml:"dsn_file"`
@@ -138,8 +141,9 @@ type TimeoutsConfig struct {
 
 // JobConfig declares a job.
 type JobConfig struct {
-	Commit twopc.Mode `yaml:"commit"`
-	Sinks  []string   `yaml:"sinks"`
+	Commit    twopc.Mode      `yaml:"commit"`
+	Sinks     []string        `yaml:"sinks"`
+	Guarantee twopc.Guarantee `yaml:"guarantee"` // "" = exactly_once
 }
 
 // DefaultConfig returns the defaults (docs/DESIGN.md §6).

@@ -28,7 +28,7 @@ func failpointFromEnv() (func(string), error) {
 		point, nth = v[:i], n
 	}
 	switch point {
-	case "after-write", "after-prepare", "after-journal", "after-commit-first-sink":
+	case "after-write", "after-prepare", "after-journal", "after-commit-first-sink", "after-flush":
 	default:
 		return nil, fmt.Errorf("TXSINK_FAILPOINT: unknown point %q", point)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,7 @@ type metrics struct {
 	phase     *prometheus.HistogramVec
 	retries   *prometheus.CounterVec
 	dataLoss  *prometheus.CounterVec
+	failed    *prometheus.CounterVec
 	requests  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	sinkErrs  *prometheus.CounterVec
@@ -54,7 +56,7 @@ type routeMetrics struct {
 }
 
 // Sink operations counted in txsink_sink_errors_total{op}.
-var sinkOps = []string{"begin", "write", "prepare", "commit", "abort", "resolve", "fence"}
+var sinkOps = []string{"begin", "write", "prepare", "commit", "abort", "resolve", "fence", "flush"}
 
 func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 	x := &metrics{
@@ -63,12 +65,15 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_record_bytes_total",
 			Help: "Key and value bytes of accepted records."}, []string{"job", "sink"}),
 		phase: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "txsink_checkpoint_phase_seconds",
-			Help:    "Duration of checkpoint phases: prepare (all sinks), journal (Raft entry), commit (all sinks).",
+			Help:    "Duration of checkpoint phases: prepare (all sinks), journal (Raft entry), commit (all sinks); flush (all sinks) for at_least_once and none jobs.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"job", "phase"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_commit_retries_total",
 			Help: "Commits or aborts of decided branches that failed and will be retried."}, []string{"sink"}),
 		dataLoss: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_data_loss_total",
 			Help: "Decided commits the sink had already aborted (e.g. Kafka transaction timeout). Alert on any."}, []string{"job", "sink"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_records_failed_total",
+			Help: "Records a sink gave up on for a job with guarantee none (fire and forget): written to no sink, reported in no answer."},
+			[]string{"job", "sink", "guarantee"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_http_requests_total",
 			Help: "HTTP API requests by route pattern and status code."}, []string{"route", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "txsink_http_request_duration_seconds",
@@ -97,7 +102,7 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		recs:   map[[2]string]recCounters{},
 		routes: map[routeKey]routeMetrics{},
 	}
-	x.reg.MustRegister(x.records, x.bytes, x.phase, x.retries, x.dataLoss, x.requests, x.latency, x.sinkErrs, x.proxied, x.applyTime,
+	x.reg.MustRegister(x.records, x.bytes, x.phase, x.retries, x.dataLoss, x.failed, x.requests, x.latency, x.sinkErrs, x.proxied, x.applyTime,
 		x.dropped, x.takeovers, x.handover,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"moved", "lease_lost"} {
@@ -179,6 +184,11 @@ func (x *metrics) CommitRetry(sink string) { x.retries.WithLabelValues(sink).Inc
 
 // DataLoss implements twopc.Metrics.
 func (x *metrics) DataLoss(job, sink string) { x.dataLoss.WithLabelValues(job, sink).Inc() }
+
+// RecordsFailed implements twopc.DirectMetrics.
+func (x *metrics) RecordsFailed(job, sink string, g twopc.Guarantee, n int) {
+	x.failed.WithLabelValues(job, sink, string(g)).Add(float64(n))
+}
 
 // observeRequest is api.Config.Observe: route is a mux pattern, so the
 // label values are bounded by the routes times the codes they answer.
@@ -278,6 +288,33 @@ func (s *meteredSink) TransactionTimeout() time.Duration {
 	}
 	return 0
 }
+
+// BeginDirect passes on twopc.DirectSink (jobs with guarantee
+// at_least_once or none), counting write and flush errors.
+func (s *meteredSink) BeginDirect(ctx context.Context, id twopc.BranchID, opt twopc.DirectOptions) (twopc.DirectBranch, error) {
+	ds, ok := s.Sink.(twopc.DirectSink)
+	if !ok {
+		return nil, s.count("begin", fmt.Errorf("%w: sink %s cannot serve guarantee %s", twopc.ErrInvalid, s.Name(), opt.Guarantee))
+	}
+	d, err := ds.BeginDirect(ctx, id, opt)
+	if err != nil {
+		return nil, s.count("begin", err)
+	}
+	return &meteredDirect{d: d, s: s}, nil
+}
+
+type meteredDirect struct {
+	d twopc.DirectBranch
+	s *meteredSink
+}
+
+func (d *meteredDirect) Write(ctx context.Context, recs []*twopc.Record) error {
+	return d.s.count("write", d.d.Write(ctx, recs))
+}
+
+func (d *meteredDirect) Flush(ctx context.Context) error { return d.s.count("flush", d.d.Flush(ctx)) }
+
+func (d *meteredDirect) Close(ctx context.Context) error { return d.d.Close(ctx) }
 
 type meteredBranch struct {
 	b twopc.Branch

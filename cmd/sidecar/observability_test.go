@@ -63,7 +63,7 @@ func TestObservabilityKit(t *testing.T) {
 		// loss, raft leader and apply latency).
 		for _, m := range []string{"txsink_records_total", "txsink_checkpoint_phase_seconds", "txsink_branches",
 			"txsink_oldest_prepared_branch_seconds", "txsink_kafka_transaction_timeout_seconds",
-			"txsink_data_loss_total", "txsink_raft_leader", "txsink_journal_apply_seconds"} {
+			"txsink_data_loss_total", "txsink_raft_leader", "txsink_journal_apply_seconds", "txsink_records_failed_total"} {
 			if !used[m] {
 				t.Errorf("the dashboard and rules never show %s", m)
 			}
@@ -221,6 +221,7 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	x.CheckpointDone("j", "prepare", time.Millisecond)
 	x.CommitRetry("events")
 	x.DataLoss("j", "events")
+	x.RecordsFailed("j", "events", twopc.GuaranteeNone, 1)
 	x.observeRequest("GET /v1/jobs", 200, time.Millisecond)
 	x.observeProxy("GET /v1/jobs", api.ProxyAnswered)
 	x.SessionDropped("moved")

@@ -69,7 +69,7 @@ func openSinks(ctx context.Context, cfg Config, log *slog.Logger) (map[string]tw
 				return kafka.New(ctx, kafka.Config{Name: name, Brokers: sc.Brokers, DefaultTopic: sc.DefaultTopic, Topics: sc.Topics,
 					TransactionalIDPrefix: sc.TransactionalIDPrefix, MaxInflight: sc.MaxInflight,
 					TransactionTimeout: sc.TransactionTimeout, ExpireShare: sc.ExpireShare, CreateTopics: sc.CreateTopics,
-					IdleClientTimeout: sc.IdleClientTimeout, Logger: log})
+					IdleClientTimeout: sc.IdleClientTimeout, DirectDeliveryTimeout: sc.DirectDeliveryTimeout, Logger: log})
 			})
 			if err != nil {
 				return fail(fmt.Errorf("sink %s (kafka): %w", name, err))
@@ -250,7 +250,7 @@ func startSidecar(ctx context.Context, cfg Config, log *slog.Logger) (_ *sidecar
 	// its own writer first.
 	sc.coord.RecoverDecided(ctx)
 	for name, j := range cfg.Jobs {
-		if _, err := sc.coord.PutJob(ctx, twopc.JobSpec{Name: name, Commit: j.Commit, Sinks: j.Sinks}); err != nil {
+		if _, err := sc.coord.PutJob(ctx, twopc.JobSpec{Name: name, Commit: j.Commit, Sinks: j.Sinks, Guarantee: j.Guarantee}); err != nil {
 			return nil, fmt.Errorf("job %s: %w", name, err)
 		}
 	}

@@ -111,3 +111,53 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkCheckpoint compares one checkpoint's worth of work per guarantee
+// (docs/DESIGN.md §11) for 10 and 1,000 records against kfake in process:
+// exactly_once is Begin, Write, Prepare (flush, producer id, DescribeTransactions),
+// Commit (EndTxn) on a slot client; at_least_once is Write and Flush on a
+// direct branch of the shared idempotent producer.
+func BenchmarkCheckpoint(b *testing.B) {
+	c := kafkatest.NewCluster(b, kfake.SeedTopics(1, "events"))
+	s := newSink(b, kafkatest.Addr(c))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	seq := uint64(0)
+	for _, n := range []int{10, benchBatch} {
+		recs := records(b, s, "events", "r", n)
+		b.Run(fmt.Sprintf("exactly_once/records=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				seq++
+				br, err := s.Begin(ctx, bid("eo", seq, 0))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := br.Write(ctx, recs); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := br.Prepare(ctx); err != nil {
+					b.Fatal(err)
+				}
+				if err := br.Commit(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("at_least_once/records=%d", n), func(b *testing.B) {
+			seq++
+			d, err := s.BeginDirect(ctx, bid("alo", seq, 0), twopc.DirectOptions{Guarantee: twopc.GuaranteeAtLeastOnce})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer d.Close(ctx)
+			for b.Loop() {
+				if err := d.Write(ctx, recs); err != nil {
+					b.Fatal(err)
+				}
+				if err := d.Flush(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -22,6 +22,9 @@ const (
 	// DefaultExpireShare is the share of the transaction timeout after
 	// which an open branch counts as expired.
 	DefaultExpireShare = 0.5
+	// DefaultDirectDeliveryTimeout bounds the retries of a record of a
+	// direct branch (guarantee at_least_once or none).
+	DefaultDirectDeliveryTimeout = 2 * time.Minute
 )
 
 // Config configures a Sink. The zero value of every field except Name,
@@ -68,6 +71,12 @@ type Config struct {
 	// first produce (safe: the slot is free). Zero means
 	// DefaultIdleClientTimeout; negative keeps clients until Close.
 	IdleClientTimeout time.Duration
+	// DirectDeliveryTimeout is how long the shared producer of direct
+	// branches (jobs with guarantee at_least_once or none) retries a
+	// record before failing it: at_least_once then fails the checkpoint
+	// (the app replays), none counts the record as failed. Zero means
+	// DefaultDirectDeliveryTimeout.
+	DirectDeliveryTimeout time.Duration
 	// Logger receives the sink's and franz-go's logs (nil: discard).
 	Logger *slog.Logger
 }
@@ -79,6 +88,7 @@ func DefaultConfig() Config {
 		MaxInflight:           DefaultMaxInflight,
 		ExpireShare:           DefaultExpireShare,
 		IdleClientTimeout:     DefaultIdleClientTimeout,
+		DirectDeliveryTimeout: DefaultDirectDeliveryTimeout,
 	}
 }
 
@@ -95,6 +105,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.IdleClientTimeout == 0 {
 		c.IdleClientTimeout = DefaultIdleClientTimeout
+	}
+	if c.DirectDeliveryTimeout == 0 {
+		c.DirectDeliveryTimeout = DefaultDirectDeliveryTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -73,10 +74,17 @@ type Sink struct {
 	// that do not set their own.
 	maxMessage int32
 
-	mu     sync.Mutex
-	slots  map[string]*slot // by transactional id
-	admin5 *kgo.Client      // lazily, for handles with EndTxnVersion >= 5
-	closed bool
+	// directOpts configure direct, the one idempotent, non-transactional
+	// client shared by every direct branch (jobs with guarantee
+	// at_least_once or none; direct.go), made on first use.
+	directOpts []kgo.Opt
+
+	mu         sync.Mutex
+	direct     *kgo.Client      // at_least_once: idempotent, acks=all
+	directNone *kgo.Client      // none: not idempotent, leader ack
+	slots      map[string]*slot // by transactional id
+	admin5     *kgo.Client      // lazily, for handles with EndTxnVersion >= 5
+	closed     bool
 }
 
 // slot is the cached transactional client of one transactional id. The
@@ -147,6 +155,16 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		// Like the Java producer: ask for auto-creation; a broker with
 		// auto.create.topics.enable=false ignores it.
 		kgo.AllowAutoTopicCreation(),
+	)
+	s.directOpts = append(slices.Clone(base),
+		kgo.MaxVersions(s.versions),
+		kgo.RecordPartitioner(newPartitioner()), // the same key → partition as transactions
+		kgo.ProducerBatchMaxBytesFn(s.batchMaxBytes),
+		kgo.AllowAutoTopicCreation(),
+		// A checkpoint waits for its own records only (not kgo's Flush,
+		// which waits for every writer's): no linger, so they go at once.
+		kgo.ProducerLinger(0),
+		kgo.RecordDeliveryTimeout(cfg.DirectDeliveryTimeout),
 	)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.maxOpen = time.Duration(float64(s.timeout) * cfg.ExpireShare)
@@ -253,6 +271,11 @@ func (s *Sink) Close() {
 	}
 	if s.admin5 != nil {
 		cls = append(cls, s.admin5)
+	}
+	for _, cl := range []*kgo.Client{s.direct, s.directNone} {
+		if cl != nil {
+			cls = append(cls, cl)
+		}
 	}
 	s.mu.Unlock()
 	s.cancel()

@@ -38,6 +38,9 @@ type branch struct {
 	// be prepared, so cleanup must go through XA RECOVER.
 	maybePrepared bool
 	committed     bool
+	// plain: a direct branch's plain transaction (BEGIN … COMMIT, no XA;
+	// direct.go). Write works the same; Prepare is never called.
+	plain bool
 }
 
 func (b *branch) fail(op string, err error) error {
@@ -57,6 +60,13 @@ func (b *branch) start(ctx context.Context) error {
 	b.sess = sess
 	b.s.connEnded(sess.id, false)
 	b.x = newXID(b.id, sess.id, sess.boot)
+	if b.plain {
+		if _, err := conn.ExecContext(ctx, "BEGIN"); err != nil {
+			return b.fail("BEGIN", err)
+		}
+		b.state = stateActive
+		return nil
+	}
 	if _, err := conn.ExecContext(ctx, "XA START "+b.x.literal()); err != nil {
 		return b.fail("XA START", err)
 	}

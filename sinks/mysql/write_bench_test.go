@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"syscall"
@@ -186,4 +187,54 @@ func BenchmarkDirect(b *testing.B) {
 		}
 	}
 	reportPerRecord(b, cpu0)
+}
+
+// BenchmarkCheckpoint compares one checkpoint's worth of work per guarantee
+// (docs/DESIGN.md §11) for 10 and 1,000 rows: exactly_once is Begin, Write,
+// Prepare (marker row, XA END, XA PREPARE), Commit (XA COMMIT);
+// at_least_once is Write and Flush (COMMIT) on a direct branch that lives
+// across checkpoints, as a session's does.
+func BenchmarkCheckpoint(b *testing.B) {
+	dsn, _ := benchDB(b)
+	s := benchSink(b, dsn)
+	ctx := context.Background()
+	seq := uint64(0) // branch ids are never reused: b.Run may run a body several times
+	for _, n := range []int{10, benchRecords} {
+		recs := benchRecs()[:n]
+		b.Run(fmt.Sprintf("exactly_once/rows=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				seq++
+				br, err := s.Begin(ctx, twopc.BranchID{Job: "bench", Writer: "eo", Sink: "db", Epoch: 1, Seq: seq})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := br.Write(ctx, recs); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := br.Prepare(ctx); err != nil {
+					b.Fatal(err)
+				}
+				if err := br.Commit(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("at_least_once/rows=%d", n), func(b *testing.B) {
+			seq++
+			d, err := s.BeginDirect(ctx, twopc.BranchID{Job: "bench", Writer: "alo", Sink: "db", Epoch: 1, Seq: seq},
+				twopc.DirectOptions{Guarantee: twopc.GuaranteeAtLeastOnce})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer d.Close(ctx)
+			for b.Loop() {
+				if err := d.Write(ctx, recs); err != nil {
+					b.Fatal(err)
+				}
+				if err := d.Flush(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -84,7 +84,7 @@ type Sink struct {
 	// Hang makes the next calls of these kinds block until their context
 	// ends and return its error, as a stopped server does: "write",
 	// "prepare", "commit" (Branch.Commit and Resolve with commit), "abort"
-	// (Branch.Abort), "fence".
+	// (Branch.Abort), "fence", "flush" (DirectBranch.Flush).
 	// Set it with SetHang.
 	Hang    map[string]bool
 	unhang  map[string]chan struct{} // closed when SetHang clears the op
@@ -96,6 +96,12 @@ type Sink struct {
 	expire error
 	// reject is a value Write refuses for good (set with RejectValue).
 	reject string
+	// Direct branches (guarantee at_least_once or none): FailFlush makes
+	// the next flushes fail; directs counts the open ones; flushes counts
+	// Flush calls.
+	FailFlush error
+	directs   int
+	flushes   int
 }
 
 type tx struct {
@@ -425,6 +431,115 @@ func (b *branch) Abort(ctx context.Context) error {
 }
 
 var _ twopc.Sink = (*Sink)(nil)
+
+var _ twopc.DirectSink = (*Sink)(nil)
+
+// BeginDirect implements twopc.DirectSink. A direct branch keeps its
+// records until Flush appends them to Committed (at_least_once); with
+// guarantee none, Write appends them at once, and a FailWrite or a
+// rejected value is reported to OnFailed instead of returned. Close drops
+// what was not flushed.
+func (s *Sink) BeginDirect(ctx context.Context, id twopc.BranchID, opt twopc.DirectOptions) (twopc.DirectBranch, error) {
+	if opt.Guarantee != twopc.GuaranteeAtLeastOnce && opt.Guarantee != twopc.GuaranteeNone {
+		return nil, fmt.Errorf("%w: fake: direct branch with guarantee %q", twopc.ErrInvalid, opt.Guarantee)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.directs++
+	return &direct{s: s, id: id, opt: opt}, nil
+}
+
+// Directs is the number of direct branches begun and not closed.
+func (s *Sink) Directs() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.directs
+}
+
+// Flushes is the number of direct branch flushes so far.
+func (s *Sink) Flushes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.flushes
+}
+
+type direct struct {
+	s       *Sink
+	id      twopc.BranchID
+	opt     twopc.DirectOptions
+	pending []string
+	closed  bool
+}
+
+func (d *direct) Write(ctx context.Context, recs []*twopc.Record) error {
+	if err := d.s.hang(ctx, "write"); err != nil {
+		return err
+	}
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	if d.closed {
+		return fmt.Errorf("fake: write to closed direct branch %s", d.id)
+	}
+	none := d.opt.Guarantee == twopc.GuaranteeNone
+	if d.s.FailWrite != nil {
+		if none {
+			d.opt.OnFailed(len(recs), d.s.FailWrite)
+			return nil
+		}
+		return d.s.FailWrite
+	}
+	vals := make([]string, 0, len(recs))
+	for i, r := range recs {
+		v := string(r.Value)
+		if len(r.ValueB64) > 0 {
+			v = string(r.ValueB64)
+		}
+		if d.s.reject != "" && v == d.s.reject {
+			err := &twopc.RecordError{Line: i + 1, Err: fmt.Errorf("%w: fake: value %s refused", twopc.ErrRecordRejected, v)}
+			if none {
+				d.opt.OnFailed(1, err)
+				continue
+			}
+			return err
+		}
+		vals = append(vals, v)
+	}
+	if none {
+		d.s.committed = append(d.s.committed, vals...)
+		return nil
+	}
+	d.pending = append(d.pending, vals...)
+	return nil
+}
+
+func (d *direct) Flush(ctx context.Context) error {
+	if err := d.s.hang(ctx, "flush"); err != nil {
+		return err
+	}
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	d.s.flushes++
+	if d.closed {
+		return fmt.Errorf("fake: flush of closed direct branch %s", d.id)
+	}
+	if d.s.FailFlush != nil {
+		return d.s.FailFlush
+	}
+	d.s.committed = append(d.s.committed, d.pending...)
+	d.pending = nil
+	return nil
+}
+
+func (d *direct) Close(ctx context.Context) error {
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	if !d.closed {
+		d.closed = true
+		d.s.directs--
+		d.pending = nil
+	}
+	return nil
+}
 
 // ErrInjected is a convenient error for fault injection.
 var ErrInjected = errors.New("twopctest: injected failure")

@@ -74,8 +74,14 @@ export class Client {
 
   /**
    * Creates or updates a job (idempotent) and returns its handle.
+   *
+   * `guarantee` is the job's delivery guarantee: 'exactly_once' (the
+   * sidecar's default when left out), 'at_least_once' (a crash may repeat
+   * what was written since the last checkpoint) or 'none' (fire and
+   * forget). The sidecar checks its value, so a guarantee this client does
+   * not know yet still works; an unknown one is a BadRequest (400).
    * @param {string} name
-   * @param {{commit?: 'auto'|'external', sinks?: string[]}} [spec]
+   * @param {{commit?: 'auto'|'external', sinks?: string[], guarantee?: 'exactly_once'|'at_least_once'|'none'}} [spec]
    */
   async job(name, spec = {}) {
     checkName(name, 'job');
@@ -90,6 +96,12 @@ export class Client {
       if (!Array.isArray(spec.sinks)) throw new TypeError('txsink: sinks must be an array of sink names');
       spec.sinks.forEach((s) => checkName(s, 'sink'));
       body.sinks = spec.sinks;
+    }
+    if (spec.guarantee !== undefined) {
+      if (typeof spec.guarantee !== 'string') {
+        throw new TypeError(`txsink: guarantee must be a string such as "at_least_once", got ${typeof spec.guarantee}`);
+      }
+      body.guarantee = spec.guarantee;
     }
     const info = await this.request({ method: 'PUT', path: jobPath(name), json: body, kind: REPEATABLE });
     return new Job(this, name, info);
@@ -240,7 +252,7 @@ export class Job {
   constructor(client, name, info) {
     this.client = client;
     this.name = name;
-    /** The job as the sidecar stored it: {name, commit, sinks, writers}. */
+    /** The job as the sidecar stored it: {name, commit, guarantee, sinks, writers}. */
     this.info = info;
   }
 

@@ -179,3 +179,17 @@ test('bytes keys and values go out as key_b64 / value_b64', async () => {
   c.close();
   await s.close();
 });
+
+test('guarantee goes in the PUT body only when given; a non-string throws before any call', async () => {
+  const s = await sidecarStub(() => [500, JSON_H, {}]);
+  const c = new Client({ url: s.url });
+  await c.job('j', { guarantee: 'at_least_once' });
+  await c.job('j', { sinks: ['events'] });
+  await assert.rejects(c.job('j', { guarantee: 1 }), TypeError);
+  assert.deepEqual(s.calls.map((x) => [x.method, x.url, JSON.parse(x.body)]), [
+    ['PUT', '/v1/jobs/j', { guarantee: 'at_least_once' }],
+    ['PUT', '/v1/jobs/j', { sinks: ['events'] }],
+  ]);
+  c.close();
+  await s.close();
+});

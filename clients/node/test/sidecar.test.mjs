@@ -183,6 +183,33 @@ test('bad input throws before any call and changes nothing', async () => {
   c.close();
 });
 
+test('an at_least_once job: write, checkpoint, reopen restores the state; a bad guarantee is a BadRequest', async () => {
+  const id = rid();
+  const topic = 'node-alo-' + id;
+  const c = new Client({ socketPath: sc.socket });
+  const job = await c.job('node-alo-' + id, { commit: 'auto', guarantee: 'at_least_once' });
+  assert.equal(job.info.guarantee, 'at_least_once');
+  let w = await job.writer('0');
+  await w.write(records(topic, [`${id}-1`, `${id}-2`]));
+  assert.equal((await w.checkpoint(1, 'pos=2')).status, 'committed');
+  // The checkpoint answered committed: both sinks hold the records.
+  expectOnce(await kafkaKeys(topic), [`${id}-1`, `${id}-2`], 'kafka');
+  expectOnce(await dbKeys(id), [`${id}-1`, `${id}-2`], 'mysql');
+  // A new session (as after a restart of the app) restores the checkpoint and its state.
+  const tcp = new Client({ url: sc.url });
+  w = await (await tcp.job('node-alo-' + id, { commit: 'auto', guarantee: 'at_least_once' })).writer('0');
+  tcp.close();
+  assert.equal(w.restored.checkpoint, 1);
+  assert.equal(w.state.toString(), 'pos=2');
+  assert.equal(w.restored.status, 'committed');
+
+  await assert.rejects(c.job('node-alo-bad-' + id, { guarantee: 'twice' }),
+    (err) => err instanceof BadRequest && err.status === 400 && /guarantee/.test(err.detail));
+  // The refused PUT created nothing.
+  assert.ok(!(await c.jobs()).some((j) => j.name === 'node-alo-bad-' + id));
+  c.close();
+});
+
 test('a call without the sidecar token is Unauthorized', async () => {
   const c = new Client({ url: sc.url, token: 'wrong' });
   await assert.rejects(c.job('node-auth'), (err) => err instanceof Unauthorized && err.status === 401);

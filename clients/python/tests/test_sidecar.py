@@ -147,6 +147,33 @@ class SidecarTest(unittest.TestCase):
                 w.checkpoint(1, state=b"other")
         self.assertEqual(harness.kcat_keys(self.dev.kafka_addr, rid), ["good"])
 
+    def test_at_least_once_job(self):
+        rid = run_id()
+        c = self.client()
+        job = c.job(rid, sinks=["events", "db"], guarantee="at_least_once")
+        self.assertEqual(job.info()["guarantee"], "at_least_once")
+        with job.writer("0") as w:
+            w.write([{"sink": "events", "topic": rid, "key": "a", "value": 1},
+                     {"sink": "db", "stmt": "insert_event", "args": [rid + "-a", "v"]}])
+            ck = w.checkpoint(state=b"offset=1")
+            self.assertEqual((ck.checkpoint, ck.status), (1, "committed"))
+        # The checkpoint returned committed: both sinks have the records.
+        self.assertEqual(harness.kcat_keys(self.dev.kafka_addr, rid), ["a"])
+        self.assertEqual(harness.mariadb_query(f"SELECT k, v FROM events WHERE k LIKE '{rid}-%'"), [[rid + "-a", "v"]])
+        # Reopening (a new client, as after a restart of the app) restores the checkpoint and its state.
+        with self.client("tcp").job(rid, commit=None).writer("0") as w:
+            self.assertEqual((w.restored, w.state, w.session.status), (1, b"offset=1", "committed"))
+
+    def test_bad_guarantee_is_a_bad_request(self):
+        rid = run_id()
+        c = self.client()
+        with self.assertRaises(txsink.BadRequest) as cm:
+            c.job(rid, guarantee="twice")
+        self.assertEqual(cm.exception.status, 400)
+        self.assertIn("guarantee", cm.exception.detail)
+        with self.assertRaises(txsink.NotFound):
+            c.get_job(rid)  # the refused PUT created nothing
+
     def test_repeat_of_the_last_checkpoint_returns_its_result(self):
         rid = run_id()
         with self.client().job(rid, sinks=["events"]).writer("0") as w:

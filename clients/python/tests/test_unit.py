@@ -194,6 +194,28 @@ class RetryTest(unittest.TestCase):
                 self.assertEqual(isinstance(cm.exception, txsink.Reopen), reopen)
 
 
+class JobSpecTest(unittest.TestCase):
+    def test_guarantee_goes_in_the_put_body_only_when_given(self):
+        stub = Stub([(200, {"name": "j", "commit": "auto", "guarantee": "at_least_once"}, {}),
+                     (200, {"name": "j", "commit": "auto"}, {})])
+        self.addCleanup(stub.close)
+        c = txsink.Client(stub.url, timeout=5, retry_for=0)
+        self.addCleanup(c.close)
+        c.job("j", guarantee="at_least_once")
+        c.job("j", sinks=["events"])
+        bodies = [json.loads(r["body"]) for r in stub.requests]
+        self.assertEqual([r["method"] + " " + r["path"] for r in stub.requests], ["PUT /v1/jobs/j"] * 2)
+        self.assertEqual(bodies, [{"commit": "auto", "guarantee": "at_least_once"},
+                                  {"commit": "auto", "sinks": ["events"]}])
+
+    def test_bad_guarantee_arguments_raise_before_sending(self):
+        c = txsink.Client("http://127.0.0.1:9", retry_for=0)
+        with self.assertRaisesRegex(TypeError, "guarantee must be a str"):
+            c.job("j", guarantee=1)  # type: ignore[arg-type]
+        with self.assertRaisesRegex(ValueError, "guarantee needs commit"):
+            c.job("j", commit=None, guarantee="none")
+
+
 class BadInputTest(unittest.TestCase):
     """Bad input raises before anything is sent (no server here: a call would fail differently)."""
 

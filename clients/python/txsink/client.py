@@ -207,20 +207,32 @@ class Client:
 
     # ---- jobs ----
 
-    def job(self, name: str, commit: Optional[str] = "auto", sinks: Optional[List[str]] = None) -> "Job":
+    def job(self, name: str, commit: Optional[str] = "auto", sinks: Optional[List[str]] = None,
+            guarantee: Optional[str] = None) -> "Job":
         """Returns the job ``name``, created or updated first (PUT, idempotent) unless commit is None.
 
         commit is ``"auto"`` (each checkpoint commits by itself) or
         ``"external"`` (``job.commit(n)`` commits); sinks None means every
-        sink of the sidecar. With commit=None nothing is sent and the job must
-        exist (e.g. declared in the sidecar's config).
+        sink of the sidecar. guarantee is the job's delivery guarantee:
+        ``"exactly_once"`` (the sidecar's default when None), ``"at_least_once"``
+        (a crash may repeat what was written since the last checkpoint) or
+        ``"none"`` (fire and forget). With commit=None nothing is sent and the
+        job must exist (e.g. declared in the sidecar's config).
         """
         if commit is not None:
-            self.put_job(name, commit, sinks)
+            self.put_job(name, commit, sinks, guarantee)
+        elif guarantee is not None:
+            raise ValueError("txsink: guarantee needs commit (commit=None sends nothing)")
         return Job(self, name)
 
-    def put_job(self, name: str, commit: str = "auto", sinks: Optional[List[str]] = None) -> Dict[str, Any]:
-        """Creates or updates a job (PUT /v1/jobs/{job}); returns the job as stored."""
+    def put_job(self, name: str, commit: str = "auto", sinks: Optional[List[str]] = None,
+                guarantee: Optional[str] = None) -> Dict[str, Any]:
+        """Creates or updates a job (PUT /v1/jobs/{job}); returns the job as stored.
+
+        guarantee None leaves it out (the sidecar's default, exactly_once).
+        Its value is checked by the sidecar, so that a guarantee this client
+        does not know yet still works: an unknown one raises BadRequest (400).
+        """
         if commit not in ("auto", "external"):
             raise ValueError(f"txsink: commit must be 'auto' or 'external', got {commit!r}")
         body: Dict[str, Any] = {"commit": commit}
@@ -228,6 +240,10 @@ class Client:
             if isinstance(sinks, str) or not all(isinstance(s, str) for s in sinks):
                 raise TypeError(f"txsink: sinks must be a list of names, got {sinks!r}")
             body["sinks"] = list(sinks)
+        if guarantee is not None:
+            if not isinstance(guarantee, str):
+                raise TypeError(f"txsink: guarantee must be a str such as 'at_least_once', got {guarantee!r}")
+            body["guarantee"] = guarantee
         return self._json("PUT", f"/v1/jobs/{_quote(name)}", body)[1]
 
     def jobs(self) -> List[Dict[str, Any]]:

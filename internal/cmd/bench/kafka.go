@@ -21,9 +21,11 @@ import (
 // committed (direct) or a checkpoint completed (sidecar) after the first
 // batch that ends interval or more after the last commit. Each case has a
 // topic of its own with one partition.
-func kafkaCase(path string, interval time.Duration, writers int) *benchCase {
-	c := &benchCase{name: caseName("kafka", path, interval, writers), kind: "kafka", path: path,
-		interval: interval, writers: writers}
+//
+// g (unix rows only) is the job's delivery guarantee (guarantees.go).
+func kafkaCase(path, g string, interval time.Duration, writers int) *benchCase {
+	c := &benchCase{name: caseName("kafka", path, g, interval, writers), kind: "kafka", path: path,
+		guarantee: g, interval: interval, writers: writers}
 	topic := "bench-" + c.name
 	c.run = func(ctx context.Context, e *env, d time.Duration) (int64, time.Duration, error) {
 		if err := e.createTopic(ctx, topic); err != nil {
@@ -40,8 +42,8 @@ func kafkaCase(path string, interval time.Duration, writers int) *benchCase {
 				cl = e.unix
 			}
 			job := "bench-" + c.name
-			if _, err := cl.PutJob(ctx, job, twopc.ModeAuto, []string{"events"}); err != nil {
-				return 0, 0, fmt.Errorf("put job: %w", err)
+			if err := putJob(ctx, cl, job, []string{"events"}, g); err != nil {
+				return 0, 0, err
 			}
 			return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
 				return kafkaSidecarWriter(ctx, e, cl, job, topic, interval, w, end, n)
@@ -49,7 +51,7 @@ func kafkaCase(path string, interval time.Duration, writers int) *benchCase {
 		}
 	}
 	c.verify = func(ctx context.Context, e *env, records int64) error {
-		return verifyTopic(ctx, e, topic, records)
+		return verifyTopic(ctx, e, c, topic, records)
 	}
 	return c
 }
@@ -150,8 +152,13 @@ func kafkaSidecarWriter(ctx context.Context, e *env, cl *client.Client, job, top
 
 // verifyTopic reads topic with read_committed and checks that it holds
 // exactly records records, keys "<writer>:<n>" with each writer's n running
-// 0, 1, … without gap or duplicate.
-func verifyTopic(ctx context.Context, e *env, topic string, records int64) error {
+// 0, 1, … without gap or duplicate. For a row whose guarantee allows
+// duplicates (alo, none; dupsAllowed) each key must be there at least once
+// and the duplicates are counted into c.dups instead of failing the row.
+// Loss fails every row: the bench injects no faults, so even none should
+// deliver everything (a shortfall there is worth a look at the sidecar's
+// error counters).
+func verifyTopic(ctx context.Context, e *env, c *benchCase, topic string, records int64) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokerAddr), kgo.ConsumeTopics(topic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxBytes(32<<20), kgo.FetchMaxPartitionBytes(16<<20))
@@ -161,11 +168,11 @@ func verifyTopic(ctx context.Context, e *env, topic string, records int64) error
 	defer cl.Close()
 	seen := map[int][]uint64{} // writer → bitset of n
 	counts := map[int]int64{}
-	var total, dups, bad int64
+	var total, dups, bad, lost int64
 	lastProgress := time.Now()
 	for {
 		timeout := 2 * time.Second
-		if total >= records {
+		if total-dups >= records {
 			timeout = 300 * time.Millisecond // anything beyond records is an error; look briefly
 		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
@@ -205,26 +212,50 @@ func verifyTopic(ctx context.Context, e *env, topic string, records int64) error
 			lastProgress = time.Now()
 			continue
 		}
-		if total >= records || time.Since(lastProgress) > 30*time.Second || ctx.Err() != nil {
+		if c.guarantee == "none" {
+			// Fire and forget may have dropped records (counted): stop
+			// waiting once every record not counted as failed is here.
+			if lost, err = e.recordsFailed(ctx, "bench-"+c.name, "events"); err != nil {
+				return err
+			}
+		}
+		if total-dups >= records-lost || time.Since(lastProgress) > 30*time.Second || ctx.Err() != nil {
 			break
 		}
 	}
 	var problems []string
-	if total != records {
-		problems = append(problems, fmt.Sprintf("read %d records with read_committed, want %d committed", total, records))
+	c.dups = dups
+	distinct := total - dups - bad
+	if c.guarantee == "none" {
+		if lost, err = e.recordsFailed(ctx, "bench-"+c.name, "events"); err != nil {
+			return err
+		}
+		c.lost = records - distinct
 	}
-	if dups > 0 {
+	if !lostOK(c, distinct, records, lost) {
+		what := fmt.Sprintf("read %d distinct records (%d in all) with read_committed, want %d committed", distinct, total, records)
+		if c.guarantee == "none" {
+			what = fmt.Sprintf("read %d distinct records (%d in all) with read_committed of %d accepted, and the sidecar "+
+				"counted %d as failed: %d lost without a count", distinct, total, records, lost, records-distinct-lost)
+		}
+		problems = append(problems, what)
+	}
+	if dups > 0 && !dupsAllowed(c.guarantee) {
 		problems = append(problems, fmt.Sprintf("%d duplicates", dups))
 	}
 	if bad > 0 {
 		problems = append(problems, fmt.Sprintf("%d records with a foreign key", bad))
 	}
+	// Each writer's keys must be 0..count-1: no gap. A none row may lose
+	// records anywhere (counted, checked by lostOK above).
 	for w, bs := range seen {
-		// Each writer's keys must be 0..count-1: no gap.
-		c := counts[w]
-		for n := range c {
-			if bs[n/64]&(1<<(n%64)) == 0 {
-				problems = append(problems, fmt.Sprintf("writer %d: gap at %d (has %d keys)", w, n, c))
+		if c.guarantee == "none" {
+			break
+		}
+		n := counts[w]
+		for i := range n {
+			if bs[i/64]&(1<<(i%64)) == 0 {
+				problems = append(problems, fmt.Sprintf("writer %d: gap at %d (has %d keys)", w, i, n))
 				break
 			}
 		}
@@ -244,7 +275,7 @@ func verifyTopic(ctx context.Context, e *env, topic string, records int64) error
 		}
 		return fmt.Errorf("%w: topic %s: %v", errMismatch, topic, problems)
 	}
-	return nil
+	return checkMarkers(ctx, e, c, topic, total)
 }
 
 func parseKey(k []byte) (w int, n int64, ok bool) {

@@ -13,16 +13,29 @@
 //
 // Rows (select them with -cases, a regexp over the names; -h lists them):
 //
-//   - kafka-{direct,tcp,unix}-<interval>[-wN], mysql-{direct,sidecar}[-wN]:
+//   - kafka-{direct,tcp,unix-<g>}-<interval>[-wN], mysql-{direct,sidecar-<g>,async}[-wN]:
 //     throughput, records/s, batches of 1,000 records.
-//   - ckpt-{kafka,both}-{direct,sidecar}-wN (N from -ckpt-writers, default
+//   - ckpt-{kafka,both}-{direct,sidecar-<g>}-wN (N from -ckpt-writers, default
 //     1,4,16): small checkpoints (10 records a sink) in auto mode, each
 //     writer looping {write, checkpoint}; checkpoints/s, p50 and p99 of a
 //     loop, and for the sidecar its journal fsyncs and entries per
 //     checkpoint and the mean time of each phase, read from its /metrics
 //     (ckpt.go says what the direct baselines include).
-//   - e2e-kafka-{direct,sidecar}-<-e2e-interval>: the time from the call
+//   - e2e-kafka-{direct,sidecar-<g>}-<-e2e-interval>: the time from the call
 //     that writes a record to a read_committed consumer seeing it (e2e.go).
+//
+// <g> is the sidecar job's delivery guarantee, one row each (-guarantees,
+// default eo,alo,none): eo = exactly_once (two-phase commit, the default),
+// alo = at_least_once, none = fire and forget (guarantees.go). The tcp and
+// async rows keep the default. A last section, "The price of exactly-once",
+// compares each eo row with its alo twin of the same run: "exactly-once
+// costs X % throughput, +Y ms p50 checkpoint". A row fails loudly if the
+// sidecar refuses the guarantee, stores another one, or its sinks show the
+// wrong kind of writes (Kafka transaction markers, MariaDB XA PREPAREs;
+// checkMarkers, checkXA): a guarantee the server ignored would otherwise
+// be measured as exactly-once under another name. E.g.
+//
+//	make bench BENCHFLAGS="-duration 3s -cases 'ckpt-kafka|e2e' -ckpt-writers 1,4"
 //
 // Every row records the sidecar's peak VmRSS while it ran (sampled every
 // 50 ms; VmHWM cannot be reset between rows). Targets are ratios against
@@ -32,7 +45,9 @@
 //
 // Every case checks what it wrote: Kafka by reading the topic with
 // read_committed (every key exactly once), MySQL with SELECT COUNT(*) and
-// COUNT(DISTINCT k). A mismatch is printed loudly and the exit status is 1.
+// COUNT(DISTINCT k). alo and none rows may hold duplicates (counted and
+// printed, not a failure); loss fails every row, as the bench injects no
+// faults. A mismatch is printed loudly and the exit status is 1.
 package main
 
 import (
@@ -62,7 +77,8 @@ type options struct {
 	intervals   []time.Duration
 	ckptWriters []int
 	e2eInterval time.Duration
-	sidecarDir  string // parent of the sidecar's data dir; "" = the run's temp dir
+	guarantees  []string // short tags (guarantees.go) of the sidecar rows that get one row per guarantee
+	sidecarDir  string   // parent of the sidecar's data dir; "" = the run's temp dir
 }
 
 func main() {
@@ -76,13 +92,15 @@ func main() {
 
 func run() (int, error) {
 	var o options
-	var casesRe, writers, intervals, ckptWriters string
+	var casesRe, writers, intervals, ckptWriters, guarantees string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time per case")
 	flag.StringVar(&casesRe, "cases", "", "regexp over case names (e.g. 'kafka', 'unix|direct', 'mysql'); empty: all")
 	flag.StringVar(&writers, "writers", "1,2", "comma-separated writer counts (parallel producers / sidecar writers / DB connections)")
 	flag.StringVar(&intervals, "intervals", "100ms,1s", "comma-separated Kafka commit/checkpoint intervals")
 	flag.StringVar(&ckptWriters, "ckpt-writers", "1,4,16", "comma-separated writer counts of the ckpt-* rows")
 	flag.DurationVar(&o.e2eInterval, "e2e-interval", 50*time.Millisecond, "commit/checkpoint interval of the e2e-* rows")
+	flag.StringVar(&guarantees, "guarantees", "eo,alo,none", "comma-separated delivery guarantees of the kafka-unix, mysql-sidecar, "+
+		"ckpt-*-sidecar and e2e-*-sidecar rows: eo (exactly_once), alo (at_least_once), none")
 	flag.StringVar(&o.sidecarDir, "sidecar-dir", "", "directory to put the sidecar's data dir (journal) in, e.g. /dev/shm to "+
 		"see what the journal's fsyncs cost; for diagnosis only (default: the run's temp dir)")
 	flag.Usage = func() {
@@ -99,6 +117,9 @@ func run() (int, error) {
 		return 0, err
 	}
 	if o.ckptWriters, err = parseCounts("-ckpt-writers", ckptWriters); err != nil {
+		return 0, err
+	}
+	if o.guarantees, err = parseGuarantees(guarantees); err != nil {
 		return 0, err
 	}
 	if o.e2eInterval <= 0 {
@@ -174,6 +195,7 @@ func run() (int, error) {
 	printTable(os.Stdout, o, results)
 	printLatencyTables(os.Stdout, o, results)
 	printCPUBudget(os.Stdout, results)
+	printGuaranteeSummary(os.Stdout, results)
 	printFooter(os.Stdout, results, peak, broker)
 
 	code := 0
@@ -188,18 +210,31 @@ func run() (int, error) {
 
 // benchCase is one row of the table.
 type benchCase struct {
-	name     string
-	kind     string // kafka | mysql
-	path     string // direct | tcp | unix | sidecar
-	interval time.Duration
-	writers  int
-	mysql    bool // needs MariaDB although kind is not mysql
+	name string
+	kind string // kafka | mysql
+	path string // direct | tcp | unix | sidecar | async
+	// guarantee is the short tag of the sidecar job's delivery guarantee
+	// (eo, alo, none; guarantees.go), "" for the direct client and the
+	// rows that keep the default (tcp, async).
+	guarantee string
+	interval  time.Duration
+	writers   int
+	mysql     bool // needs MariaDB although kind is not mysql
 	// lat, when not nil, collects the latencies the case measures
 	// (ckpt: one write+checkpoint loop; e2e: a record's call start →
 	// visible); the table prints p50 and p99.
 	lat    *latencies
 	run    func(ctx context.Context, env *env, d time.Duration) (int64, time.Duration, error)
 	verify func(ctx context.Context, env *env, records int64) error
+	// dups is what verify counted beyond one copy of each record: an
+	// error for exactly-once, allowed (and printed) for alo and none.
+	dups int64
+	// lost is how many records a none row's verification found missing,
+	// each counted by the sidecar as failed (lostOK); 0 for other rows.
+	lost int64
+	// xaPrepares is how much the MariaDB server's XA PREPARE count grew
+	// during a MySQL sidecar row with a guarantee (checkXA).
+	xaPrepares int64
 }
 
 func (c *benchCase) needsMySQL() bool { return c.kind == "mysql" || c.mysql }
@@ -233,25 +268,30 @@ func plan(o options) []*benchCase {
 	var cs []*benchCase
 	for _, w := range o.writers {
 		for _, iv := range o.intervals {
-			for _, p := range []string{"direct", "tcp", "unix"} {
-				cs = append(cs, kafkaCase(p, iv, w))
+			cs = append(cs, kafkaCase("direct", "", iv, w), kafkaCase("tcp", "", iv, w))
+			for _, g := range o.guarantees {
+				cs = append(cs, kafkaCase("unix", g, iv, w))
 			}
 		}
 	}
 	for _, w := range o.writers {
-		for _, p := range []string{"direct", "sidecar", "async"} {
-			cs = append(cs, mysqlCase(p, w))
+		cs = append(cs, mysqlCase("direct", "", w))
+		for _, g := range o.guarantees {
+			cs = append(cs, mysqlCase("sidecar", g, w))
 		}
+		cs = append(cs, mysqlCase("async", "", w))
 	}
 	for _, sinks := range []string{"kafka", "both"} {
 		for _, w := range o.ckptWriters {
-			for _, p := range []string{"direct", "sidecar"} {
-				cs = append(cs, ckptCase(sinks, p, w))
+			cs = append(cs, ckptCase(sinks, "direct", "", w))
+			for _, g := range o.guarantees {
+				cs = append(cs, ckptCase(sinks, "sidecar", g, w))
 			}
 		}
 	}
-	for _, p := range []string{"direct", "sidecar"} {
-		cs = append(cs, e2eCase(p, o.e2eInterval))
+	cs = append(cs, e2eCase("direct", "", o.e2eInterval))
+	for _, g := range o.guarantees {
+		cs = append(cs, e2eCase("sidecar", g, o.e2eInterval))
 	}
 	return cs
 }
@@ -271,14 +311,18 @@ func parseCounts(flagName, list string) ([]int, error) {
 func allCaseNames() []string {
 	var ns []string
 	for _, c := range plan(options{writers: []int{1}, intervals: []time.Duration{100 * time.Millisecond, time.Second},
-		ckptWriters: []int{1}, e2eInterval: 50 * time.Millisecond}) {
+		ckptWriters: []int{1}, e2eInterval: 50 * time.Millisecond, guarantees: allGuarantees}) {
 		ns = append(ns, c.name)
 	}
 	return ns
 }
 
-func caseName(kind, path string, iv time.Duration, w int) string {
+// caseName is kind-path[-guarantee][-interval][-wN].
+func caseName(kind, path, g string, iv time.Duration, w int) string {
 	n := kind + "-" + path
+	if g != "" {
+		n += "-" + g
+	}
 	if iv > 0 {
 		n += "-" + iv.String()
 	}

@@ -194,8 +194,10 @@ func findBinary(names ...string) string {
 // mysqlCase: direct = one multi-row INSERT of batchSize rows per
 // transaction; sidecar = batchSize db records per write call and a
 // checkpoint after each.
-func mysqlCase(path string, writers int) *benchCase {
-	c := &benchCase{name: caseName("mysql", path, 0, writers), kind: "mysql", path: path, writers: writers}
+//
+// g (sidecar rows only) is the job's delivery guarantee (guarantees.go).
+func mysqlCase(path, g string, writers int) *benchCase {
+	c := &benchCase{name: caseName("mysql", path, g, 0, writers), kind: "mysql", path: path, guarantee: g, writers: writers}
 	table := "bench"
 	if path == "direct" {
 		table = "bench_direct"
@@ -210,35 +212,25 @@ func mysqlCase(path string, writers int) *benchCase {
 			})
 		}
 		job := "bench-" + c.name
-		if _, err := e.unix.PutJob(ctx, job, twopc.ModeAuto, []string{"db"}); err != nil {
-			return 0, 0, fmt.Errorf("put job: %w", err)
+		if err := putJob(ctx, e.unix, job, []string{"db"}, g); err != nil {
+			return 0, 0, err
 		}
 		wait := twopc.WaitCommitted
 		if path == "async" {
 			wait = twopc.WaitPrepared
 		}
-		return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
-			return mysqlSidecarWriter(ctx, e, job, w, end, n, wait)
+		return countXA(ctx, e, c, func() (int64, time.Duration, error) {
+			return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
+				return mysqlSidecarWriter(ctx, e, job, w, end, n, wait)
+			})
 		})
 	}
 	c.verify = func(ctx context.Context, e *env, records int64) error {
 		// wait=prepared rows: the last commits finish in the background
 		// after the run, so the count may still be catching up; it must
-		// reach exactly records within a few seconds and never pass it.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			var count, distinct int64
-			if err := e.db.QueryRowContext(ctx, "SELECT COUNT(*), COUNT(DISTINCT k) FROM "+table).Scan(&count, &distinct); err != nil {
-				return err
-			}
-			if count == records && distinct == records {
-				return nil
-			}
-			if count > records || distinct != count || path != "async" || time.Now().After(deadline) {
-				return fmt.Errorf("%w: %s has %d rows (%d distinct keys), want %d committed", errMismatch, table, count, distinct, records)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		// reach exactly records within a few seconds and never pass it
+		// (verifyTable).
+		return errors.Join(verifyTable(ctx, e, c, table, records), checkXA(c, records/batchSize))
 	}
 	return c
 }

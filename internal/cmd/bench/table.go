@@ -23,6 +23,9 @@ func printTable(w io.Writer, o options, rs []*result) {
 		"interval is up. Direct MySQL: one 1,000-row INSERT per transaction; sidecar MySQL: one XA branch per checkpoint; "+
 		"mysql-async: the same with wait=prepared, so the sidecar commits in the background while the app writes on "+
 		"(verified once those commits finished).")
+	fmt.Fprintln(w, "- Guarantees (the job's `guarantee`; -guarantees picks them): exactly_once = the checkpoint's two-phase "+
+		"commit; at_least_once = Kafka idempotent producer flushed at each checkpoint, MySQL a plain transaction committed at it, "+
+		"state journaled after; none = fire and forget. The tcp and async rows keep the default (exactly_once).")
 	fmt.Fprintln(w, "- CPU cores = CPU seconds ÷ wall seconds of the case, for this program (the app), the sidecar and the broker.")
 	fmt.Fprintln(w, "- Sidecar peak RSS: the largest VmRSS of the sidecar sampled every 50 ms during the row (sidecar rows only).")
 	if !slices.ContainsFunc(rs, func(r *result) bool { return r.c.throughput() }) {
@@ -49,6 +52,14 @@ func printTable(w io.Writer, o options, rs []*result) {
 		}[c.path]
 		if c.kind == "mysql" && c.path == "direct" {
 			path = "direct (multi-row INSERT txn)"
+		}
+		switch c.guarantee {
+		case "alo":
+			path = strings.Replace(path, " (XA)", "", 1) + ", at_least_once"
+		case "none":
+			path = strings.Replace(path, " (XA)", "", 1) + ", guarantee none"
+		case "eo":
+			path += ", exactly_once"
 		}
 		switch {
 		case r.note != "":
@@ -92,7 +103,9 @@ func printFooter(w io.Writer, rs []*result, sidecarRSS, brokerRSS int64) {
 		fmt.Fprintf(w, "**FAILED (see stderr): %s.** ", strings.Join(failed, ", "))
 	}
 	fmt.Fprintf(w, "Each measured row is verified after its run (Kafka: read_committed read, each key exactly once; "+
-		"MySQL: COUNT(*) and COUNT(DISTINCT k)); run at %s.\n", time.Now().Format(time.DateTime))
+		"MySQL: COUNT(*) and COUNT(DISTINCT k); at_least_once and none rows: each key at least once, duplicates counted; "+
+		"rows with a guarantee: Kafka transaction markers and MariaDB XA PREPAREs as the guarantee implies); run at %s.\n",
+		time.Now().Format(time.DateTime))
 }
 
 // rowRSS is the sidecar's peak RSS during a sidecar row; direct rows do
@@ -147,8 +160,12 @@ func printLatencyTables(w io.Writer, o options, rs []*result) {
 			"(txsink_http_request_duration_seconds of the records route, txsink_checkpoint_phase_seconds): "+
 			"prepare (all sinks), journal (the PREPARED+DECIDED entry), commit (all sinks, then the RESOLVED entry).")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| case | sinks | path | writers | checkpoints | checkpoints/s | p50 | p99 | sidecar ÷ direct | fsyncs/ckpt | entries/ckpt | sidecar mean ms: write / prepare / journal / commit | CPU cores: app / sidecar / broker | sidecar peak RSS |")
-		fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+		fmt.Fprintln(w, "- Guarantee: the sidecar job's (the price-of-exactly-once section below compares them). "+
+			"An at_least_once or none checkpoint has no prepare or commit: it flushes every sink (none: nothing to wait for), "+
+			"then journals state and committed in one entry, so its phases read write / flush / journal / —.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| case | sinks | path | guarantee | writers | checkpoints | checkpoints/s | p50 | p99 | sidecar ÷ direct | fsyncs/ckpt | entries/ckpt | sidecar mean ms: write / prepare / journal / commit | CPU cores: app / sidecar / broker | sidecar peak RSS |")
+		fmt.Fprintln(w, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, r := range ck {
 			c := r.c
 			sinks := "Kafka"
@@ -156,7 +173,8 @@ func printLatencyTables(w io.Writer, o options, rs []*result) {
 				sinks = "Kafka + MySQL"
 			}
 			if bad := badRow(r); bad != "" {
-				fmt.Fprintf(w, "| %s | %s | %s | %d | | | | | %s | | | | | |\n", c.name, sinks, c.path, c.writers, bad)
+				fmt.Fprintf(w, "| %s | %s | %s | %s | %d | | | | | %s | | | | | |\n", c.name, sinks, c.path,
+					guaranteeLabel(c.guarantee), c.writers, bad)
 				continue
 			}
 			cps := float64(r.records) / ckptRecords
@@ -167,12 +185,18 @@ func printLatencyTables(w io.Writer, o options, rs []*result) {
 				if j := r.journal; j.ok && cps > 0 {
 					fs = fmt.Sprintf("%.2f", j.batches/cps)
 					es = fmt.Sprintf("%.2f", j.entries/cps)
-					phases = fmt.Sprintf("%.1f / %.1f / %.1f / %.1f", msf(j.phaseMean("write")), msf(j.phaseMean("prepare")),
-						msf(j.phaseMean("journal")), msf(j.phaseMean("commit")))
+					if dupsAllowed(c.guarantee) {
+						// A direct checkpoint: flush every sink, one journal entry, no commit phase.
+						phases = fmt.Sprintf("%.1f / flush %.1f / %.1f / —", msf(j.phaseMean("write")), msf(j.phaseMean("flush")),
+							msf(j.phaseMean("journal")))
+					} else {
+						phases = fmt.Sprintf("%.1f / %.1f / %.1f / %.1f", msf(j.phaseMean("write")), msf(j.phaseMean("prepare")),
+							msf(j.phaseMean("journal")), msf(j.phaseMean("commit")))
+					}
 				}
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %.2f / %.2f / %.2f | %s |\n",
-				c.name, sinks, c.path, c.writers, cps, human(rate), ms(c.lat.quantile(0.5)), ms(c.lat.quantile(0.99)),
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %.2f / %.2f / %.2f | %s |\n",
+				c.name, sinks, c.path, guaranteeLabel(c.guarantee), c.writers, cps, human(rate), ms(c.lat.quantile(0.5)), ms(c.lat.quantile(0.99)),
 				ratio, fs, es, phases, r.cpu.self, r.cpu.sidecar, r.cpu.broker, rowRSS(r))
 		}
 	}
@@ -181,17 +205,27 @@ func printLatencyTables(w io.Writer, o options, rs []*result) {
 		fmt.Fprintf(w, "- One writer, %d records a call every %v (%s records/s offered), commit/checkpoint once %v is up; "+
 			"the consumer (franz-go, read_committed, fetch max wait %v) stamps each record when its fetch returns.\n",
 			e2eBatch, e2ePace, human(float64(e2eBatch)/e2ePace.Seconds()), o.e2eInterval, e2eFetchWait)
+		fmt.Fprintln(w, "- With at_least_once and none no transaction hides a record: it is visible once the sidecar's "+
+			"producer sent it, before the checkpoint. p50/p99 ÷ direct: the sidecar row's latency over the direct client's.")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| case | path | commit every | records | p50 | p99 | max | sidecar peak RSS |")
-		fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|")
+		fmt.Fprintln(w, "| case | path | guarantee | commit every | records | p50 | p99 | max | p50 / p99 ÷ direct | sidecar peak RSS |")
+		fmt.Fprintln(w, "|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 		for _, r := range e2e {
 			c := r.c
 			if bad := badRow(r); bad != "" {
-				fmt.Fprintf(w, "| %s | %s | %v | | | %s | | |\n", c.name, c.path, c.interval, bad)
+				fmt.Fprintf(w, "| %s | %s | %s | %v | | | %s | | | |\n", c.name, c.path, guaranteeLabel(c.guarantee), c.interval, bad)
 				continue
 			}
-			fmt.Fprintf(w, "| %s | %s | %v | %d | %s | %s | %s | %s |\n", c.name, c.path, c.interval, r.records,
-				ms(c.lat.quantile(0.5)), ms(c.lat.quantile(0.99)), ms(c.lat.quantile(1)), rowRSS(r))
+			ratio := ""
+			if c.path != "direct" {
+				ratio = "—"
+				if d := findDirect(rs, c); d != nil && d.c.lat.quantile(0.5) > 0 && d.c.lat.quantile(0.99) > 0 {
+					ratio = fmt.Sprintf("%.2f× / %.2f×", float64(c.lat.quantile(0.5))/float64(d.c.lat.quantile(0.5)),
+						float64(c.lat.quantile(0.99))/float64(d.c.lat.quantile(0.99)))
+				}
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %v | %d | %s | %s | %s | %s | %s |\n", c.name, c.path, guaranteeLabel(c.guarantee),
+				c.interval, r.records, ms(c.lat.quantile(0.5)), ms(c.lat.quantile(0.99)), ms(c.lat.quantile(1)), ratio, rowRSS(r))
 		}
 	}
 }
