@@ -488,6 +488,18 @@ func (s *OffsetSink) GroupOffsets(group string) map[string]map[int32]int64 {
 	return out
 }
 
+// Groups returns a copy of every group's committed offsets.
+func (s *OffsetSink) Groups() map[string]map[string]map[int32]int64 {
+	s.mu.Lock()
+	names := slices.Collect(maps.Keys(s.groups))
+	s.mu.Unlock()
+	out := map[string]map[string]map[int32]int64{}
+	for _, g := range names {
+		out[g] = s.GroupOffsets(g)
+	}
+	return out
+}
+
 // Offsets returns the offsets added to the branch id ("": none).
 func (s *OffsetSink) Offsets(id twopc.BranchID) *twopc.Offsets {
 	s.mu.Lock()
