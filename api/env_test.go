@@ -73,7 +73,7 @@ type env struct {
 	t       *testing.T
 	journal *flakyJournal
 	coord   *twopc.Coordinator
-	events  *twopctest.Sink // max in-flight 1, topics events and pv
+	events  *twopctest.Sink       // max in-flight 1, topics events and pv
 	kev     *twopctest.OffsetSink // events as the coordinator has it: takes offsets, as Kafka does
 	other   *twopctest.Sink
 	srv     *api.Server
@@ -267,7 +267,7 @@ func (e *env) snapshot() string {
 		"events": e.events.States(), "events_committed": committed(e.events),
 		"other": e.other.States(), "other_committed": committed(e.other),
 		"events_groups": e.kev.Groups(),
-		"jobs": e.coord.Jobs(), "checkpoints": cps,
+		"jobs":          e.coord.Jobs(), "checkpoints": cps,
 	})
 	if err != nil {
 		e.t.Fatal(err)
