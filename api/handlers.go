@@ -17,8 +17,14 @@ import (
 var bodySeed = maphash.MakeSeed()
 
 // smallBodyBytes bounds the bodies that are not records: a checkpoint's
-// base64 state plus room for the rest.
-const smallBodyBytes = twopc.MaxStateBytes*4/3 + 4<<10
+// base64 state, its offsets (twopc.MaxOffsetPartitions, with room for long
+// topic names) and room for the rest.
+const smallBodyBytes = twopc.MaxStateBytes*4/3 + offsetsBodyBytes + 4<<10
+
+// offsetsBodyBytes is the room for a checkpoint's offsets: 10,000
+// partitions of about 40 bytes each ("2147483647":9223372036854775807,)
+// fit with room for topic names.
+const offsetsBodyBytes = 1 << 20
 
 func (s *Server) routes() {
 	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
