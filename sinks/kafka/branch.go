@@ -496,7 +496,15 @@ func (b *branch) abortOffsetsOnly(ctx context.Context) error {
 		th = b.th
 	}
 	if err := b.s.end(ctx, b.id, th, false); err != nil {
-		return err
+		if b.state == statePrepared {
+			return err
+		}
+		// Open: AddOffsetsToTxn may have failed before the broker began a
+		// transaction (then EndTxn answers INVALID_TXN_STATE). Whatever is
+		// left is aborted by the InitProducerID of the slot's next client
+		// (dropped above), a Fence, or the transaction timeout; never
+		// committed, since nothing was journaled.
+		b.s.log.Warn("abort of an open branch with offsets left to fence/timeout", "branch", b.id.String(), "err", err)
 	}
 	b.state = stateAborted
 	return nil
