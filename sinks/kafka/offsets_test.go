@@ -282,3 +282,46 @@ func TestOffsetsPartitionErrorsSurface(t *testing.T) {
 	}
 	sameOffsets(t, "after failures", groupOffsets(t, addr, "g", "input"), nil)
 }
+
+// BenchmarkBranchOffsets measures one branch's cycle on the slot's client
+// against kfake in process: Begin, Write of 10 records, optionally
+// ValidateOffsets + AddOffsets (one partition), Prepare, Commit; and the
+// offsets-only branch. Compare the sub-benchmarks with each other.
+func BenchmarkBranchOffsets(b *testing.B) {
+	for _, mode := range []string{"records", "records+offsets", "offsets-only"} {
+		b.Run(mode, func(b *testing.B) {
+			c := kafkatest.NewCluster(b, kfake.SeedTopics(1, "events", "input"))
+			s := newSink(b, kafkatest.Addr(c))
+			ctx := ctxT(b)
+			recs := records(b, s, "events", "v", 10)
+			var seq uint64
+			for i := 0; b.Loop(); i++ {
+				seq++
+				br, err := s.Begin(ctx, bid("w0", seq, 0))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if mode != "offsets-only" {
+					if err := br.Write(ctx, recs); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if mode != "records" {
+					o := offsets("g", map[int32]int64{0: int64(i)})
+					if err := s.ValidateOffsets(o); err != nil {
+						b.Fatal(err)
+					}
+					if err := br.(twopc.OffsetBranch).AddOffsets(ctx, o); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if _, err := br.Prepare(ctx); err != nil {
+					b.Fatal(err)
+				}
+				if err := br.Commit(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
