@@ -73,7 +73,8 @@ type env struct {
 	t       *testing.T
 	journal *flakyJournal
 	coord   *twopc.Coordinator
-	events  *twopctest.Sink // max in-flight 1, topics events and pv
+	events  *twopctest.Sink       // max in-flight 1, topics events and pv
+	kev     *twopctest.OffsetSink // events as the coordinator has it: takes offsets, as Kafka does
 	other   *twopctest.Sink
 	srv     *api.Server
 	sock    string
@@ -96,7 +97,8 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 	t.Helper()
 	e := &env{t: t}
 	e.journal = &flakyJournal{Journal: twopctest.NewJournal(twopc.NewMachine())}
-	e.events = twopctest.NewSink("events", 1)
+	e.kev = twopctest.NewOffsetSink("events", 1)
+	e.events = e.kev.Sink
 	e.events.Topics = []string{"events", "pv"}
 	e.other = twopctest.NewSink("other", 2)
 	e.coord = e.newCoordinator(e.journal)
@@ -136,7 +138,7 @@ func (e *env) newCoordinator(j twopc.Journal) *twopc.Coordinator {
 		m = j.Machine()
 	}
 	c, err := twopc.NewCoordinator(twopc.Config{Node: "n1", Journal: j, Machine: m,
-		Sinks: map[string]twopc.Sink{"events": e.events, "other": e.other},
+		Sinks: map[string]twopc.Sink{"events": e.kev, "other": e.other},
 		Failpoint: func(p string) {
 			if h := e.hook.Load(); h != nil {
 				(*h)(p)
@@ -264,7 +266,8 @@ func (e *env) snapshot() string {
 	b, err := json.Marshal(map[string]any{
 		"events": e.events.States(), "events_committed": committed(e.events),
 		"other": e.other.States(), "other_committed": committed(e.other),
-		"jobs": e.coord.Jobs(), "checkpoints": cps,
+		"events_groups": e.kev.Groups(),
+		"jobs":          e.coord.Jobs(), "checkpoints": cps,
 	})
 	if err != nil {
 		e.t.Fatal(err)

@@ -17,8 +17,14 @@ import (
 var bodySeed = maphash.MakeSeed()
 
 // smallBodyBytes bounds the bodies that are not records: a checkpoint's
-// base64 state plus room for the rest.
-const smallBodyBytes = twopc.MaxStateBytes*4/3 + 4<<10
+// base64 state, its offsets (twopc.MaxOffsetPartitions, with room for long
+// topic names) and room for the rest.
+const smallBodyBytes = twopc.MaxStateBytes*4/3 + offsetsBodyBytes + 4<<10
+
+// offsetsBodyBytes is the room for a checkpoint's offsets: 10,000
+// partitions of about 40 bytes each ("2147483647":9223372036854775807,)
+// fit with room for topic names.
+const offsetsBodyBytes = 1 << 20
 
 func (s *Server) routes() {
 	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
@@ -88,6 +94,9 @@ type CheckpointRequest struct {
 	State []byte `json:"state,omitempty"`
 	// Wait is committed (default) or prepared.
 	Wait twopc.Wait `json:"wait,omitempty"`
+	// Offsets, when set, are consumer-group offsets committed in the named
+	// Kafka sink's transaction of this checkpoint (twopc.Offsets).
+	Offsets *twopc.Offsets `json:"offsets,omitempty"`
 }
 
 // Health is the body of /healthz and of a ready /readyz.
@@ -324,7 +333,14 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return badRequest(CodeInvalidRequest, fmt.Sprintf("wait %q must be %q or %q", req.Wait, twopc.WaitCommitted, twopc.WaitPrepared))
 	}
-	res, err := s.svc.Checkpoint(r.Context(), job, writer, epoch, n, req.State, req.Wait)
+	if req.Offsets != nil {
+		// The sink-independent rules here, before anything else; the
+		// coordinator checks them again with the job's sinks.
+		if err := twopc.CheckOffsets(req.Offsets); err != nil {
+			return err // 400 invalid_request
+		}
+	}
+	res, err := s.svc.CheckpointWith(r.Context(), job, writer, epoch, n, req.State, req.Wait, req.Offsets)
 	if res.Branches == nil {
 		res.Branches = []twopc.BranchInfo{}
 	}

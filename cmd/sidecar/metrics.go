@@ -56,7 +56,7 @@ type routeMetrics struct {
 }
 
 // Sink operations counted in txsink_sink_errors_total{op}.
-var sinkOps = []string{"begin", "write", "prepare", "commit", "abort", "resolve", "fence", "flush"}
+var sinkOps = []string{"begin", "write", "offsets", "prepare", "commit", "abort", "resolve", "fence", "flush"}
 
 func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 	x := &metrics{
@@ -246,6 +246,11 @@ func (x *metrics) wrapSinks(sinks map[string]twopc.Sink) map[string]twopc.Sink {
 			ms.errs[op] = x.sinkErrs.WithLabelValues(name, op)
 		}
 		out[name] = ms
+		if _, ok := s.(twopc.OffsetSink); ok {
+			// The coordinator asks for twopc.OffsetSink: a wrapper
+			// without it would refuse every checkpoint's offsets.
+			out[name] = &meteredOffsetSink{ms}
+		}
 		x.retries.WithLabelValues(name) // 0 from the start, like the errors
 	}
 	return out
@@ -316,6 +321,14 @@ func (d *meteredDirect) Flush(ctx context.Context) error { return d.s.count("flu
 
 func (d *meteredDirect) Close(ctx context.Context) error { return d.d.Close(ctx) }
 
+// meteredOffsetSink is a meteredSink of a sink that takes offsets.
+type meteredOffsetSink struct{ *meteredSink }
+
+// ValidateOffsets passes on twopc.OffsetSink.
+func (s *meteredOffsetSink) ValidateOffsets(o *twopc.Offsets) error {
+	return s.Sink.(twopc.OffsetSink).ValidateOffsets(o)
+}
+
 type meteredBranch struct {
 	b twopc.Branch
 	s *meteredSink
@@ -340,6 +353,16 @@ func (b *meteredBranch) Detach() {
 	if d, ok := b.b.(twopc.Detacher); ok {
 		d.Detach()
 	}
+}
+
+// AddOffsets passes on twopc.OffsetBranch; the coordinator calls it only
+// on branches of a meteredOffsetSink.
+func (b *meteredBranch) AddOffsets(ctx context.Context, o *twopc.Offsets) error {
+	ob, ok := b.b.(twopc.OffsetBranch)
+	if !ok {
+		return b.s.count("offsets", fmt.Errorf("%w: the branch of sink %s takes no offsets", twopc.ErrSinkFailure, b.s.Name()))
+	}
+	return b.s.count("offsets", ob.AddOffsets(ctx, o))
 }
 
 func (b *meteredBranch) Write(ctx context.Context, recs []*twopc.Record) error {

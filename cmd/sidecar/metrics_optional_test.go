@@ -126,3 +126,40 @@ func TestMeteredBranchKeepsDetach(t *testing.T) {
 		t.Fatalf("Detach reached the sink's branch %d times, want 1", n)
 	}
 }
+
+// Checkpoint offsets need twopc.OffsetSink on the sink and
+// twopc.OffsetBranch on its branches; the wrapper keeps them for a sink
+// that has them, and does not invent them for one that has not (the
+// coordinator refuses offsets for such a sink with 400).
+func TestMeteredSinkKeepsOffsets(t *testing.T) {
+	x := newMetrics(twopc.NewMachine(), nil)
+	k := twopctest.NewOffsetSink("k", 2)
+	ws := x.wrapSinks(map[string]twopc.Sink{"k": k, "m": twopctest.NewSink("m", 2)})
+	if _, ok := ws["m"].(twopc.OffsetSink); ok {
+		t.Fatal("wrapped plain sink claims to take offsets")
+	}
+	os, ok := ws["k"].(twopc.OffsetSink)
+	if !ok {
+		t.Fatal("wrapped offsets sink: OffsetSink missing")
+	}
+	k.BadTopic = "bad"
+	if err := os.ValidateOffsets(&twopc.Offsets{Sink: "k", Group: "g", Topics: map[string]map[int32]int64{"bad": {0: 1}}}); !errors.Is(err, twopc.ErrInvalid) {
+		t.Fatalf("ValidateOffsets not passed on: %v", err)
+	}
+	id := twopc.BranchID{Job: "j", Writer: "w", Sink: "k", Epoch: 1, Seq: 1}
+	b, err := ws["k"].Begin(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, ok := b.(twopc.OffsetBranch)
+	if !ok {
+		t.Fatal("wrapped branch: OffsetBranch missing")
+	}
+	o := &twopc.Offsets{Sink: "k", Group: "g", Topics: map[string]map[int32]int64{"in": {0: 1}}}
+	if err := ob.AddOffsets(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.Offsets(id); got == nil || got.Group != "g" {
+		t.Fatalf("AddOffsets not passed on: %+v", got)
+	}
+}
