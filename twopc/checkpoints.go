@@ -94,6 +94,11 @@ func (c *Coordinator) CheckpointWith(ctx context.Context, job, writer string, ep
 			ErrCheckpointOrder, n, job, writer, wv.MaxCheckpoint)
 	}
 	if s.guarantee.Direct() {
+		if offsets != nil {
+			// No transaction to commit them into: they would be dropped.
+			return CheckpointResult{}, fmt.Errorf("%w: offsets need a job with guarantee %s; job %s is %s",
+				ErrInvalid, GuaranteeExactlyOnce, job, s.guarantee)
+		}
 		return c.checkpointDirect(cl, s, n, state)
 	}
 
