@@ -84,6 +84,9 @@ type CheckpointRequest struct {
 	State []byte `json:"state,omitempty"`
 	// Wait is committed (default) or prepared.
 	Wait twopc.Wait `json:"wait,omitempty"`
+	// Offsets, when set, are consumer-group offsets committed in the named
+	// Kafka sink's transaction of this checkpoint (twopc.Offsets).
+	Offsets *twopc.Offsets `json:"offsets,omitempty"`
 }
 
 // Health is the body of /healthz and of a ready /readyz.

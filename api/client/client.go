@@ -281,10 +281,17 @@ func (c *Client) WriteNDJSON(ctx context.Context, job, writer string, epoch uint
 // "data_loss", the lost branches marked) and an error matching
 // twopc.ErrDataLoss.
 func (c *Client) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait) (twopc.CheckpointResult, error) {
+	return c.CheckpointWith(ctx, job, writer, epoch, n, api.CheckpointRequest{State: state, Wait: wait})
+}
+
+// CheckpointWith is Checkpoint with the whole request body: use it to pass
+// consumer-group offsets (req.Offsets) committed with the checkpoint's
+// output. A retry must send the same offsets as the first attempt.
+func (c *Client) CheckpointWith(ctx context.Context, job, writer string, epoch uint64, n int64, req api.CheckpointRequest) (twopc.CheckpointResult, error) {
 	q := url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}
 	var out twopc.CheckpointResult
 	err := c.doJSON(ctx, session, http.MethodPost, writerPath(job, writer)+"/checkpoints/"+strconv.FormatInt(n, 10), q,
-		api.CheckpointRequest{State: state, Wait: wait}, &out)
+		req, &out)
 	return out, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/txsink/txsink/api"
 	"github.com/txsink/txsink/twopc"
 )
 
@@ -144,20 +145,35 @@ func (w *Writer) Write(ctx context.Context, recs ...*twopc.Record) (twopc.WriteR
 // same checkpoint returns its result again, which is what makes the retry
 // safe.
 func (w *Writer) Checkpoint(ctx context.Context, n int64, state []byte) (twopc.CheckpointResult, error) {
-	return w.checkpoint(ctx, n, state, "")
+	return w.checkpoint(ctx, n, state, nil, "")
+}
+
+// CheckpointWith is Checkpoint that also commits consumer-group offsets in
+// the checkpoint's transaction of the Kafka sink offsets.Sink (nil: none):
+// the group's offsets move exactly when the checkpoint's output commits.
+// A retry of checkpoint n must pass the same offsets.
+func (w *Writer) CheckpointWith(ctx context.Context, n int64, state []byte, offsets *twopc.Offsets) (twopc.CheckpointResult, error) {
+	return w.checkpoint(ctx, n, state, offsets, "")
 }
 
 // Prepare is Checkpoint for external mode: it returns once every sink
 // prepared; the job's coordinator then commits (Client.Commit).
 func (w *Writer) Prepare(ctx context.Context, n int64, state []byte) (twopc.CheckpointResult, error) {
-	return w.checkpoint(ctx, n, state, twopc.WaitPrepared)
+	return w.checkpoint(ctx, n, state, nil, twopc.WaitPrepared)
 }
 
-func (w *Writer) checkpoint(ctx context.Context, n int64, state []byte, wait twopc.Wait) (twopc.CheckpointResult, error) {
+// PrepareWith is Prepare with consumer-group offsets (see CheckpointWith):
+// they commit when the coordinator commits the checkpoint.
+func (w *Writer) PrepareWith(ctx context.Context, n int64, state []byte, offsets *twopc.Offsets) (twopc.CheckpointResult, error) {
+	return w.checkpoint(ctx, n, state, offsets, twopc.WaitPrepared)
+}
+
+func (w *Writer) checkpoint(ctx context.Context, n int64, state []byte, offsets *twopc.Offsets, wait twopc.Wait) (twopc.CheckpointResult, error) {
 	var out twopc.CheckpointResult
+	req := api.CheckpointRequest{State: state, Wait: wait, Offsets: offsets}
 	err := w.job.retry.do(ctx, func() error {
 		var err error
-		out, err = w.job.c.Checkpoint(ctx, w.job.name, w.name, w.sess.Epoch, n, state, wait)
+		out, err = w.job.c.CheckpointWith(ctx, w.job.name, w.name, w.sess.Epoch, n, req)
 		return err
 	})
 	return out, err
