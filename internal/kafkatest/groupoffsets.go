@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // GroupOffsets reads a consumer group's committed offsets (topic →
@@ -69,4 +71,56 @@ func fetchStable(ctx context.Context, adm *kadm.Client, group string) (map[strin
 		got[r.Topic][r.Partition] = r.At
 	}
 	return got, "", nil
+}
+
+// BeginTxnOffsets begins a transaction on cl (a client with
+// kgo.TransactionalID(txnID) and a default produce topic), produces one
+// record to start it on the broker, and adds the group's offsets of topic
+// to it (AddOffsetsToTxn + TxnOffsetCommit), as a Kafka sink does for a
+// checkpoint's offsets. The transaction stays open: end it with
+// cl.EndTransaction.
+func BeginTxnOffsets(ctx context.Context, t testing.TB, cl *kgo.Client, txnID, group, topic string, offsets map[int32]int64) {
+	t.Helper()
+	td, err := kadm.NewClient(cl).ListTopics(ctx, topic)
+	if err != nil || td[topic].Err != nil {
+		t.Fatalf("list topic %s: %v %v", topic, err, td[topic].Err)
+	}
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("x")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	id, epoch, err := cl.ProducerID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := kmsg.NewPtrAddOffsetsToTxnRequest()
+	add.TransactionalID, add.ProducerID, add.ProducerEpoch, add.Group = txnID, id, epoch, group
+	if resp, err := add.RequestWith(ctx, cl); err != nil {
+		t.Fatalf("AddOffsetsToTxn: %v", err)
+	} else if err := kerr.ErrorForCode(resp.ErrorCode); err != nil {
+		t.Fatalf("AddOffsetsToTxn: %v", err)
+	}
+	commit := kmsg.NewPtrTxnOffsetCommitRequest()
+	commit.TransactionalID, commit.ProducerID, commit.ProducerEpoch, commit.Group = txnID, id, epoch, group
+	rt := kmsg.NewTxnOffsetCommitRequestTopic()
+	rt.Topic, rt.TopicID = topic, td[topic].ID // v6+ names the topic by its ID
+	for p, o := range offsets {
+		rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+		rp.Partition, rp.Offset = p, o
+		rt.Partitions = append(rt.Partitions, rp)
+	}
+	commit.Topics = append(commit.Topics, rt)
+	resp, err := commit.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rt := range resp.Topics {
+		for _, rp := range rt.Partitions {
+			if rp.ErrorCode != 0 {
+				t.Fatalf("TxnOffsetCommit %s/%d: %v", rt.Topic, rp.Partition, kerr.ErrorForCode(rp.ErrorCode))
+			}
+		}
+	}
 }

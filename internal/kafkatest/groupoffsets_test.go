@@ -7,10 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // TestGroupOffsetsRequireStable pins what the readers of group offsets
@@ -41,49 +39,9 @@ func TestGroupOffsetsRequireStable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	td, err := kadm.NewClient(cl).ListTopics(ctx, "in")
-	if err != nil || td["in"].Err != nil {
-		t.Fatalf("list topic in: %v %v", err, td["in"].Err)
-	}
-	topicID := td["in"].ID
 	txn := func(offsets map[int32]int64) {
 		t.Helper()
-		if err := cl.BeginTransaction(); err != nil {
-			t.Fatal(err)
-		}
-		if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("x")}).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-		id, epoch, err := cl.ProducerID(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		add := kmsg.NewPtrAddOffsetsToTxnRequest()
-		add.TransactionalID, add.ProducerID, add.ProducerEpoch, add.Group = "t1", id, epoch, "g"
-		if _, err := add.RequestWith(ctx, cl); err != nil {
-			t.Fatal(err)
-		}
-		commit := kmsg.NewPtrTxnOffsetCommitRequest()
-		commit.TransactionalID, commit.ProducerID, commit.ProducerEpoch, commit.Group = "t1", id, epoch, "g"
-		rt := kmsg.NewTxnOffsetCommitRequestTopic()
-		rt.Topic, rt.TopicID = "in", topicID // v6+ names the topic by its ID
-		for p, o := range offsets {
-			rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
-			rp.Partition, rp.Offset = p, o
-			rt.Partitions = append(rt.Partitions, rp)
-		}
-		commit.Topics = append(commit.Topics, rt)
-		resp, err := commit.RequestWith(ctx, cl)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, rt := range resp.Topics {
-			for _, rp := range rt.Partitions {
-				if rp.ErrorCode != 0 {
-					t.Fatalf("TxnOffsetCommit %s/%d: error code %d", rt.Topic, rp.Partition, rp.ErrorCode)
-				}
-			}
-		}
+		BeginTxnOffsets(ctx, t, cl, "t1", "g", "in", offsets)
 	}
 	end := func(commit kgo.TransactionEndTry) {
 		t.Helper()
