@@ -40,7 +40,9 @@ type Service interface {
 	// (nil: the call has none) carries a digest of the raw body, so a
 	// repeated seq with another body is told apart from a retry.
 	Write(ctx context.Context, job, writer string, epoch uint64, seq *twopc.Seq, recs []*twopc.Record) (twopc.WriteResult, error)
-	Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait) (twopc.CheckpointResult, error)
+	// CheckpointWith is twopc.Coordinator.CheckpointWith: offsets (nil:
+	// none) commit in the checkpoint's branch of their Kafka sink.
+	CheckpointWith(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait, offsets *twopc.Offsets) (twopc.CheckpointResult, error)
 	Commit(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
 	Abort(ctx context.Context, job string, n int64) (twopc.CommitResult, error)
 	Checkpoints(job string) ([]twopc.CheckpointInfo, error)

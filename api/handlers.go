@@ -314,7 +314,14 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return badRequest(CodeInvalidRequest, fmt.Sprintf("wait %q must be %q or %q", req.Wait, twopc.WaitCommitted, twopc.WaitPrepared))
 	}
-	res, err := s.svc.Checkpoint(r.Context(), job, writer, epoch, n, req.State, req.Wait)
+	if req.Offsets != nil {
+		// The sink-independent rules here, before anything else; the
+		// coordinator checks them again with the job's sinks.
+		if err := twopc.CheckOffsets(req.Offsets); err != nil {
+			return err // 400 invalid_request
+		}
+	}
+	res, err := s.svc.CheckpointWith(r.Context(), job, writer, epoch, n, req.State, req.Wait, req.Offsets)
 	if res.Branches == nil {
 		res.Branches = []twopc.BranchInfo{}
 	}

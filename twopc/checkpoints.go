@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +16,17 @@ import (
 // current result; otherwise it is ErrCheckpointOrder. A checkpoint that
 // ended in data_loss returns its result and an error wrapping ErrDataLoss.
 func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait Wait) (CheckpointResult, error) {
+	return c.CheckpointWith(ctx, job, writer, epoch, n, state, wait, nil)
+}
+
+// CheckpointWith is Checkpoint that also commits consumer-group offsets
+// (nil: none) in the checkpoint's branch of the Kafka sink offsets.Sink,
+// beginning that branch when the checkpoint wrote nothing to the sink: the
+// group's offsets then commit exactly when the branch does. Offsets that
+// name no sink of the job, or a sink that does not take offsets, are
+// invalid and change nothing. A retry must repeat the offsets, like the
+// state.
+func (c *Coordinator) CheckpointWith(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait Wait, offsets *Offsets) (CheckpointResult, error) {
 	if err := CheckCheckpoint(n); err != nil {
 		return CheckpointResult{}, err
 	}
@@ -30,6 +40,12 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	default:
 		return CheckpointResult{}, fmt.Errorf("%w: wait %q: want %q or %q", ErrInvalid, wait, WaitCommitted, WaitPrepared)
 	}
+	if offsets != nil {
+		if err := c.validateOffsets(job, offsets); err != nil {
+			return CheckpointResult{}, err
+		}
+	}
+	sum := checkpointSum(state, offsets)
 	s, err := c.sessionFor(job, writer, epoch)
 	if err != nil {
 		return CheckpointResult{}, err
@@ -53,8 +69,8 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 			return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s is complete and records were written since; they need a checkpoint greater than %d",
 				ErrCheckpointOrder, n, job, writer, n)
 		}
-		if maphash.Bytes(stateSeed, state) != s.lastSum {
-			return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s was completed with another state; a retry must repeat the state",
+		if sum != s.lastSum {
+			return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s was completed with another state or other offsets; a retry must repeat both",
 				ErrCheckpointOrder, n, job, writer)
 		}
 		r := *s.last
@@ -73,6 +89,22 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	if wv, _ := c.m.Writer(job, writer); n <= wv.MaxCheckpoint {
 		return CheckpointResult{}, fmt.Errorf("%w: checkpoint %d of %s/%s must be greater than %d",
 			ErrCheckpointOrder, n, job, writer, wv.MaxCheckpoint)
+	}
+
+	// The offsets join their sink's branch before it prepares; a
+	// checkpoint that wrote nothing there begins one for them alone.
+	if offsets != nil {
+		ob, err := c.openBranch(cl, s, offsets.Sink)
+		if err != nil {
+			return CheckpointResult{}, err
+		}
+		obr, ok := ob.br.(OffsetBranch)
+		if !ok {
+			return CheckpointResult{}, c.fail(cl.cleanup, s, fmt.Errorf("%w: sink %s takes offsets but its branch %v cannot carry them", ErrSinkFailure, offsets.Sink, ob.id))
+		}
+		if err := obr.AddOffsets(cl.work, offsets); err != nil {
+			return CheckpointResult{}, c.fail(cl.cleanup, s, fmt.Errorf("offsets of checkpoint %d: %w", n, err))
+		}
 	}
 
 	// Phase 1: prepare every open branch (in parallel: sinks are independent).
@@ -154,7 +186,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, job, writer string, epoch 
 	}
 	c.metrics.CheckpointDone(job, "journal", c.now().Sub(t1))
 	c.failpoint("after-journal")
-	s.lastN, s.lastSum, s.dirty = n, maphash.Bytes(stateSeed, state), false
+	s.lastN, s.lastSum, s.dirty = n, sum, false
 
 	if !auto || len(obs) == 0 {
 		c.branches.release(ids) // held for the external commit
@@ -321,4 +353,25 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 			ErrDataLoss, job, n, strings.Join(lost, ", "))
 	}
 	return out, nil
+}
+
+// validateOffsets checks a checkpoint's offsets against the job: the sink
+// must be one of the job's and take offsets (OffsetSink).
+func (c *Coordinator) validateOffsets(job string, o *Offsets) error {
+	if err := CheckOffsets(o); err != nil {
+		return err
+	}
+	spec, ok := c.m.JobSpec(job)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrJobNotFound, job)
+	}
+	sink := c.cfg.Sinks[o.Sink]
+	if !slices.Contains(spec.Sinks, o.Sink) || sink == nil {
+		return fmt.Errorf("%w: offsets: sink %q is not a sink of job %s (sinks: %v)", ErrUnknownSink, o.Sink, job, spec.Sinks)
+	}
+	os, ok := sink.(OffsetSink)
+	if !ok {
+		return fmt.Errorf("%w: offsets: sink %q cannot commit consumer-group offsets; name a Kafka sink of job %s", ErrInvalid, o.Sink, job)
+	}
+	return os.ValidateOffsets(o)
 }

@@ -20,6 +20,7 @@ type env struct {
 	t     *testing.T
 	j     *twopctest.Journal
 	a, b  *twopctest.Sink
+	k     *twopctest.OffsetSink // sink "k" when set (offsets tests)
 	c     *twopc.Coordinator
 	point atomic.Value // failpoint name that panics with crash{}
 	lost  atomic.Int64
@@ -47,9 +48,13 @@ func newEnv(t *testing.T, inflight int) *env {
 // start-up recovery, as a (re)started sidecar does.
 func (e *env) start() {
 	e.t.Helper()
+	sinks := map[string]twopc.Sink{"a": e.a, "b": e.b}
+	if e.k != nil {
+		sinks["k"] = e.k
+	}
 	c, err := twopc.NewCoordinator(twopc.Config{
 		Node: "n1", Journal: e.j, Machine: e.j.Machine(),
-		Sinks:         map[string]twopc.Sink{"a": e.a, "b": e.b},
+		Sinks:         sinks,
 		RetryInterval: 5 * time.Millisecond,
 		Metrics:       countMetrics{e},
 		Failpoint: func(p string) {

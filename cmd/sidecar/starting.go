@@ -73,12 +73,12 @@ func (l *lateService) Write(ctx context.Context, job, writer string, epoch uint6
 	return c.Write(ctx, job, writer, epoch, seq, recs)
 }
 
-func (l *lateService) Checkpoint(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait) (twopc.CheckpointResult, error) {
+func (l *lateService) CheckpointWith(ctx context.Context, job, writer string, epoch uint64, n int64, state []byte, wait twopc.Wait, offsets *twopc.Offsets) (twopc.CheckpointResult, error) {
 	c, err := l.get()
 	if err != nil {
 		return twopc.CheckpointResult{}, err
 	}
-	return c.Checkpoint(ctx, job, writer, epoch, n, state, wait)
+	return c.CheckpointWith(ctx, job, writer, epoch, n, state, wait, offsets)
 }
 
 func (l *lateService) Commit(ctx context.Context, job string, n int64) (twopc.CommitResult, error) {

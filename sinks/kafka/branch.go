@@ -61,6 +61,13 @@ type branch struct {
 	epoch      int16
 	mixedEpoch bool
 	zero       chan struct{} // closed when pending reaches 0 (set by Prepare)
+	// group is the consumer group whose offsets AddOffsets added ("":
+	// none), with the producer id and epoch it added them with. Set
+	// before the first AddOffsetsToTxn: from then on the broker may have
+	// a transaction even if no record was acknowledged.
+	group    string
+	offPID   int64
+	offEpoch int16
 
 	// Used only by the coordinator's serialised calls.
 	state branchState
@@ -114,7 +121,7 @@ func (b *branch) failf(format string, args ...any) error {
 // asks it in its background loop to fail such a session early, so the
 // branch releases its slot before the broker aborts it.
 func (b *branch) Expired() error {
-	if b.state != stateOpen || b.produced == 0 {
+	if b.state != stateOpen || (b.produced == 0 && b.group == "") {
 		return nil // nothing in the broker that could time out
 	}
 	age := time.Since(b.begun)
@@ -288,6 +295,7 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 		th.Partitions = append(th.Partitions, tp)
 	}
 	recPID, recEpoch := b.pid, b.epoch
+	group, offPID, offEpoch := b.group, b.offPID, b.offEpoch
 	b.mu.Unlock()
 	if err != nil {
 		return nil, b.produceErr(err)
@@ -298,15 +306,18 @@ func (b *branch) Prepare(ctx context.Context) (twopc.Handle, error) {
 	slices.SortFunc(th.Partitions, func(x, y TopicPartition) int {
 		return cmp.Or(cmp.Compare(x.Topic, y.Topic), cmp.Compare(x.Partition, y.Partition))
 	})
-	if len(th.Partitions) > 0 {
+	if len(th.Partitions) > 0 || group != "" {
 		pid, epoch, err := cl.ProducerID(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("%w: kafka sink %q: branch %v: producer id: %w", twopc.ErrSinkFailure, b.s.cfg.Name, b.id, err)
 		}
-		if pid != recPID || epoch != recEpoch {
+		if len(th.Partitions) > 0 && (pid != recPID || epoch != recEpoch) {
 			return nil, b.failf("producer id/epoch %d/%d differs from the records' %d/%d", pid, epoch, recPID, recEpoch)
 		}
-		th.ProducerID, th.Epoch = pid, epoch
+		if group != "" && (pid != offPID || epoch != offEpoch) {
+			return nil, b.failf("producer id/epoch %d/%d differs from the offsets' %d/%d", pid, epoch, offPID, offEpoch)
+		}
+		th.ProducerID, th.Epoch, th.Group = pid, epoch, group
 		if err := b.checkAlive(ctx, pid, epoch); err != nil {
 			return nil, err
 		}
@@ -336,6 +347,9 @@ func (b *branch) Commit(ctx context.Context) error {
 		return nil
 	default:
 		return b.failf("commit of a branch that is not prepared")
+	}
+	if b.th.Group != "" && len(b.th.Partitions) == 0 {
+		return b.commitOffsetsOnly(ctx)
 	}
 	if cl := b.s.client(b); cl != nil {
 		err := cl.EndTransaction(ctx, kgo.TryCommit)
@@ -370,6 +384,12 @@ func (b *branch) Abort(ctx context.Context) error {
 	// Buffered records are aborted below anyway; failing them first also
 	// ends a Produce or Flush that still waits on a broker.
 	defer b.cancel()
+	b.mu.Lock()
+	offsetsOnly := b.group != "" && len(b.parts) == 0
+	b.mu.Unlock()
+	if offsetsOnly {
+		return b.abortOffsetsOnly(ctx)
+	}
 	var err error
 	if cl := b.s.client(b); cl != nil {
 		err = cl.AbortBufferedRecords(ctx)
@@ -393,7 +413,7 @@ func (b *branch) Abort(ctx context.Context) error {
 	}
 	// Open: the records' producer id/epoch let us abort by EndTxn.
 	b.mu.Lock()
-	th := TxnHandle{TransactionalID: b.sl.txnID, ProducerID: b.pid, Epoch: b.epoch, EndTxnVersion: endTxnVersion}
+	th := TxnHandle{TransactionalID: b.sl.txnID, ProducerID: b.pid, Epoch: b.epoch, Group: b.group, EndTxnVersion: endTxnVersion}
 	for tp := range b.parts {
 		th.Partitions = append(th.Partitions, tp)
 	}
@@ -423,4 +443,61 @@ func (b *branch) Detach() {
 	if b.state == statePrepared {
 		b.s.drop(b.sl)
 	}
+}
+
+// commitOffsetsOnly commits a prepared branch that holds offsets and no
+// record. kgo's EndTransaction would send no EndTxn (kgo added no
+// partition), so the EndTxn goes through the handle; kgo is then told the
+// transaction is over by an EndTransaction that, with nothing produced in
+// the transaction, sends nothing and only clears its state (Prepare saw
+// every record acknowledged and none was, so none was produced). Should
+// that fail, the client is dropped instead.
+func (b *branch) commitOffsetsOnly(ctx context.Context) error {
+	cl := b.s.client(b)
+	if cl == nil {
+		// Someone else may have ended it (Resolve, Fence): the handle
+		// decides, as in Commit.
+		if err := b.s.end(ctx, b.id, b.th, true); err != nil {
+			return err
+		}
+		b.state = stateCommitted
+		return nil
+	}
+	if err := b.s.end(ctx, b.id, b.th, true); err != nil {
+		b.s.drop(b.sl)
+		return err
+	}
+	b.state = stateCommitted
+	if b.produced == 0 {
+		if err := cl.EndTransaction(ctx, kgo.TryAbort); err == nil {
+			b.s.release(b)
+			return nil
+		}
+	}
+	b.s.drop(b.sl)
+	return nil
+}
+
+// abortOffsetsOnly aborts an open or prepared branch that holds offsets
+// and no acknowledged record: by EndTxn with the offsets' producer id and
+// epoch (kgo would send none), after failing any buffered record. The
+// slot's client is dropped: a record it produced and did not get
+// acknowledged may have registered a partition kgo does not know of, and
+// a new client's InitProducerID clears whatever is left.
+func (b *branch) abortOffsetsOnly(ctx context.Context) error {
+	if cl := b.s.client(b); cl != nil {
+		_ = cl.AbortBufferedRecords(ctx) // the client is dropped below anyway
+	}
+	b.s.drop(b.sl)
+	b.mu.Lock()
+	th := TxnHandle{TransactionalID: b.sl.txnID, ProducerID: b.offPID, Epoch: b.offEpoch, Group: b.group, EndTxnVersion: endTxnVersion}
+	b.mu.Unlock()
+	if b.state == statePrepared {
+		th = b.th
+	}
+	if err := b.s.end(ctx, b.id, th, false); err != nil {
+		return err
+	}
+	b.state = stateAborted
+	return nil
 }

@@ -20,8 +20,13 @@ type TxnHandle struct {
 	// produced nothing: then there is no transaction in Kafka).
 	ProducerID int64 `json:"producer_id"`
 	Epoch      int16 `json:"epoch"`
-	// Partitions the transaction wrote to; empty means nothing to end.
+	// Partitions the transaction wrote to; empty (and no Group) means
+	// nothing to end.
 	Partitions []TopicPartition `json:"partitions"`
+	// Group is the consumer group whose offsets the transaction carries
+	// (AddOffsetsToTxn; "": none). A transaction with offsets exists in
+	// the broker even without partitions and must be ended by EndTxn.
+	Group string `json:"group,omitempty"`
 	// EndTxnVersion is the highest EndTxn version the transaction may be
 	// ended with. 4 (what this package uses): EndTxn keeps the epoch, so
 	// a repeated commit/abort is recognised as a retry for as long as the
@@ -49,8 +54,8 @@ func ParseHandle(h twopc.Handle) (TxnHandle, error) {
 	if th.TransactionalID == "" {
 		return th, fmt.Errorf("%w: kafka handle without transactional_id", twopc.ErrInvalid)
 	}
-	if len(th.Partitions) > 0 && (th.ProducerID < 0 || th.Epoch < 0) {
-		return th, fmt.Errorf("%w: kafka handle of %s has partitions but no producer id/epoch", twopc.ErrInvalid, th.TransactionalID)
+	if (len(th.Partitions) > 0 || th.Group != "") && (th.ProducerID < 0 || th.Epoch < 0) {
+		return th, fmt.Errorf("%w: kafka handle of %s has partitions or offsets but no producer id/epoch", twopc.ErrInvalid, th.TransactionalID)
 	}
 	return th, nil
 }
@@ -93,3 +98,7 @@ func retriableTxn(err error) bool {
 		errors.Is(err, kerr.CoordinatorLoadInProgress) ||
 		errors.Is(err, kerr.RequestTimedOut)
 }
+
+// open reports whether th names a transaction in the broker: one that
+// wrote records or added offsets.
+func (th TxnHandle) open() bool { return len(th.Partitions) > 0 || th.Group != "" }

@@ -116,6 +116,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	}
 	s.versions = kversion.Stable()
 	s.versions.SetMaxKeyVersion(int16(kmsg.EndTxn), endTxnVersion)
+	s.versions.SetMaxKeyVersion(int16(kmsg.TxnOffsetCommit), txnOffsetCommitVersion)
 
 	base := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -422,8 +423,8 @@ func (s *Sink) Resolve(ctx context.Context, id twopc.BranchID, h twopc.Handle, c
 
 // end sends EndTxn for th until it has a definite answer.
 func (s *Sink) end(ctx context.Context, id twopc.BranchID, th TxnHandle, commit bool) error {
-	if len(th.Partitions) == 0 {
-		return nil // the branch produced nothing: no transaction in Kafka
+	if !th.open() {
+		return nil // the branch produced nothing and added no offsets: no transaction in Kafka
 	}
 	cl, err := s.endClient(th.EndTxnVersion)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -96,12 +97,16 @@ type Sink struct {
 	expire error
 	// reject is a value Write refuses for good (set with RejectValue).
 	reject string
+	// groups holds committed consumer-group offsets: group → topic →
+	// partition → offset (OffsetSink).
+	groups map[string]map[string]map[int32]int64
 }
 
 type tx struct {
-	id    twopc.BranchID
-	state string
-	vals  []string
+	id      twopc.BranchID
+	state   string
+	vals    []string
+	offsets *twopc.Offsets // added by an OffsetSink's branch
 }
 
 // NewSink returns a fake sink with max in-flight branches per writer.
@@ -173,6 +178,22 @@ func (s *Sink) finishLocked(t *tx, commit bool) error {
 	case commit && t.state == Prepared:
 		t.state = Committed
 		s.committed = append(s.committed, t.vals...)
+		if o := t.offsets; o != nil {
+			if s.groups == nil {
+				s.groups = map[string]map[string]map[int32]int64{}
+			}
+			if s.groups[o.Group] == nil {
+				s.groups[o.Group] = map[string]map[int32]int64{}
+			}
+			for topic, ps := range o.Topics {
+				if s.groups[o.Group][topic] == nil {
+					s.groups[o.Group][topic] = map[int32]int64{}
+				}
+				for p, off := range ps {
+					s.groups[o.Group][topic][p] = off
+				}
+			}
+		}
 	case !commit && t.state != Aborted:
 		t.state = Aborted
 	}
@@ -420,3 +441,91 @@ var _ twopc.Sink = (*Sink)(nil)
 
 // ErrInjected is a convenient error for fault injection.
 var ErrInjected = errors.New("twopctest: injected failure")
+
+// OffsetSink is a fake Sink whose branches carry consumer-group offsets
+// (twopc.OffsetSink), as the Kafka sink's do: a branch's commit commits
+// them, its abort drops them. GroupOffsets reads what is committed.
+type OffsetSink struct {
+	*Sink
+	// FailOffsets, when set, is what the next AddOffsets calls return.
+	FailOffsets error
+	// BadTopic is a topic ValidateOffsets refuses (as the Kafka sink
+	// refuses a topic the broker does not have).
+	BadTopic string
+}
+
+// NewOffsetSink returns a fake offsets-taking sink.
+func NewOffsetSink(name string, maxInflight int) *OffsetSink {
+	return &OffsetSink{Sink: NewSink(name, maxInflight)}
+}
+
+// ValidateOffsets implements twopc.OffsetSink.
+func (s *OffsetSink) ValidateOffsets(o *twopc.Offsets) error {
+	if _, ok := o.Topics[s.BadTopic]; ok && s.BadTopic != "" {
+		return fmt.Errorf("%w: fake: no topic %q", twopc.ErrInvalid, s.BadTopic)
+	}
+	return nil
+}
+
+// Begin implements twopc.Sink with branches that take offsets.
+func (s *OffsetSink) Begin(ctx context.Context, id twopc.BranchID) (twopc.Branch, error) {
+	b, err := s.Sink.Begin(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &offsetBranch{branch: b.(*branch), s: s}, nil
+}
+
+// GroupOffsets returns a copy of group's committed offsets (topic →
+// partition → offset; empty when none).
+func (s *OffsetSink) GroupOffsets(group string) map[string]map[int32]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]map[int32]int64{}
+	for t, ps := range s.groups[group] {
+		out[t] = maps.Clone(ps)
+	}
+	return out
+}
+
+// Offsets returns the offsets added to the branch id ("": none).
+func (s *OffsetSink) Offsets(id twopc.BranchID) *twopc.Offsets {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.tx[id.String()]; t != nil {
+		return t.offsets
+	}
+	return nil
+}
+
+type offsetBranch struct {
+	*branch
+	s *OffsetSink
+}
+
+// AddOffsets implements twopc.OffsetBranch.
+func (b *offsetBranch) AddOffsets(ctx context.Context, o *twopc.Offsets) error {
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	if b.s.FailOffsets != nil {
+		return b.s.FailOffsets
+	}
+	if b.t.state != Open {
+		return fmt.Errorf("fake: offsets for %s %s", b.t.state, b.t.id)
+	}
+	if b.t.offsets != nil {
+		return fmt.Errorf("fake: offsets added twice to %s", b.t.id)
+	}
+	c := *o
+	c.Topics = map[string]map[int32]int64{}
+	for t, ps := range o.Topics {
+		c.Topics[t] = maps.Clone(ps)
+	}
+	b.t.offsets = &c
+	return nil
+}
+
+var (
+	_ twopc.OffsetSink   = (*OffsetSink)(nil)
+	_ twopc.OffsetBranch = (*offsetBranch)(nil)
+)
