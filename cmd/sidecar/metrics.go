@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -279,9 +280,31 @@ func (s *meteredSink) TransactionTimeout() time.Duration {
 	return 0
 }
 
+// ValidateOffsets passes on twopc.OffsetSink. The wrapper always has the
+// method, so for a sink without it (MySQL) it answers what the coordinator
+// answers for such a sink: invalid, name a Kafka sink. Without it the
+// coordinator's type assertion fails for every sink of the real binary and
+// no checkpoint could carry offsets.
+func (s *meteredSink) ValidateOffsets(o *twopc.Offsets) error {
+	if v, ok := s.Sink.(twopc.OffsetSink); ok {
+		return v.ValidateOffsets(o)
+	}
+	return fmt.Errorf("%w: offsets: sink %q cannot commit consumer-group offsets; name a Kafka sink", twopc.ErrInvalid, o.Sink)
+}
+
 type meteredBranch struct {
 	b twopc.Branch
 	s *meteredSink
+}
+
+// AddOffsets passes on twopc.OffsetBranch (see ValidateOffsets); an error
+// counts as a prepare error, the step it belongs to.
+func (b *meteredBranch) AddOffsets(ctx context.Context, o *twopc.Offsets) error {
+	ob, ok := b.b.(twopc.OffsetBranch)
+	if !ok {
+		return b.s.count("prepare", fmt.Errorf("%w: this sink's branches cannot carry consumer-group offsets", twopc.ErrSinkFailure))
+	}
+	return b.s.count("prepare", ob.AddOffsets(ctx, o))
 }
 
 // Expired passes on the branch's (nil when it cannot expire): the

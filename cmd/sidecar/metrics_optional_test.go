@@ -126,3 +126,63 @@ func TestMeteredBranchKeepsDetach(t *testing.T) {
 		t.Fatalf("Detach reached the sink's branch %d times, want 1", n)
 	}
 }
+
+// A checkpoint's offsets reach the Kafka sink through twopc.OffsetSink
+// (validation) and twopc.OffsetBranch (the branch's transaction), found by
+// type assertions: the metered wrappers must pass both on, and refuse
+// offsets for a sink that cannot take them (MySQL) as the coordinator does.
+func TestMeteredSinkKeepsOffsets(t *testing.T) {
+	x := newMetrics(twopc.NewMachine(), nil)
+	fake := twopctest.NewOffsetSink("events", 2)
+	fake.BadTopic = "nosuch"
+	sinks := x.wrapSinks(map[string]twopc.Sink{"events": fake, "db": twopctest.NewSink("db", 2)})
+	o := &twopc.Offsets{Sink: "events", Group: "g", Topics: map[string]map[int32]int64{"clicks": {0: 5}}}
+
+	vs, ok := sinks["events"].(twopc.OffsetSink)
+	if !ok {
+		t.Fatal("wrapped Kafka-like sink: ValidateOffsets missing")
+	}
+	if err := vs.ValidateOffsets(o); err != nil {
+		t.Fatalf("ValidateOffsets: %v", err)
+	}
+	bad := &twopc.Offsets{Sink: "events", Group: "g", Topics: map[string]map[int32]int64{"nosuch": {0: 1}}}
+	if err := vs.ValidateOffsets(bad); !errors.Is(err, twopc.ErrInvalid) {
+		t.Fatalf("ValidateOffsets of the sink's bad topic: %v, want the sink's ErrInvalid", err)
+	}
+	if err := sinks["db"].(twopc.OffsetSink).ValidateOffsets(o); !errors.Is(err, twopc.ErrInvalid) {
+		t.Fatalf("ValidateOffsets on a sink without offsets: %v, want ErrInvalid", err)
+	}
+
+	id := twopc.BranchID{Job: "j", Writer: "w", Sink: "events", Epoch: 1, Seq: 1}
+	b, err := sinks["events"].Begin(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, ok := b.(twopc.OffsetBranch)
+	if !ok {
+		t.Fatal("wrapped branch: AddOffsets missing")
+	}
+	if err := ob.AddOffsets(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Offsets(id); got == nil || got.Group != "g" {
+		t.Fatalf("the sink's branch holds offsets %+v, want group g's", got)
+	}
+	if _, err := b.Prepare(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.GroupOffsets("g"); got["clicks"][0] != 5 {
+		t.Fatalf("after the commit group g has %v, want clicks/0 = 5", got)
+	}
+
+	dbb, err := sinks["db"].Begin(context.Background(), twopc.BranchID{Job: "j", Writer: "w", Sink: "db", Epoch: 1, Seq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dbb.(twopc.OffsetBranch).AddOffsets(context.Background(), o); err == nil {
+		t.Fatal("AddOffsets on a branch that cannot carry offsets succeeded")
+	}
+}
