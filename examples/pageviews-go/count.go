@@ -76,6 +76,14 @@ func (c *countConfig) bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.pauseFile, "pause-file", c.pauseFile, "demo a slow app (make chaos uses it): when this file exists at a checkpoint, remove it and pause for the duration it holds (e.g. 7s) between sending the records and checkpointing")
 }
 
+// groupID is the consumer group of --offsets group: --group, else the job.
+func (c countConfig) groupID() string {
+	if c.group != "" {
+		return c.group
+	}
+	return c.job
+}
+
 // The two places the input position can live (--offsets).
 const (
 	offsetsState = "state" // the checkpoint's state, restored by the session
@@ -139,9 +147,7 @@ func count(ctx context.Context, c countConfig, out io.Writer) error {
 	switch c.offsets {
 	case offsetsState:
 	case offsetsGroup:
-		if c.group == "" {
-			c.group = c.job
-		}
+		c.group = c.groupID()
 	default:
 		return fmt.Errorf("count: --offsets %q: want state or group", c.offsets)
 	}

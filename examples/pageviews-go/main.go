@@ -137,5 +137,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
   mariadb txsink_dev -e "SELECT app, views FROM pv WHERE app LIKE 'app%%' ORDER BY app"
   kcat -C -b %s -t %s -X isolation.level=read_committed -e -f '%%k %%s\n'
 `, c.brokers, c.output)
+	if c.offsets == offsetsGroup {
+		fmt.Fprintf(stdout, "  go run ./internal/cmd/groupoffsets --brokers %s --group %s   # the group's committed offsets\n", c.brokers, c.groupID())
+	}
 	return nil
 }
