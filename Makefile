@@ -58,7 +58,9 @@ bench: build
 # every event was counted exactly once (internal/cmd/chaos). CHAOS_ROUNDS=20
 # by default; CHAOS_SEED repeats a run's choices; CHAOS_FAULTS picks the
 # kinds; CHAOS_MODE=dev runs it against `sidecar dev` and its own broker;
-# CHAOS_NODES=3 runs a cluster of three `sidecar run` nodes and kills nodes.
+# CHAOS_NODES=3 runs a cluster of three `sidecar run` nodes and kills nodes;
+# CHAOS_OFFSETS=group (or mixed) keeps the apps' input position in a
+# consumer group and checks the group's committed offsets too.
 chaos:
 	$(GO) run ./internal/cmd/chaos
 

@@ -18,7 +18,8 @@ import (
 // other tests. They start their own `sidecar dev`, kill it with SIGKILL
 // between a write and a checkpoint, and read the result back with kcat and
 // the mariadb CLI, so all three must be installed: a missing one fails the
-// test, never skips it.
+// test, never skips it. Consumer groups' committed offsets are read with
+// internal/cmd/groupoffsets, built here.
 func TestClientNode(t *testing.T) {
 	needTool(t, "node", "install Node.js ≥ 20 (e.g. apt-get install -y nodejs)")
 	needTool(t, "kcat", "apt-get install -y kcat")
@@ -40,7 +41,7 @@ func TestClientNode(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "--test", "clients/node/test/")
 	cmd.Dir = repoRoot(t)
-	cmd.Env = append(os.Environ(), "TXSINK_SIDECAR_BIN="+sidecarBin, mysqltest.EnvDSN+"="+dsn)
+	cmd.Env = append(os.Environ(), "TXSINK_SIDECAR_BIN="+sidecarBin, "TXSINK_GROUPOFFSETS_BIN="+groupOffsetsBin(t), mysqltest.EnvDSN+"="+dsn)
 	res, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("node --test clients/node/test/: still running after 5 minutes\n%s", res)

@@ -80,6 +80,27 @@ export interface CommitResult {
   data_loss?: { [writer: string]: number[] };
 }
 
+/**
+ * Consumer-group offsets a checkpoint commits inside its transaction of the
+ * Kafka sink `sink` (AddOffsetsToTxn + TxnOffsetCommit): the group's
+ * committed offsets move exactly when the checkpoint's output commits.
+ */
+export interface Offsets {
+  /** The job's Kafka sink whose transaction carries the offsets. */
+  sink: string;
+  /** The consumer group id. */
+  group: string;
+  /** topic → partition → the next offset to consume. */
+  topics: { [topic: string]: { [partition: string]: number } };
+  /** KIP-447 fencing for an app that is a member of the group: its generation (omit or -1: none). */
+  generation?: number;
+  member_id?: string;
+  group_instance_id?: string;
+}
+
+/** Checks offsets and returns them as the request body carries them (partitions as strings); throws TypeError. */
+export declare function encodeOffsets(offsets: Offsets): Offsets;
+
 export interface Restored {
   /** The restored checkpoint (0: nothing to restore). */
   readonly checkpoint: number;
@@ -131,8 +152,12 @@ export declare class Writer {
   readonly seq: number;
   /** Appends records (NDJSON with the next seq) to the session's open transactions. */
   write(records: SinkRecord[]): Promise<WriteResult>;
-  /** Completes checkpoint n with state (bytes; a string is taken as UTF-8). */
-  checkpoint(n: number, state?: Uint8Array | string | null, opts?: { wait?: 'committed' | 'prepared' }): Promise<CheckpointResult>;
+  /**
+   * Completes checkpoint n with state (bytes; a string is taken as UTF-8) and/or
+   * opts.offsets, consumer-group offsets committed in the checkpoint's Kafka transaction.
+   */
+  checkpoint(n: number, state?: Uint8Array | string | null,
+    opts?: { wait?: 'committed' | 'prepared'; offsets?: Offsets }): Promise<CheckpointResult>;
 }
 
 export interface Problem {

@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/txsink/txsink/api"
 	"github.com/txsink/txsink/api/client"
 	"github.com/txsink/txsink/twopc"
 )
@@ -41,12 +42,15 @@ type countConfig struct {
 	crashAfter int64
 	pauseFile  string
 	tokenFile  string
+	offsets    string // "state": resume from the checkpoint state; "group": from the group's committed offsets
+	group      string // consumer group of --offsets group ("": the job name)
 }
 
 func defaultCountConfig() countConfig {
 	return countConfig{
 		sidecar: "http://127.0.0.1:8470", brokers: "127.0.0.1:9092", input: "clicks", output: "pageviews",
 		job: "pageviews", writers: 1, every: 500, interval: time.Second, giveUp: 2 * time.Minute,
+		offsets: offsetsState,
 	}
 }
 
@@ -67,8 +71,28 @@ func (c *countConfig) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.giveUp, "give-up", c.giveUp, "exit when the sidecar has failed every call for this long")
 	fs.Int64Var(&c.crashAfter, "crash-after", c.crashAfter, "demo a crash: exit 137 after sending the records of the first checkpoint past this many events, before checkpointing it")
 	fs.StringVar(&c.tokenFile, "token-file", c.tokenFile, "file holding the sidecar's bearer token (its token_file), sent on every call")
+	fs.StringVar(&c.offsets, "offsets", c.offsets, "where the input position lives: state (the checkpoint's state, restored with the session) or group (the consumer group --group's committed offsets, committed by the sidecar in each checkpoint's Kafka transaction; no state)")
+	fs.StringVar(&c.group, "group", c.group, "consumer group of --offsets group (default: the --job name)")
 	fs.StringVar(&c.pauseFile, "pause-file", c.pauseFile, "demo a slow app (make chaos uses it): when this file exists at a checkpoint, remove it and pause for the duration it holds (e.g. 7s) between sending the records and checkpointing")
 }
+
+// groupID is the consumer group of --offsets group: --group, else the job.
+func (c countConfig) groupID() string {
+	if c.group != "" {
+		return c.group
+	}
+	return c.job
+}
+
+// The two places the input position can live (--offsets).
+const (
+	offsetsState = "state" // the checkpoint's state, restored by the session
+	offsetsGroup = "group" // the consumer group's committed offsets (group.go)
+)
+
+// eventsSink is the Kafka sink the increments go to; in --offsets group
+// mode its transaction also commits the group's offsets.
+const eventsSink = "events"
 
 // state is what the app stores with each checkpoint: the next offset to read
 // of each of its input partitions. After a restart it resumes exactly there.
@@ -119,6 +143,13 @@ func retryable(err error) bool {
 func count(ctx context.Context, c countConfig, out io.Writer) error {
 	if c.writers < 1 || c.writer < 0 || c.writer >= c.writers || c.every < 1 {
 		return fmt.Errorf("count: want 0 <= --writer < --writers and --every >= 1")
+	}
+	switch c.offsets {
+	case offsetsState:
+	case offsetsGroup:
+		c.group = c.groupID()
+	default:
+		return fmt.Errorf("count: --offsets %q: want state or group", c.offsets)
 	}
 	var opts []client.Option
 	if c.tokenFile != "" {
@@ -225,7 +256,13 @@ func (a *app) session(ctx context.Context) (done bool, err error) {
 		return false, fmt.Errorf("open session: %w", err)
 	}
 	st := state{Topic: c.input, Offsets: map[string]int64{}}
-	if sess.State != nil {
+	switch {
+	case c.offsets == offsetsGroup && sess.State != nil:
+		// Resuming from the group instead would count the input again.
+		return false, fatal{fmt.Errorf("restored checkpoint %d carries a state: job %q was counted with --offsets state; run it that way, or count with --offsets group under another --job", sess.Checkpoint, c.job)}
+	case c.offsets == offsetsState && sess.Checkpoint > 0 && sess.State == nil:
+		return false, fatal{fmt.Errorf("restored checkpoint %d carries no state: job %q was counted with --offsets group (the position is in a consumer group); run it that way, or use another --job", sess.Checkpoint, c.job)}
+	case sess.State != nil:
 		if err := json.Unmarshal(sess.State, &st); err != nil {
 			return false, fatal{fmt.Errorf("restored state of checkpoint %d: %w (not ours?)", sess.Checkpoint, err)}
 		}
@@ -247,22 +284,33 @@ func (a *app) session(ctx context.Context) (done bool, err error) {
 	if err := ends.Error(); err != nil {
 		return false, fmt.Errorf("list %q: %w", c.input, err) // e.g. not created yet: retried
 	}
-	assign := map[int32]kgo.Offset{}
+	var parts []int32 // this writer's partitions
 	ends.Each(func(o kadm.ListedOffset) {
 		if o.Partition >= 0 && int(o.Partition)%c.writers == c.writer {
-			p := strconv.Itoa(int(o.Partition))
-			if _, ok := st.Offsets[p]; !ok {
-				st.Offsets[p] = 0
-			}
-			assign[o.Partition] = kgo.NewOffset().At(st.Offsets[p])
+			parts = append(parts, o.Partition)
 		}
 	})
-	if len(assign) == 0 {
+	if len(parts) == 0 {
 		return false, fmt.Errorf("topic %q has no partition for writer %d of %d", c.input, c.writer, c.writers)
 	}
+	from := "state"
+	if c.offsets == offsetsGroup {
+		if st.Offsets, err = a.groupOffsets(ctx, adm, sess.Checkpoint, parts); err != nil {
+			return false, err // retried: a new session, a new look at the group
+		}
+		from = fmt.Sprintf("group %q's committed", c.group)
+	}
+	assign := map[int32]kgo.Offset{}
+	for _, part := range parts {
+		p := strconv.Itoa(int(part))
+		if _, ok := st.Offsets[p]; !ok {
+			st.Offsets[p] = 0
+		}
+		assign[part] = kgo.NewOffset().At(st.Offsets[p])
+	}
 	kc.AddConsumePartitions(map[string]map[int32]kgo.Offset{c.input: assign})
-	fmt.Fprintf(a.out, "writer %s: session epoch %d, resuming after checkpoint %d at offsets %v (at %s)\n",
-		a.name, sess.Epoch, sess.Checkpoint, st.Offsets, a.cl.Endpoint())
+	fmt.Fprintf(a.out, "writer %s: session epoch %d, resuming after checkpoint %d at %s offsets %v (at %s)\n",
+		a.name, sess.Epoch, sess.Checkpoint, from, st.Offsets, a.cl.Endpoint())
 
 	s := &counting{app: a, epoch: sess.Epoch, next: sess.Checkpoint + 1, pos: st, from: copyOffsets(st.Offsets),
 		views: map[string]int64{}, lastCkpt: time.Now()}
@@ -354,7 +402,7 @@ func (s *counting) checkpoint(ctx context.Context) error {
 		v := s.views[appName]
 		inc := increment{App: appName, Views: v, Job: c.job, Writer: s.name, Checkpoint: s.next, Topic: c.input,
 			From: s.from, To: s.pos.Offsets}
-		if err := enc.Encode(map[string]any{"sink": "events", "topic": c.output, "key": appName, "value": inc}); err != nil {
+		if err := enc.Encode(map[string]any{"sink": eventsSink, "topic": c.output, "key": appName, "value": inc}); err != nil {
 			return err
 		}
 		if err := enc.Encode(map[string]any{"sink": "db", "stmt": "upsert_pv", "args": []any{appName, v}}); err != nil {
@@ -386,11 +434,16 @@ func (s *counting) checkpoint(ctx context.Context) error {
 		fmt.Fprintf(s.out, "writer %s: simulating a crash: the records of checkpoint %d are sent, not checkpointed (exit 137)\n", s.name, s.next)
 		os.Exit(137)
 	}
-	st, err := json.Marshal(s.pos)
-	if err != nil {
+	var err error
+	req := api.CheckpointRequest{Wait: twopc.WaitCommitted}
+	if c.offsets == offsetsGroup {
+		// No state: the sidecar commits the position as the group's
+		// offsets in this checkpoint's transaction of the Kafka sink.
+		req.Offsets = s.groupCommit()
+	} else if req.State, err = json.Marshal(s.pos); err != nil {
 		return err
 	}
-	res, err := s.cl.Checkpoint(ctx, c.job, s.name, s.epoch, s.next, st, twopc.WaitCommitted)
+	res, err := s.cl.CheckpointWith(ctx, c.job, s.name, s.epoch, s.next, req)
 	if paused > 0 {
 		var outcome string
 		if err != nil {

@@ -12,11 +12,14 @@
 // in the totals. The app passes its consumer offsets as the checkpoint state
 // and, after any restart, seeks to the offsets the sidecar gives back. So the
 // totals in MySQL equal the true counts however often the app, the sidecar
-// or the database is killed.
+// or the database is killed. With --offsets group it passes no state: each
+// checkpoint carries the offsets for a consumer group, which the sidecar
+// commits in the checkpoint's Kafka transaction, and the app resumes from
+// the group's committed offsets (group.go).
 //
 //	pageviews            generate up to --events clicks, count them all, print the expected totals
 //	pageviews generate   append numbered click events to "clicks"
-//	pageviews count      the counting app alone (resumes from its checkpoint state)
+//	pageviews count      the counting app alone (resumes from its checkpoint state, or --offsets group: its group's offsets)
 //
 // It talks to the sidecar only through its public HTTP API (api/client).
 package main
@@ -38,7 +41,7 @@ const usage = `usage: pageviews [command] [flags]
 commands:
   (none)     demo: generate up to --events clicks, count them all, print the expected totals
   generate   append numbered click events to the input topic
-  count      the counting app: resume from the sidecar's state, count, checkpoint
+  count      the counting app: resume from the sidecar's state (or the group's offsets), count, checkpoint
 
 Run "pageviews <command> -h" for the flags.
 `
@@ -134,5 +137,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
   mariadb txsink_dev -e "SELECT app, views FROM pv WHERE app LIKE 'app%%' ORDER BY app"
   kcat -C -b %s -t %s -X isolation.level=read_committed -e -f '%%k %%s\n'
 `, c.brokers, c.output)
+	if c.offsets == offsetsGroup {
+		fmt.Fprintf(stdout, "  go run ./internal/cmd/groupoffsets --brokers %s --group %s   # the group's committed offsets\n", c.brokers, c.groupID())
+	}
 	return nil
 }

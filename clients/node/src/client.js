@@ -372,13 +372,22 @@ export class Writer {
    * its records and the state become durable together. Resolves to the
    * result; status "committing" (202) means the commit decision is durable
    * and a sink has not confirmed yet (the sidecar finishes it).
+   *
+   * An app that reads its input from Kafka can pass `opts.offsets`
+   * (`{sink, group, topics: {topic: {partition: nextOffset}}}`, optional
+   * `generation`, `member_id`, `group_instance_id`) with or instead of
+   * state: the sidecar commits them as the consumer group's offsets inside
+   * this checkpoint's transaction of that Kafka sink, so they move exactly
+   * when the output commits. Resume from the group's committed offsets read
+   * with require_stable (examples/pageviews-go/group.go shows why).
    * @param {number} n greater than the last checkpoint
    * @param {Uint8Array|string|null} [state] bytes (a string is taken as UTF-8)
-   * @param {{wait?: 'committed'|'prepared'}} [opts]
+   * @param {{wait?: 'committed'|'prepared', offsets?: object}} [opts]
    */
   async checkpoint(n, state = null, opts = {}) {
     checkpointNumber(n, 'checkpoint', 1);
     const json = {};
+    if (opts.offsets !== undefined && opts.offsets !== null) json.offsets = encodeOffsets(opts.offsets);
     if (state !== null && state !== undefined) {
       let buf;
       if (typeof state === 'string') buf = Buffer.from(state, 'utf8');
@@ -425,6 +434,59 @@ function bytesToB64(r, i) {
     if (r[f + '_b64'] !== undefined) throw new TypeError(`txsink: record ${i} has both ${f} and ${f}_b64`);
     out[f + '_b64'] = Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
     delete out[f];
+  }
+  return out;
+}
+
+const OFFSETS_FIELDS = ['sink', 'group', 'topics', 'generation', 'member_id', 'group_instance_id'];
+const MAX_INT32 = 2147483647;
+
+/**
+ * Checks a checkpoint's offsets and returns the JSON body's form of them
+ * (partitions as strings). Throws a TypeError naming the bad part before
+ * anything is sent.
+ */
+export function encodeOffsets(o) {
+  const plain = (v) => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Map);
+  if (!plain(o)) throw new TypeError('txsink: offsets must be an object {sink, group, topics}');
+  const unknown = Object.keys(o).filter((k) => !OFFSETS_FIELDS.includes(k));
+  if (unknown.length) throw new TypeError(`txsink: offsets: unknown field(s) ${JSON.stringify(unknown)}; want ${JSON.stringify(OFFSETS_FIELDS)}`);
+  const out = {};
+  for (const f of ['sink', 'group']) {
+    if (typeof o[f] !== 'string' || o[f] === '') throw new TypeError(`txsink: offsets.${f} must be a non-empty string`);
+    out[f] = o[f];
+  }
+  if (!plain(o.topics) || Object.keys(o.topics).length === 0) {
+    throw new TypeError('txsink: offsets.topics must be a non-empty object {topic: {partition: offset}}');
+  }
+  out.topics = {};
+  for (const [topic, parts] of Object.entries(o.topics)) {
+    if (topic === '') throw new TypeError('txsink: offsets.topics: a topic must be a non-empty string');
+    if (!plain(parts) || Object.keys(parts).length === 0) {
+      throw new TypeError(`txsink: offsets.topics[${JSON.stringify(topic)}] must be a non-empty object {partition: offset}`);
+    }
+    const enc = {};
+    for (const [p, off] of Object.entries(parts)) {
+      if (!/^\d+$/.test(p) || Number(p) > MAX_INT32) {
+        throw new TypeError(`txsink: offsets.topics[${JSON.stringify(topic)}]: partition ${JSON.stringify(p)} is not a partition number`);
+      }
+      if (!Number.isSafeInteger(off) || off < 0) {
+        throw new TypeError(`txsink: offsets.topics[${JSON.stringify(topic)}][${p}]: offset must be an integer ≥ 0, got ${String(off)}`);
+      }
+      enc[String(Number(p))] = off;
+    }
+    out.topics[topic] = enc;
+  }
+  if (o.generation !== undefined && o.generation !== null) {
+    if (!Number.isInteger(o.generation) || o.generation < -1 || o.generation > MAX_INT32) {
+      throw new TypeError('txsink: offsets.generation must be an integer (-1: none)');
+    }
+    out.generation = o.generation;
+  }
+  for (const f of ['member_id', 'group_instance_id']) {
+    if (o[f] === undefined || o[f] === null) continue;
+    if (typeof o[f] !== 'string') throw new TypeError(`txsink: offsets.${f} must be a string`);
+    if (o[f] !== '') out[f] = o[f];
   }
   return out;
 }

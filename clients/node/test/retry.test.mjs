@@ -193,3 +193,33 @@ test('guarantee goes in the PUT body only when given; a non-string throws before
   c.close();
   await s.close();
 });
+
+test('checkpoint offsets go out as {sink, group, topics}; bad ones throw before anything is sent', async () => {
+  const s = await sidecarStub(() => [200, JSON_H, { checkpoint: 4, status: 'committed', branches: [] }]);
+  const c = new Client({ url: s.url });
+  const w = await (await c.job('j')).writer('0');
+  await w.checkpoint(4, null, { offsets: { sink: 'events', group: 'g', topics: { clicks: { 0: 500, '1': 480 } } } });
+  assert.deepEqual(JSON.parse(s.calls.at(-1).body),
+    { offsets: { sink: 'events', group: 'g', topics: { clicks: { 0: 500, 1: 480 } } } });
+  const sent = s.calls.length;
+  const good = { sink: 'events', group: 'g', topics: { t: { 0: 1 } } };
+  for (const [name, offsets, msg] of [
+    ['not an object', [1], /offsets must be an object/],
+    ['unknown field', { ...good, group_id: 'g' }, /unknown field\(s\) \["group_id"\]/],
+    ['no sink', { group: 'g', topics: { t: { 0: 1 } } }, /offsets.sink must be a non-empty string/],
+    ['empty group', { ...good, group: '' }, /offsets.group must be a non-empty string/],
+    ['no topics', { ...good, topics: {} }, /offsets.topics must be a non-empty object/],
+    ['no partitions', { ...good, topics: { t: {} } }, /offsets.topics\["t"\] must be a non-empty object/],
+    ['bad partition', { ...good, topics: { t: { x: 1 } } }, /partition "x" is not a partition number/],
+    ['negative offset', { ...good, topics: { t: { 0: -5 } } }, /offset must be an integer ≥ 0/],
+    ['fractional offset', { ...good, topics: { t: { 0: 1.5 } } }, /offset must be an integer ≥ 0/],
+    ['bad generation', { ...good, generation: '1' }, /offsets.generation must be an integer/],
+    ['bad member_id', { ...good, member_id: 3 }, /offsets.member_id must be a string/],
+  ]) {
+    await assert.rejects(w.checkpoint(5, null, { offsets }), (err) => err instanceof TypeError && msg.test(err.message), name);
+  }
+  assert.equal(s.calls.length, sent, 'nothing sent for bad offsets');
+  assert.equal(w.lastCheckpoint, 4);
+  c.close();
+  await s.close();
+});

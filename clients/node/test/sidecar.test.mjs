@@ -10,7 +10,7 @@ import {
   Client, SessionError, SessionLost, SessionFenced, SinkFailure, SessionConflict, RecordRejected, BadRequest,
   Unauthorized, isReopen,
 } from '../src/index.js';
-import { DevSidecar, kcat, mariadb, rid, counts, run, REPO } from '../testutil/sidecar.mjs';
+import { DevSidecar, kcat, mariadb, rid, counts, run, REPO, groupOffsets } from '../testutil/sidecar.mjs';
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -267,6 +267,56 @@ test('crash contract: kill -9 between a write and a checkpoint, resume from the 
   // The new session fenced the crashed one's epoch.
   await assert.rejects(oldWriter.write(records(topic, ['late'])),
     (err) => err instanceof SessionFenced && err.status === 409);
+  expectOnce(await kafkaKeys(topic), events, 'kafka (kcat, read_committed)');
+  expectOnce(await dbKeys(id), events, 'mysql (mariadb CLI)');
+  c.close();
+});
+
+test('checkpoint offsets: the group resumes the input, exactly with the output, across a kill -9', async () => {
+  // The app keeps its input position in a consumer group, not in the
+  // state: every checkpoint carries {sink, group, topics}, and after the
+  // kill it resumes from the group's committed offsets, read by an
+  // independent reader (groupOffsets: internal/cmd/groupoffsets,
+  // require_stable).
+  const id = rid();
+  const topic = 'node-offsets-' + id;
+  const group = 'node-group-' + id;
+  const events = Array.from({ length: 30 }, (_, i) => `${id}-${i + 1}`);
+  const every = 10;
+  const committed = async () => (await groupOffsets(sc.kafkaAddr, group))[topic]?.['0'] ?? 0;
+  const c = new Client({ url: sc.url });
+  const job = await c.job('node-offsets-' + id, { commit: 'auto' });
+  let killed = false;
+  let reopened = 0;
+  let w = await job.writer('0');
+  for (;;) {
+    let pos = await committed();
+    assert.equal(pos, w.restored.checkpoint * every, 'the group holds the position of the restored checkpoint');
+    assert.equal(w.state, null, 'no state was sent');
+    try {
+      while (pos < events.length) {
+        const batch = events.slice(pos, pos + every);
+        await w.write(records(topic, batch));
+        if (!killed && pos === every) {
+          killed = true; // written, not checkpointed: the group must not move
+          await sc.kill9();
+        }
+        const end = pos + batch.length;
+        await w.checkpoint(w.lastCheckpoint + 1, null, { offsets: { sink: 'events', group, topics: { [topic]: { 0: end } } } });
+        pos = end;
+        assert.equal(await committed(), pos, `group offsets after checkpoint ${w.lastCheckpoint}`);
+      }
+      break;
+    } catch (err) {
+      if (!isReopen(err)) throw err;
+      reopened++;
+      assert.ok(reopened <= 1, 'reopened more than once');
+      const restart = sc.start();
+      w = await job.writer('0');
+      await restart;
+    }
+  }
+  assert.ok(killed && reopened === 1);
   expectOnce(await kafkaKeys(topic), events, 'kafka (kcat, read_committed)');
   expectOnce(await dbKeys(id), events, 'mysql (mariadb CLI)');
   c.close();

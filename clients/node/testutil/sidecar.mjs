@@ -186,6 +186,22 @@ export async function kcat(kafkaAddr, topic) {
   });
 }
 
+/**
+ * The consumer group's committed offsets, {topic: {partition: nextOffset}}, read by an
+ * independent reader: kcat cannot show group offsets, so this runs the repository's tiny Go
+ * reader (internal/cmd/groupoffsets: franz-go's kadm with require_stable, so offsets in an open
+ * transaction are waited for, never reported as committed) from TXSINK_GROUPOFFSETS_BIN.
+ */
+export async function groupOffsets(kafkaAddr, group) {
+  const bin = process.env.TXSINK_GROUPOFFSETS_BIN;
+  if (!bin) {
+    throw new Error('TXSINK_GROUPOFFSETS_BIN is not set: build it with `go build -o /tmp/groupoffsets ' +
+      './internal/cmd/groupoffsets` at the repository root and set TXSINK_GROUPOFFSETS_BIN=/tmp/groupoffsets ' +
+      '(`go test ./systemtest -run Node` does both)');
+  }
+  return JSON.parse(await run(bin, ['--brokers', kafkaAddr, '--group', group], 60000));
+}
+
 /** The mariadb CLI's arguments for a Go-style DSN (user[:pass]@unix(path)/ or @tcp(host:port)/). */
 export function mariadbArgs(dsn) {
   const m = /^([^:@]*)(?::([^@]*))?@(unix|tcp)\(([^)]*)\)\//.exec(dsn);

@@ -13,6 +13,7 @@ and then runs `sidecar dev --stop-broker` for its data dir.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -103,6 +104,27 @@ def kcat_keys(broker: str, topic: str) -> List[str]:
     if out.returncode != 0:
         raise RuntimeError(f"kcat: exit {out.returncode}: {out.stderr}")
     return [line for line in out.stdout.splitlines() if line]
+
+
+def group_offsets(broker: str, group: str) -> Dict[str, Dict[str, int]]:
+    """The consumer group's committed offsets, {topic: {partition: next offset}}, read by an independent reader.
+
+    The standard library has no Kafka client and kcat cannot show group
+    offsets, so this runs the repository's tiny Go reader
+    (internal/cmd/groupoffsets, franz-go's kadm with require_stable: offsets
+    in an open transaction are waited for, never reported as committed)
+    from $TXSINK_GROUPOFFSETS_BIN.
+    """
+    path = os.environ.get("TXSINK_GROUPOFFSETS_BIN", "")
+    if not path or not os.access(path, os.X_OK):
+        raise RuntimeError(
+            f"TXSINK_GROUPOFFSETS_BIN={path!r} is not an executable: build it from the repository root with "
+            "`go build -o /tmp/groupoffsets ./internal/cmd/groupoffsets` and set TXSINK_GROUPOFFSETS_BIN=/tmp/groupoffsets "
+            "(`go test ./systemtest -run Python` does both)")
+    out = subprocess.run([path, "--brokers", broker, "--group", group], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"groupoffsets: exit {out.returncode}: {out.stderr}")
+    return json.loads(out.stdout)
 
 
 class DevSidecar:

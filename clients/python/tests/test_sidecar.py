@@ -183,6 +183,54 @@ class SidecarTest(unittest.TestCase):
             self.assertEqual((first.status, again.status), ("committed", "committed"))
         self.assertEqual(harness.kcat_keys(self.dev.kafka_addr, rid), ["k"])
 
+    # A checkpoint's offsets become the consumer group's committed offsets
+    # exactly when the output commits. They are read back by an independent
+    # reader (harness.group_offsets: internal/cmd/groupoffsets, require_stable).
+
+    def test_checkpoint_offsets_commit_with_the_output(self):
+        rid = run_id()
+        group = "g-" + rid
+        offsets = lambda n: {"sink": "events", "group": group, "topics": {rid: {0: n}}}  # noqa: E731
+        job = self.client("tcp").job(rid, commit="auto", sinks=["events", "db"])
+        with job.writer("0") as w:
+            w.write([{"sink": "events", "topic": rid, "key": "a", "value": 1}])
+            # Offsets for a sink that cannot take them, or no sink of the job: 400, and nothing changes.
+            for sink, code in (("db", "invalid_request"), ("nosuch", "unknown_sink")):
+                with self.assertRaises(txsink.BadRequest) as cm:
+                    w.checkpoint(1, offsets={**offsets(1), "sink": sink})
+                self.assertEqual(cm.exception.code, code, cm.exception)
+            ck = w.checkpoint(1, offsets=offsets(1))
+            self.assertEqual((ck.checkpoint, ck.status), (1, "committed"))
+            self.assertEqual(harness.group_offsets(self.dev.kafka_addr, group), {rid: {"0": 1}})
+            w.write([{"sink": "events", "topic": rid, "key": "b", "value": 2}])
+            w.checkpoint(offsets=offsets(2), state=b"both")  # offsets and state together
+            self.assertEqual(harness.group_offsets(self.dev.kafka_addr, group), {rid: {"0": 2}})
+            w.write([{"sink": "events", "topic": rid, "key": "lost", "value": 3}])
+        # Reopening aborts what was written since checkpoint 2: no offsets moved, no record.
+        with job.writer("0") as w:
+            self.assertEqual((w.restored, w.state), (2, b"both"))
+        self.assertEqual(harness.group_offsets(self.dev.kafka_addr, group), {rid: {"0": 2}})
+        self.assertEqual(sorted(harness.kcat_keys(self.dev.kafka_addr, rid)), ["a", "b"])
+
+    def test_external_mode_offsets_move_on_commit_not_on_abort(self):
+        rid = run_id()
+        group = "g-" + rid
+        c = self.client()
+        job = c.job(rid, commit="external", sinks=["events"])
+        with job.writer("0") as w:
+            w.write([{"sink": "events", "topic": rid, "key": "a", "value": 1}])
+            self.assertEqual(w.checkpoint(1, offsets={"sink": "events", "group": group, "topics": {rid: {0: 1}}}).status,
+                             "prepared")
+            job.abort(1)
+            self.assertEqual(harness.group_offsets(self.dev.kafka_addr, group), {})
+        with job.writer("0") as w:
+            w.write([{"sink": "events", "topic": rid, "key": "b", "value": 2}])
+            # An aborted number is not reused: the next checkpoint is 2.
+            w.checkpoint(2, offsets={"sink": "events", "group": group, "topics": {rid: {0: 7}}})
+            job.commit(2)
+        self.assertEqual(harness.group_offsets(self.dev.kafka_addr, group), {rid: {"0": 7}})
+        self.assertEqual(harness.kcat_keys(self.dev.kafka_addr, rid), ["b"])
+
 
 class ReadmeTest(unittest.TestCase):
     """The example on the first screen of clients/python/README.md runs as printed and does what it says."""

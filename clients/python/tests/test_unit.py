@@ -161,6 +161,12 @@ class RetryTest(unittest.TestCase):
         self.assertEqual((res.checkpoint, res.http_status, w.last_checkpoint), (3, 202, 3))
         self.assertEqual(json.loads(stub.requests[1]["body"]), {"state": "cA=="})
 
+    def test_checkpoint_with_offsets_sends_them_and_no_state(self):
+        stub, w = self.run_script([SESSION, (200, {"checkpoint": 3, "status": "committed", "branches": []}, {})])
+        w.checkpoint(offsets={"sink": "events", "group": "g", "topics": {"clicks": {0: 500, "1": 480}}})
+        self.assertEqual(json.loads(stub.requests[1]["body"]),
+                         {"offsets": {"sink": "events", "group": "g", "topics": {"clicks": {"0": 500, "1": 480}}}})
+
     def test_data_loss_on_open_carries_the_session(self):
         stub = Stub([(200, {"epoch": 3, "checkpoint": 2, "state": None, "status": "data_loss", "data_loss": [2]},
                       {})])
@@ -250,6 +256,31 @@ class BadInputTest(unittest.TestCase):
             self.w.checkpoint(1, state=42)  # type: ignore[arg-type]
         with self.assertRaisesRegex(ValueError, "wait must be"):
             self.w.checkpoint(1, wait="soon")
+
+    def test_offsets(self):
+        good = {"sink": "events", "group": "g", "topics": {"t": {0: 1}}}
+        cases = [
+            ("not a dict", [("t", 0, 1)], TypeError, "offsets must be a dict"),
+            ("unknown field", {**good, "group_id": "g"}, ValueError, r"unknown field\(s\) \['group_id'\]"),
+            ("no sink", {"group": "g", "topics": {"t": {0: 1}}}, ValueError, "offsets.sink must be a non-empty string"),
+            ("empty group", {**good, "group": ""}, ValueError, "offsets.group must be a non-empty string"),
+            ("no topics", {**good, "topics": {}}, ValueError, "offsets.topics must be a non-empty dict"),
+            ("no partitions", {**good, "topics": {"t": {}}}, ValueError, r"offsets.topics\['t'\] must be a non-empty dict"),
+            ("bad partition", {**good, "topics": {"t": {"x": 1}}}, ValueError, "partition 'x' is not a partition number"),
+            ("negative partition", {**good, "topics": {"t": {-1: 1}}}, ValueError, "partition -1 is not"),
+            ("negative offset", {**good, "topics": {"t": {0: -5}}}, ValueError, "offset must be an int >= 0"),
+            ("float offset", {**good, "topics": {"t": {0: 1.5}}}, ValueError, "offset must be an int >= 0"),
+            ("bool offset", {**good, "topics": {"t": {0: True}}}, ValueError, "offset must be an int >= 0"),
+            ("bad generation", {**good, "generation": "1"}, ValueError, "offsets.generation must be an int"),
+            ("bad member_id", {**good, "member_id": 3}, ValueError, "offsets.member_id must be a string"),
+        ]
+        for name, offs, exc, msg in cases:
+            with self.subTest(name):
+                with self.assertRaisesRegex(exc, msg):
+                    self.w.checkpoint(1, offsets=offs)  # type: ignore[arg-type]
+        self.assertEqual(self.w.last_checkpoint, 0)
+        self.assertEqual(txsink.encode_offsets({**good, "generation": 4, "member_id": "m", "group_instance_id": ""}),
+                         {"sink": "events", "group": "g", "topics": {"t": {"0": 1}}, "generation": 4, "member_id": "m"})
 
     def test_bytes_become_b64(self):
         body = txsink.encode_records([{"sink": "events", "key": b"\x00k", "value": b"\xff"}, {"value": {"n": 1}}])

@@ -24,6 +24,7 @@ from .client import (
     Session,
     WriteResult,
     Writer,
+    encode_offsets,
     encode_records,
 )
 from . import errors as _errors
@@ -40,4 +41,5 @@ __all__ = [
     "WriteResult",
     "CheckpointResult",
     "encode_records",
+    "encode_offsets",
 ] + [n for n in _errors.__all__ if n != "error_from_problem"]

@@ -40,7 +40,7 @@ from .errors import (
     error_from_problem,
 )
 
-__all__ = ["Client", "Job", "Writer", "Session", "WriteResult", "CheckpointResult", "DEFAULT_ADDR"]
+__all__ = ["Client", "Job", "Writer", "Session", "WriteResult", "CheckpointResult", "DEFAULT_ADDR", "encode_offsets"]
 
 #: Where the sidecar listens by default (`make run`, `sidecar run`).
 DEFAULT_ADDR = "http://127.0.0.1:8470"
@@ -419,6 +419,64 @@ def _b64(b: StateLike) -> str:
     return base64.b64encode(bytes(b)).decode("ascii")
 
 
+_OFFSETS_FIELDS = ("sink", "group", "topics", "generation", "member_id", "group_instance_id")
+_MAX_INT64 = (1 << 63) - 1
+
+
+def encode_offsets(offsets: Mapping[str, Any]) -> Dict[str, Any]:
+    """Checks a checkpoint's ``offsets`` and returns them as the JSON body wants them.
+
+    ``offsets`` is a mapping ``{"sink": <Kafka sink>, "group": <group id>,
+    "topics": {<topic>: {<partition>: <next offset>}}}`` with optional
+    ``generation`` (int), ``member_id`` and ``group_instance_id`` (str) for an
+    app that is a member of the group (KIP-447). Partitions may be ints or
+    digit strings; they are sent as strings. Raises TypeError/ValueError
+    naming the bad part, before anything is sent.
+    """
+    if not isinstance(offsets, Mapping):
+        raise TypeError(f"txsink: offsets must be a dict, got {type(offsets).__name__}")
+    unknown = sorted(set(offsets) - set(_OFFSETS_FIELDS))
+    if unknown:
+        raise ValueError(f"txsink: offsets: unknown field(s) {unknown}; want {list(_OFFSETS_FIELDS)}")
+    out: Dict[str, Any] = {}
+    for f in ("sink", "group"):
+        v = offsets.get(f)
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"txsink: offsets.{f} must be a non-empty string, got {v!r}")
+        out[f] = v
+    topics = offsets.get("topics")
+    if not isinstance(topics, Mapping) or not topics:
+        raise ValueError(f"txsink: offsets.topics must be a non-empty dict topic -> {{partition: offset}}, got {topics!r}")
+    out["topics"] = {}
+    for topic, parts in topics.items():
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"txsink: offsets.topics: a topic must be a non-empty string, got {topic!r}")
+        if not isinstance(parts, Mapping) or not parts:
+            raise ValueError(f"txsink: offsets.topics[{topic!r}] must be a non-empty dict partition -> offset, got {parts!r}")
+        enc: Dict[str, int] = {}
+        for p, off in parts.items():
+            if isinstance(p, bool) or not ((isinstance(p, int) and 0 <= p <= 2147483647)
+                                           or (isinstance(p, str) and p.isdigit() and int(p) <= 2147483647)):
+                raise ValueError(f"txsink: offsets.topics[{topic!r}]: partition {p!r} is not a partition number")
+            if isinstance(off, bool) or not isinstance(off, int) or not 0 <= off <= _MAX_INT64:
+                raise ValueError(f"txsink: offsets.topics[{topic!r}][{p!r}]: offset must be an int >= 0, got {off!r}")
+            enc[str(int(p))] = off
+        out["topics"][topic] = enc
+    gen = offsets.get("generation")
+    if gen is not None:
+        if isinstance(gen, bool) or not isinstance(gen, int) or not -1 <= gen <= 2147483647:
+            raise ValueError(f"txsink: offsets.generation must be an int (-1: none), got {gen!r}")
+        out["generation"] = gen
+    for f in ("member_id", "group_instance_id"):
+        v = offsets.get(f)
+        if v is not None:
+            if not isinstance(v, str):
+                raise ValueError(f"txsink: offsets.{f} must be a string, got {v!r}")
+            if v:
+                out[f] = v
+    return out
+
+
 def encode_records(records: Iterable[Record]) -> bytes:
     """Encodes records as NDJSON, one JSON object a line.
 
@@ -622,11 +680,18 @@ class Writer:
                            duplicate=bool(out.get("duplicate")))
 
     def checkpoint(self, n: Optional[int] = None, state: Optional[StateLike] = None,
-                   wait: Optional[str] = None) -> CheckpointResult:
+                   wait: Optional[str] = None, offsets: Optional[Mapping[str, Any]] = None) -> CheckpointResult:
         """Completes checkpoint n (default: the last one + 1) with state, e.g. the input position.
 
         Everything written since the previous checkpoint commits together
-        with state. Returns when it committed (``status == "committed"``) or
+        with state. An app that reads its input from Kafka can pass, instead
+        of (or with) state, ``offsets={"sink": "events", "group": "my-group",
+        "topics": {"clicks": {0: 500, 1: 480}}}`` (next offset per
+        partition; see :func:`encode_offsets`): the sidecar commits them as
+        the consumer group's offsets inside this checkpoint's transaction of
+        that Kafka sink, so they move exactly when the output commits. Resume
+        from the group's committed offsets read with require_stable (see
+        examples/pageviews-go/group.go). Returns when it committed (``status == "committed"``) or
         when the decision is durable and a sink has not confirmed yet
         (``committing``, HTTP 202: not an error, the sidecar finishes it);
         wait="prepared" returns once the decision is durable. In external
@@ -640,8 +705,10 @@ class Writer:
         _check_n(n)
         if wait not in (None, "committed", "prepared"):
             raise ValueError(f"txsink: wait must be 'committed' or 'prepared', got {wait!r}")
-        s = self.session
         body: Dict[str, Any] = {}
+        if offsets is not None:
+            body["offsets"] = encode_offsets(offsets)
+        s = self.session
         if state is not None:
             body["state"] = _b64(state)
         if wait is not None:

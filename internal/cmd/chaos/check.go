@@ -22,6 +22,8 @@ import (
 	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/txsink/txsink/internal/kafkatest"
 )
 
 // xaFormatID is txsink's XA formatID ("txs1"); see sinks/mysql/DESIGN.md.
@@ -82,7 +84,10 @@ func createSchema(ctx context.Context, serverDSN string) (string, error) {
 
 // check runs every check; wantEvents and wantPartitions are what the driver
 // had generated, so that a short read of the input cannot pass as the truth.
-func check(ctx context.Context, out io.Writer, brokers, dsn string, wantEvents int64, wantPartitions int) (result, error) {
+// groupParts are the input partitions whose apps ran with --offsets group
+// (consumer group `group`): their committed offsets must equal what the
+// output counted; the other partitions must have none.
+func check(ctx context.Context, out io.Writer, brokers, dsn string, wantEvents int64, wantPartitions int, group string, groupParts map[int32]bool) (result, error) {
 	var res result
 	problem := func(format string, args ...any) {
 		res.problems = append(res.problems, fmt.Sprintf(format, args...))
@@ -124,6 +129,25 @@ func check(ctx context.Context, out io.Writer, brokers, dsn string, wantEvents i
 			} else {
 				fmt.Fprintf(out, "check: kafka pageviews (read_committed, kcat): the same %d records\n", len(kc))
 			}
+		}
+	}
+
+	// 2c. The consumer group's committed offsets (--offsets group apps):
+	// read with require_stable, so offsets in an open transaction fail the
+	// check instead of passing as committed.
+	if len(groupParts) > 0 {
+		committed, err := kafkatest.GroupOffsets(ctx, brokers, group, 10*time.Second)
+		if err != nil {
+			problem("group offsets: %v", err)
+		} else {
+			probs, line := compareGroupOffsets(group, cv.counted, committed["clicks"], groupParts, cv.partitions)
+			res.problems = append(res.problems, probs...)
+			for t := range committed {
+				if t != "clicks" {
+					problem("group %q has committed offsets of topic %q, want only clicks", group, t)
+				}
+			}
+			fmt.Fprintf(out, "check: %s\n", line)
 		}
 	}
 
@@ -169,6 +193,7 @@ type covered struct {
 	missing      int64            // input events no output record counts
 	duplicated   int64            // extra counts of input events counted more than once
 	firstMissing []string         // a few missing events, partition/offset
+	counted      map[int32]int64  // partition -> end of the furthest input range the output counts
 	problems     []string
 }
 
@@ -178,7 +203,7 @@ type covered struct {
 // increment's views must equal their number. Every input event must end up
 // counted exactly once.
 func coverage(input, output []rec) covered {
-	cv := covered{truth: map[string]int64{}}
+	cv := covered{truth: map[string]int64{}, counted: map[int32]int64{}}
 	problem := func(format string, args ...any) {
 		cv.problems = append(cv.problems, fmt.Sprintf(format, args...))
 	}
@@ -226,6 +251,7 @@ func coverage(input, output []rec) covered {
 				problem("output %d/%d: range %s:[%d,%d) is not in the input", r.partition, r.offset, ps, inc.From[ps], to)
 				continue
 			}
+			cv.counted[p] = max(cv.counted[p], to)
 			for off := inc.From[ps]; off < to; off++ {
 				if apps[p][off] == inc.App {
 					cover[p][off]++
@@ -258,6 +284,38 @@ func coverage(input, output []rec) covered {
 		}
 	}
 	return cv
+}
+
+// compareGroupOffsets compares the group's committed offsets of the input
+// with what the output counted: for a partition of a --offsets group app
+// they must be equal (an offset beyond it would skip events after a
+// restart, one short of it would count events twice); a partition of a
+// --offsets state app must have none. line sums it up.
+func compareGroupOffsets(group string, counted, committed map[int32]int64, groupParts map[int32]bool, partitions int) (problems []string, line string) {
+	var equal, events int64
+	for p := range int32(max(partitions, len(groupParts))) {
+		c, ok := committed[p]
+		switch {
+		case !groupParts[p] && ok:
+			problems = append(problems, fmt.Sprintf("group %q: partition %d (an --offsets state app's) has a committed offset %d, want none", group, p, c))
+		case !groupParts[p]:
+		case !ok:
+			problems = append(problems, fmt.Sprintf("group %q: partition %d has no committed offset, the output counts [0,%d)", group, p, counted[p]))
+		case c != counted[p]:
+			problems = append(problems, fmt.Sprintf("group %q: partition %d committed offset %d, the output counts [0,%d)", group, p, c, counted[p]))
+		default:
+			equal++
+			events += c
+		}
+	}
+	for p, c := range committed {
+		if p < 0 || int(p) >= max(partitions, len(groupParts)) {
+			problems = append(problems, fmt.Sprintf("group %q: committed offset %d of partition %d, which the input does not have", group, c, p))
+		}
+	}
+	line = fmt.Sprintf("group %q committed offsets (require_stable): %d/%d partitions of --offsets group apps equal the events the output counted (%d events)",
+		group, equal, len(groupParts), events)
+	return problems, line
 }
 
 // compareTotals compares the pv table with the true counts: views short of

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -99,6 +100,49 @@ func TestCompareTotals(t *testing.T) {
 			m, d, _ := compareTotals(truth, tt.got)
 			if m != tt.missing || d != tt.dup {
 				t.Errorf("got %d missing, %d duplicated; want %d, %d", m, d, tt.missing, tt.dup)
+			}
+		})
+	}
+}
+
+// TestCountedOffsets: the output's furthest range per partition is what the
+// group's offsets are compared with.
+func TestCountedOffsets(t *testing.T) {
+	in := clicksOf(8)
+	cv := coverage(in, []rec{inc(t, 1, "a", 2, "0", 0, 2), inc(t, 2, "a", 1, "0", 2, 3), inc(t, 1, "b", 2, "1", 0, 2)})
+	if cv.counted[0] != 3 || cv.counted[1] != 2 || len(cv.counted) != 2 {
+		t.Fatalf("counted %v, want map[0:3 1:2]", cv.counted)
+	}
+}
+
+// TestCompareGroupOffsets: the group check fails for an offset ahead of or
+// behind the output, a missing one, one of a state app's partition and one
+// of a partition the input lacks.
+func TestCompareGroupOffsets(t *testing.T) {
+	counted := map[int32]int64{0: 10, 1: 20, 2: 30, 3: 40}
+	odd := map[int32]bool{1: true, 3: true} // CHAOS_OFFSETS=mixed with 2 apps
+	all := map[int32]bool{0: true, 1: true, 2: true, 3: true}
+	for _, tt := range []struct {
+		name      string
+		committed map[int32]int64
+		parts     map[int32]bool
+		problems  int
+	}{
+		{"mixed, exact", map[int32]int64{1: 20, 3: 40}, odd, 0},
+		{"group, exact", map[int32]int64{0: 10, 1: 20, 2: 30, 3: 40}, all, 0},
+		{"ahead", map[int32]int64{1: 21, 3: 40}, odd, 1},
+		{"behind", map[int32]int64{1: 20, 3: 39}, odd, 1},
+		{"missing", map[int32]int64{1: 20}, odd, 1},
+		{"a state app's partition", map[int32]int64{0: 10, 1: 20, 3: 40}, odd, 1},
+		{"a partition the input lacks", map[int32]int64{0: 10, 1: 20, 2: 30, 3: 40, 4: 1}, all, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			probs, line := compareGroupOffsets("g", counted, tt.committed, tt.parts, 4)
+			if len(probs) != tt.problems {
+				t.Errorf("problems %q, want %d", probs, tt.problems)
+			}
+			if tt.problems == 0 && !strings.Contains(line, fmt.Sprintf("%d/%d partitions", len(tt.parts), len(tt.parts))) {
+				t.Errorf("line %q does not say every partition matched", line)
 			}
 		})
 	}

@@ -26,6 +26,17 @@
 //
 // and it exits non-zero when any of the last three is not 0.
 //
+// CHAOS_OFFSETS=group runs every app with --offsets group: no checkpoint
+// state, the input position is the consumer group "pageviews"'s offsets,
+// which the sidecar commits in each checkpoint's Kafka transaction, and a
+// restarted app resumes from them (read with require_stable); mixed runs
+// the odd apps that way and the even ones with state (the default, state,
+// runs all with state). The checker then also reads the group's committed
+// offsets (require_stable; internal/kafkatest.GroupOffsets) and requires,
+// per input partition of a group app, that they equal the end of the
+// furthest input range the output counted, and no offsets of a state app's
+// partitions.
+//
 // CHAOS_MODE=dev runs `sidecar dev` instead (with --mysql-dsn on the
 // private mariadbd, so the pv table is txsink_dev.pv there): the broker is
 // the one dev starts as a process of its own, and kill -9 of the sidecar
@@ -96,11 +107,18 @@ type config struct {
 	writers int
 	nodes   int      // sidecar nodes: 1, or a cluster of 3 or more
 	faults  []string // kinds of fault the rounds choose from
+	offsets string   // where the apps keep their input position: state, group or mixed
 	keep    bool
 }
 
 func configFromEnv() (c config, err error) {
-	c = config{mode: "run", rounds: 20, rate: 1000, writers: 2, nodes: 1, seed: uint64(time.Now().UnixNano())}
+	c = config{mode: "run", rounds: 20, rate: 1000, writers: 2, nodes: 1, offsets: "state", seed: uint64(time.Now().UnixNano())}
+	if o := os.Getenv("CHAOS_OFFSETS"); o != "" {
+		if o != "state" && o != "group" && o != "mixed" {
+			return c, fmt.Errorf("CHAOS_OFFSETS=%q: want state, group or mixed", o)
+		}
+		c.offsets = o
+	}
 	if m := os.Getenv("CHAOS_MODE"); m != "" {
 		if m != "run" && m != "dev" {
 			return c, fmt.Errorf("CHAOS_MODE=%q: want run or dev", m)
@@ -179,8 +197,8 @@ func run(ctx context.Context, cfg config, out io.Writer) int {
 	if cfg.nodes > 1 {
 		sidecar = fmt.Sprintf("%s, a cluster of %d nodes", cfg.mode, cfg.nodes)
 	}
-	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), sidecar %s, %d rounds, faults %s, %d events at %d/s, %d writers, work dir %s\n",
-		cfg.seed, cfg.seed, sidecar, cfg.rounds, strings.Join(cfg.faults, ","), cfg.events, cfg.rate, cfg.writers, dir)
+	fmt.Fprintf(out, "chaos: seed %d (CHAOS_SEED=%d repeats the choices), sidecar %s, %d rounds, faults %s, %d events at %d/s, %d writers (offsets in %s), work dir %s\n",
+		cfg.seed, cfg.seed, sidecar, cfg.rounds, strings.Join(cfg.faults, ","), cfg.events, cfg.rate, cfg.writers, cfg.offsets, dir)
 	res, err := func() (result, error) {
 		defer d.shutdown() // also on a panic: no process of ours outlives the run
 		return d.run(ctx)
@@ -276,7 +294,13 @@ func (d *driver) run(ctx context.Context) (result, error) {
 			return result{}, fmt.Errorf("restart the dev broker's data for the checker: %w", err)
 		}
 	}
-	res, err := check(ctx, d.out, d.brokers, d.dbDSN, int64(d.cfg.events), d.partitions())
+	groupParts := map[int32]bool{}
+	for p := range d.partitions() {
+		if d.groupApp(p % d.cfg.writers) {
+			groupParts[int32(p)] = true
+		}
+	}
+	res, err := check(ctx, d.out, d.brokers, d.dbDSN, int64(d.cfg.events), d.partitions(), job, groupParts)
 	if err != nil {
 		return result{}, fmt.Errorf("checker: %w", err)
 	}
@@ -394,16 +418,34 @@ func (d *driver) startAll(ctx context.Context) error {
 		return err
 	}
 	for i := range d.cfg.writers {
-		p := newProc(fmt.Sprintf("app-%d", i), filepath.Join(d.dir, fmt.Sprintf("app-%d.log", i)), filepath.Join(d.bin, "pageviews-go"),
+		argv := append([]string{filepath.Join(d.bin, "pageviews-go"),
 			"count", "--sidecar", d.appSidecar(i), "--brokers", d.brokers, "--job", job,
 			"--writer", strconv.Itoa(i), "--writers", strconv.Itoa(d.cfg.writers),
-			"--every", "100", "--interval", "0", "--exit-idle", "3s", "--give-up", "10m", "--pause-file", d.pauseFile(i))
+			"--every", "100", "--interval", "0", "--exit-idle", "3s", "--give-up", "10m", "--pause-file", d.pauseFile(i)},
+			d.offsetsArgs(i)...)
+		p := newProc(fmt.Sprintf("app-%d", i), filepath.Join(d.dir, fmt.Sprintf("app-%d.log", i)), argv...)
 		if err := p.start(); err != nil {
 			return err
 		}
 		d.apps = append(d.apps, p)
 	}
 	return nil
+}
+
+// groupApp reports whether app i keeps its input position in the consumer
+// group (pageviews-go --offsets group): all apps with CHAOS_OFFSETS=group,
+// the odd ones with mixed.
+func (d *driver) groupApp(i int) bool {
+	return d.cfg.offsets == "group" || (d.cfg.offsets == "mixed" && i%2 == 1)
+}
+
+// offsetsArgs are app i's flags for where it keeps its input position; the
+// group is the job's name, the app's default, spelled out for the checker.
+func (d *driver) offsetsArgs(i int) []string {
+	if d.groupApp(i) {
+		return []string{"--offsets", "group", "--group", job}
+	}
+	return []string{"--offsets", "state"}
 }
 
 // startBroker runs kafkabroker on d.brokers with dataDir and waits until it
