@@ -130,11 +130,12 @@ func TestUIStatusPage(t *testing.T) {
 	if m := s.row("members", leader); m == nil || m.cell(1) != "LEADER" || m.cell(3) != "reachable" {
 		t.Errorf("members row of %s: %+v, want it marked LEADER and reachable", leader, m)
 	}
-	if w := s.row("writers", "orders"); w == nil || w.Class != "in-doubt" || w.cell(2) != "w1" || w.cell(3) != fmt.Sprint(orders.Epoch) ||
-		w.cell(4) != leader || w.cell(5) != "none" || w.cell(6) != "IN DOUBT checkpoint 1" {
-		t.Errorf("writers row of orders: %+v, want w1, epoch %d, owner %s, nothing committed, highlighted IN DOUBT checkpoint 1", w, orders.Epoch, leader)
+	// Writers columns: job, commit, guarantee, writer, epoch, owner, last committed, in doubt.
+	if w := s.row("writers", "orders"); w == nil || w.Class != "in-doubt" || w.cell(2) != "exactly_once" || w.cell(3) != "w1" ||
+		w.cell(4) != fmt.Sprint(orders.Epoch) || w.cell(5) != leader || w.cell(6) != "none" || w.cell(7) != "IN DOUBT checkpoint 1" {
+		t.Errorf("writers row of orders: %+v, want exactly_once, w1, epoch %d, owner %s, nothing committed, highlighted IN DOUBT checkpoint 1", w, orders.Epoch, leader)
 	}
-	if w := s.row("writers", "clicks"); w == nil || w.Class != "data-loss" || w.cell(5) != "1 DATA LOSS" || w.cell(6) != "none" {
+	if w := s.row("writers", "clicks"); w == nil || w.Class != "data-loss" || w.cell(6) != "1 DATA LOSS" || w.cell(7) != "none" {
 		t.Errorf("writers row of clicks: %+v, want last committed 1 marked DATA LOSS, nothing in doubt (the loss is decided)", w)
 	}
 	cp := s.row("checkpoints", "orders", "w1", "1")
@@ -171,7 +172,7 @@ func TestUIStatusPage(t *testing.T) {
 	waitPage(t, bctx, "the commit of orders 1 to show", func(s pageState) bool {
 		w := s.row("writers", "orders")
 		cp := s.row("checkpoints", "orders", "w1", "1")
-		return w != nil && w.cell(5) == "1" && w.Class == "" && cp != nil && cp.cell(4) == "committed" &&
+		return w != nil && w.cell(6) == "1" && w.Class == "" && cp != nil && cp.cell(4) == "committed" &&
 			s.Summary == "1 checkpoint IN DOUBT, 1 checkpoint with DATA LOSS."
 	})
 
