@@ -12,6 +12,7 @@ import (
 
 	"github.com/txsink/txsink/internal/kafkatest"
 	"github.com/txsink/txsink/twopc"
+	"github.com/txsink/txsink/twopc/twopctest"
 )
 
 // benchBatch is the sidecar's typical write call: 1,000 records with a
@@ -128,17 +129,7 @@ func BenchmarkCheckpoint(b *testing.B) {
 		b.Run(fmt.Sprintf("exactly_once/records=%d", n), func(b *testing.B) {
 			for b.Loop() {
 				seq++
-				br, err := s.Begin(ctx, bid("eo", seq, 0))
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := br.Write(ctx, recs); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := br.Prepare(ctx); err != nil {
-					b.Fatal(err)
-				}
-				if err := br.Commit(ctx); err != nil {
+				if err := twopctest.CommitBranch(ctx, s, bid("eo", seq, 0), recs); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/txsink/txsink/internal/kafkatest"
 	"github.com/txsink/txsink/sinks/kafka"
 	"github.com/txsink/txsink/twopc"
+	"github.com/txsink/txsink/twopc/twopctest"
 )
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -477,17 +478,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatalf("Validate: %v", err)
 		}
 	}
-	b, err := s.Begin(ctx, bid("w0", 1, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Write(ctx, in); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Prepare(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Commit(ctx); err != nil {
+	if err := twopctest.CommitBranch(ctx, s, bid("w0", 1, 0), in); err != nil {
 		t.Fatal(err)
 	}
 	got := kafkatest.ReadCommitted(ctx, t, addr, "events", 3)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/txsink/txsink/internal/mysqltest"
 	"github.com/txsink/txsink/twopc"
+	"github.com/txsink/txsink/twopc/twopctest"
 )
 
 // The write path's cost against the real server, per 1,000-record call (the
@@ -105,17 +106,7 @@ func BenchmarkWrite(b *testing.B) {
 	cpu0 := cpuNow(b)
 	for i := 0; b.Loop(); i++ {
 		id := twopc.BranchID{Job: "bench", Writer: "w", Sink: "db", Epoch: 1, Seq: uint64(i + 1)}
-		br, err := s.Begin(ctx, id)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := br.Write(ctx, recs); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := br.Prepare(ctx); err != nil {
-			b.Fatal(err)
-		}
-		if err := br.Commit(ctx); err != nil {
+		if err := twopctest.CommitBranch(ctx, s, id, recs); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -204,17 +195,8 @@ func BenchmarkCheckpoint(b *testing.B) {
 		b.Run(fmt.Sprintf("exactly_once/rows=%d", n), func(b *testing.B) {
 			for b.Loop() {
 				seq++
-				br, err := s.Begin(ctx, twopc.BranchID{Job: "bench", Writer: "eo", Sink: "db", Epoch: 1, Seq: seq})
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := br.Write(ctx, recs); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := br.Prepare(ctx); err != nil {
-					b.Fatal(err)
-				}
-				if err := br.Commit(ctx); err != nil {
+				id := twopc.BranchID{Job: "bench", Writer: "eo", Sink: "db", Epoch: 1, Seq: seq}
+				if err := twopctest.CommitBranch(ctx, s, id, recs); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -664,3 +664,23 @@ var (
 	_ twopc.OffsetSink   = (*OffsetSink)(nil)
 	_ twopc.OffsetBranch = (*offsetBranch)(nil)
 )
+
+// CommitBranch runs one branch of s through its whole exactly-once life:
+// Begin, Write recs, Prepare, Commit. Sink tests and benchmarks use it
+// where the branch itself is not what they look at.
+func CommitBranch(ctx context.Context, s twopc.Sink, id twopc.BranchID, recs []*twopc.Record) error {
+	br, err := s.Begin(ctx, id)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := br.Write(ctx, recs); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if _, err := br.Prepare(ctx); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	if err := br.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
