@@ -186,21 +186,33 @@ func recordRejected(err error) bool {
 	return false
 }
 
-// Write produces recs asynchronously into the open transaction; produce
-// errors surface here on a later call, and at the latest in Prepare.
-func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
+// openClient is where every call that adds to the open transaction
+// (Write, AddOffsets) starts: the branch must be open, not past its
+// transaction timeout, without an earlier produce error, and its slot's
+// client must still be ours. what names the call in the error.
+func (b *branch) openClient(what string) (*kgo.Client, error) {
 	if b.state != stateOpen {
-		return b.failf("write to a branch that is not open")
+		return nil, b.failf("%s to a branch that is not open", what)
 	}
 	if err := b.Expired(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.firstErr(); err != nil {
-		return b.produceErr(err)
+		return nil, b.produceErr(err)
 	}
 	cl := b.s.client(b)
 	if cl == nil {
-		return b.failf("slot %s was fenced or closed", b.sl.txnID)
+		return nil, b.failf("slot %s was fenced or closed", b.sl.txnID)
+	}
+	return cl, nil
+}
+
+// Write produces recs asynchronously into the open transaction; produce
+// errors surface here on a later call, and at the latest in Prepare.
+func (b *branch) Write(ctx context.Context, recs []*twopc.Record) error {
+	cl, err := b.openClient("write")
+	if err != nil {
+		return err
 	}
 	if b.s.cfg.CreateTopics {
 		if err := b.s.ensureTopics(ctx, recs); err != nil {

@@ -83,21 +83,12 @@ func (s *Sink) ValidateOffsets(o *twopc.Offsets) error {
 // when kgo itself added no partition), which Commit, Abort and the handle
 // (TxnHandle.Group) take care of.
 func (b *branch) AddOffsets(ctx context.Context, o *twopc.Offsets) error {
-	if b.state != stateOpen {
-		return b.failf("offsets for a branch that is not open")
+	cl, err := b.openClient("offsets")
+	if err != nil {
+		return err
 	}
 	if b.group != "" {
 		return b.failf("offsets added twice")
-	}
-	if err := b.Expired(); err != nil {
-		return err
-	}
-	if err := b.firstErr(); err != nil {
-		return b.produceErr(err)
-	}
-	cl := b.s.client(b)
-	if cl == nil {
-		return b.failf("slot %s was fenced or closed", b.sl.txnID)
 	}
 	pid, epoch, err := cl.ProducerID(ctx)
 	if err != nil {
