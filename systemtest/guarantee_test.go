@@ -70,11 +70,22 @@ func TestAtLeastOnceKill9(t *testing.T) {
 		}
 		cmd := n.cmd
 		var killer *time.Timer
+		var progress func(int)
 		if round >= 1 && round <= randKill {
-			d := time.Duration(5+rng.IntN(150)) * time.Millisecond
-			killer = time.AfterFunc(d, func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
+			// Armed at a random record number within the first half of
+			// what is left, so the app cannot finish before it however
+			// fast the machine is, then fired after a random delay of up
+			// to 5 ms, so it lands inside a write, a flush or a journal
+			// entry as it happens.
+			target := pos + 1 + rng.IntN(max(1, (total-pos)/2))
+			delay := time.Duration(rng.IntN(5000)) * time.Microsecond
+			progress = func(at int) {
+				if killer == nil && at >= target {
+					killer = time.AfterFunc(delay, func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
+				}
+			}
 		}
-		done, err := runApp(c, job, s, pos, total, batch, perCP)
+		done, err := runApp(c, job, s, pos, total, batch, perCP, progress)
 		replayed += done
 		if killer != nil && !killer.Stop() && err == nil {
 			// The timer fired after the app finished: the data is durable;
@@ -139,8 +150,9 @@ func TestAtLeastOnceKill9(t *testing.T) {
 
 // runApp writes records [pos, total) in calls of batch, each value to both
 // sinks, with a checkpoint every perCP calls and at the end; the state is
-// the next number. It returns how many records it wrote and the first error.
-func runApp(c *client.Client, job string, s twopc.SessionInfo, pos, total, batch, perCP int) (int, error) {
+// the next number. progress (may be nil) gets the next number after each
+// write call. It returns how many records it wrote and the first error.
+func runApp(c *client.Client, job string, s twopc.SessionInfo, pos, total, batch, perCP int, progress func(int)) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cp, calls, start := s.Checkpoint, 0, pos
@@ -150,6 +162,9 @@ func runApp(c *client.Client, job string, s twopc.SessionInfo, pos, total, batch
 			return pos - start, fmt.Errorf("write %d..%d: %w", pos, end, err)
 		}
 		pos = end
+		if progress != nil {
+			progress(pos)
+		}
 		if calls++; calls%perCP == 0 || pos == total {
 			cp++
 			r, err := c.Checkpoint(ctx, job, "0", s.Epoch, cp, []byte(strconv.Itoa(pos)), "")
