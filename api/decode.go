@@ -109,10 +109,11 @@ func isJSONType(mt string) bool {
 
 // isRecordsType: not the form type, because `curl -d @file` strips the
 // newlines of a file and would merge NDJSON lines; the 415 says what to send.
+// BinaryRecordsType (binary.go) is the compact alternative to JSON.
 func isRecordsType(mt string) bool {
 	switch mt {
 	case "", "application/json", "application/x-ndjson", "application/ndjson",
-		"application/jsonl", "application/x-jsonlines", "application/jsonlines":
+		"application/jsonl", "application/x-jsonlines", "application/jsonlines", BinaryRecordsType:
 		return true
 	}
 	return false
@@ -155,6 +156,14 @@ func decodeJSONBody(w http.ResponseWriter, r *http.Request, limit int64, v any) 
 
 // errTooManyRecords is wrapped by decodeRecords when max is exceeded.
 var errTooManyRecords = errors.New("too many records")
+
+// decodeBody decodes a records body of media type mt (isRecordsType).
+func decodeBody(mt string, body []byte, max int) ([]*twopc.Record, error) {
+	if mt == BinaryRecordsType {
+		return decodeBinary(body, max)
+	}
+	return decodeRecords(body, max)
+}
 
 // decodeRecords decodes a records body: a JSON array of objects, or NDJSON
 // (one object a line, blank lines ignored). At most max records are

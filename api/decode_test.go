@@ -144,6 +144,34 @@ func BenchmarkDecodeNDJSON(b *testing.B) {
 	report()
 }
 
+// benchBinary is benchBody's records as a BinaryRecordsType body: the
+// same sink, topic, keys and values (the JSON strings' bytes).
+func benchBinary(b *testing.B) []byte {
+	recs := make([]*twopc.Record, 1000)
+	for i := range recs {
+		recs[i] = &twopc.Record{Sink: "events", Topic: "pv", KeyB64: fmt.Appendf(nil, "user-%06d", i),
+			ValueB64: fmt.Appendf(nil, "page=/articles/%06d&ref=search&t=1700000000", i)}
+	}
+	body, err := AppendBinaryRecords(nil, recs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return body
+}
+
+func BenchmarkDecodeBinary(b *testing.B) {
+	body := benchBinary(b)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	report := cpuMeter(b, 1000)
+	for b.Loop() {
+		if _, err := decodeBinary(body, DefaultMaxRecordsPerCall); err != nil {
+			b.Fatal(err)
+		}
+	}
+	report()
+}
+
 func BenchmarkDecodeArray(b *testing.B) {
 	body := benchBody(true)
 	b.SetBytes(int64(len(body)))

@@ -271,7 +271,8 @@ func (s *Server) deleteWriter(w http.ResponseWriter, r *http.Request) error {
 }
 
 // write is the hot path: read the body once into a pooled buffer, decode
-// every record into one slab, hand them to the service.
+// every record into one slab (NDJSON, a JSON array or BinaryRecordsType),
+// hand them to the service.
 func (s *Server) write(w http.ResponseWriter, r *http.Request) error {
 	job, writer, epoch, err := sessionCall(r)
 	if err != nil {
@@ -281,8 +282,10 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if mt := mediaType(r); !isRecordsType(mt) {
-		return unsupported(mt, "application/x-ndjson (one record a line) or application/json (an array of records); with curl: -H 'Content-Type: application/x-ndjson' --data-binary @file")
+	mt := mediaType(r)
+	if !isRecordsType(mt) {
+		return unsupported(mt, "application/x-ndjson (one record a line) or application/json (an array of records); with curl: -H 'Content-Type: application/x-ndjson' --data-binary @file; "+
+			"or "+BinaryRecordsType+" (binary Kafka records, see openapi.yaml)")
 	}
 	buf, err := readBody(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
@@ -293,7 +296,7 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request) error {
 		// Over the raw bytes: a retry repeats the body byte for byte.
 		sq = &twopc.Seq{N: *seq, Digest: maphash.Bytes(bodySeed, buf.Bytes())}
 	}
-	recs, err := decodeRecords(buf.Bytes(), s.cfg.MaxRecordsPerCall)
+	recs, err := decodeBody(mt, buf.Bytes(), s.cfg.MaxRecordsPerCall)
 	putBuf(buf)
 	if errors.Is(err, errTooManyRecords) {
 		return &apiErr{Status: http.StatusRequestEntityTooLarge, Code: CodeBodyTooLarge, Detail: err.Error()}

@@ -15,7 +15,7 @@
 //
 //   - A call that could not connect at all never reached a node, so it is
 //     sent to the next endpoint at once (each endpoint once per call).
-//   - A session call (Write, WriteNDJSON, Checkpoint) that got no answer
+//   - A session call (Write, WriteNDJSON, WriteBinary, Checkpoint) that got no answer
 //     after it was sent is not sent again anywhere: its outcome is unknown.
 //     It returns an error matching ErrReopen, and the next call goes to the
 //     next endpoint.
@@ -272,12 +272,32 @@ func (c *Client) Write(ctx context.Context, job, writer string, epoch uint64, se
 
 // WriteNDJSON sends a ready NDJSON body (one record a line): the fast path.
 func (c *Client) WriteNDJSON(ctx context.Context, job, writer string, epoch uint64, seq *int64, body []byte) (twopc.WriteResult, error) {
+	return c.writeBody(ctx, job, writer, epoch, seq, "application/x-ndjson", body)
+}
+
+// WriteBinary sends a ready binary body (api.BinaryRecordsType, built with
+// AppendBinaryRecords or by the app itself): Kafka records without JSON on
+// either side. A retry with seq must send the same bytes.
+func (c *Client) WriteBinary(ctx context.Context, job, writer string, epoch uint64, seq *int64, body []byte) (twopc.WriteResult, error) {
+	return c.writeBody(ctx, job, writer, epoch, seq, api.BinaryRecordsType, body)
+}
+
+// AppendBinaryRecords appends recs to dst as an api.BinaryRecordsType body
+// for WriteBinary. Kafka records only: Stmt/Args are an error, and so is a
+// Key or Value given as JSON other than a string (sent as its UTF-8 bytes,
+// as the sidecar treats a JSON string) or null; give bytes in
+// KeyB64/ValueB64. See api.AppendBinaryRecords.
+func AppendBinaryRecords(dst []byte, recs []*twopc.Record) ([]byte, error) {
+	return api.AppendBinaryRecords(dst, recs)
+}
+
+func (c *Client) writeBody(ctx context.Context, job, writer string, epoch uint64, seq *int64, ct string, body []byte) (twopc.WriteResult, error) {
 	q := url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}
 	if seq != nil {
 		q.Set("seq", strconv.FormatInt(*seq, 10))
 	}
 	var out twopc.WriteResult
-	err := c.do(ctx, session, http.MethodPost, writerPath(job, writer)+"/records", q, "application/x-ndjson", body, &out)
+	err := c.do(ctx, session, http.MethodPost, writerPath(job, writer)+"/records", q, ct, body, &out)
 	return out, err
 }
 

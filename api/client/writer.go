@@ -41,10 +41,11 @@ var DefaultRetry = Retry{Attempts: 8, Min: 50 * time.Millisecond, Max: 2 * time.
 
 // Job is a handle on one job for opening writers.
 type Job struct {
-	c     *Client
-	name  string
-	info  twopc.JobInfo
-	retry Retry
+	c      *Client
+	name   string
+	info   twopc.JobInfo
+	retry  Retry
+	binary bool
 }
 
 // UseJob creates or updates the job (PUT is idempotent) and returns a
@@ -66,6 +67,12 @@ func (c *Client) UseJobSpec(ctx context.Context, name string, req api.JobRequest
 
 // WithRetry sets how the job's writers retry 429 and 503 answers.
 func (j *Job) WithRetry(r Retry) *Job { j.retry = r; return j }
+
+// WithBinary makes the job's writers send their records as
+// api.BinaryRecordsType instead of NDJSON (the default): less CPU in the app
+// and in the sidecar, for Kafka records only (see AppendBinaryRecords; a
+// record it cannot encode fails the Write before anything is sent).
+func (j *Job) WithBinary(on bool) *Job { j.binary = on; return j }
 
 // Name is the job's name.
 func (j *Job) Name() string { return j.name }
@@ -134,12 +141,23 @@ func (w *Writer) Session() twopc.SessionInfo { return w.sess }
 // seq, so a retried call is acknowledged once (Duplicate when the first
 // attempt had landed).
 func (w *Writer) Write(ctx context.Context, recs ...*twopc.Record) (twopc.WriteResult, error) {
+	var body []byte
+	if w.job.binary {
+		var err error
+		if body, err = AppendBinaryRecords(nil, recs); err != nil {
+			return twopc.WriteResult{}, err
+		}
+	}
 	w.seq++
 	seq := w.seq
 	var out twopc.WriteResult
 	err := w.job.retry.do(ctx, func() error {
 		var err error
-		out, err = w.job.c.Write(ctx, w.job.name, w.name, w.sess.Epoch, &seq, recs)
+		if body != nil {
+			out, err = w.job.c.WriteBinary(ctx, w.job.name, w.name, w.sess.Epoch, &seq, body)
+		} else {
+			out, err = w.job.c.Write(ctx, w.job.name, w.name, w.sess.Epoch, &seq, recs)
+		}
 		return err
 	})
 	return out, err

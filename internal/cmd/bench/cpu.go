@@ -12,7 +12,8 @@ import (
 // Why: on a machine whose cores are all busy, records/s is at most
 // cores ÷ (CPU seconds per record, summed over every process on the path).
 // The direct path runs the app's producer and the broker; the sidecar path
-// adds the app's HTTP client and JSON encoding and the sidecar itself. So
+// adds the app's HTTP client and JSON (kafka-bin: binary) encoding and the
+// sidecar itself. So
 // when both rows saturate the machine, sidecar ÷ direct cannot exceed
 // direct total ÷ sidecar total, however fast the sidecar's own code: the
 // "CPU bound" column. A measured ratio near that bound means the row is
@@ -33,7 +34,7 @@ func printCPUBudget(w io.Writer, rs []*result) {
 	}
 	fmt.Fprintf(w, "\n## Where the CPU goes: µs of CPU per record, by process (%d CPUs)\n\n", runtime.NumCPU())
 	fmt.Fprintln(w, "- app = this program (direct: the franz-go producer or the SQL client; sidecar rows: the HTTP client "+
-		"and its JSON encoding); servers = the Kafka broker + mariadbd (when it runs here). CPU bound = direct total ÷ sidecar total: the highest sidecar ÷ direct possible when "+
+		"and its JSON encoding, or the binary one in the kafka-bin rows); servers = the Kafka broker + mariadbd (when it runs here). CPU bound = direct total ÷ sidecar total: the highest sidecar ÷ direct possible when "+
 		"both rows keep every core busy. Busy = CPU cores used ÷ CPUs.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| case | sidecar row µs/record: app / sidecar / servers = total | busy | direct row: app / servers = total | busy | CPU bound | measured sidecar ÷ direct |")

@@ -70,10 +70,13 @@ func TestCheckXA(t *testing.T) {
 func TestPlanNamesEveryGuarantee(t *testing.T) {
 	names := strings.Join(allCaseNames(), " ")
 	for _, n := range []string{"kafka-unix-eo-100ms", "kafka-unix-alo-1s", "mysql-sidecar-none", "ckpt-kafka-sidecar-eo-w1",
-		"ckpt-both-sidecar-alo-w1", "e2e-kafka-sidecar-none-50ms", "ckpt-kafka-direct-w1", "e2e-kafka-direct-50ms", "mysql-async"} {
+		"ckpt-both-sidecar-alo-w1", "e2e-kafka-sidecar-none-50ms", "ckpt-kafka-direct-w1", "e2e-kafka-direct-50ms", "mysql-async", "kafka-bin-eo-100ms", "kafka-bin-eo-1s"} {
 		if !strings.Contains(" "+names+" ", " "+n+" ") {
 			t.Errorf("no case %s in %s", n, names)
 		}
+	}
+	if strings.Contains(names, "kafka-bin-alo") || strings.Contains(names, "kafka-bin-none") {
+		t.Errorf("binary rows other than exactly_once in %s", names)
 	}
 	if _, err := parseGuarantees("eo,twice"); err == nil {
 		t.Error("parseGuarantees accepted twice")

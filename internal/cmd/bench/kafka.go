@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -22,7 +23,10 @@ import (
 // batch that ends interval or more after the last commit. Each case has a
 // topic of its own with one partition.
 //
-// g (unix rows only) is the job's delivery guarantee (guarantees.go).
+// g (unix and bin rows only) is the job's delivery guarantee
+// (guarantees.go). Path bin is unix with the binary records body
+// (api.BinaryRecordsType) built by the app without JSON: the row that shows
+// what JSON costs on either side, next to the NDJSON one.
 func kafkaCase(path, g string, interval time.Duration, writers int) *benchCase {
 	c := &benchCase{name: caseName("kafka", path, g, interval, writers), kind: "kafka", path: path,
 		guarantee: g, interval: interval, writers: writers}
@@ -38,7 +42,7 @@ func kafkaCase(path, g string, interval time.Duration, writers int) *benchCase {
 			})
 		default:
 			cl := e.tcp
-			if path == "unix" {
+			if path == "unix" || path == "bin" {
 				cl = e.unix
 			}
 			job := "bench-" + c.name
@@ -46,7 +50,7 @@ func kafkaCase(path, g string, interval time.Duration, writers int) *benchCase {
 				return 0, 0, err
 			}
 			return runWriters(ctx, c.name, writers, d, func(ctx context.Context, w int, end time.Time, n *atomic.Int64) (int64, error) {
-				return kafkaSidecarWriter(ctx, e, cl, job, topic, interval, w, end, n)
+				return kafkaSidecarWriter(ctx, e, cl, job, topic, interval, w, end, n, path == "bin")
 			})
 		}
 	}
@@ -107,30 +111,48 @@ func kafkaDirectWriter(ctx context.Context, e *env, topic string, interval time.
 	}
 }
 
-func kafkaSidecarWriter(ctx context.Context, e *env, cl *client.Client, job, topic string, interval time.Duration, w int, end time.Time, progress *atomic.Int64) (int64, error) {
+// kafkaSidecarWriter writes NDJSON, or with bin the binary body.
+func kafkaSidecarWriter(ctx context.Context, e *env, cl *client.Client, job, topic string, interval time.Duration, w int, end time.Time, progress *atomic.Int64, bin bool) (int64, error) {
 	writer := strconv.Itoa(w)
 	sess, err := cl.OpenSession(ctx, job, writer, nil)
 	if err != nil {
 		return 0, fmt.Errorf("open session: %w", err)
 	}
 	var body bytes.Buffer
+	var bbody, key []byte
 	var produced, committed, seq, n int64
 	last := time.Now()
 	for {
-		body.Reset()
-		for i := range batchSize {
-			body.WriteString(`{"sink":"events","topic":"`)
-			body.WriteString(topic)
-			body.WriteString(`","key":"`)
-			body.WriteString(writer)
-			body.WriteByte(':')
-			body.WriteString(strconv.FormatInt(produced+int64(i), 10))
-			body.WriteString(`","value":"`)
-			body.Write(valueAt(w, produced+int64(i)))
-			body.WriteString("\"}\n")
-		}
 		seq++
-		if _, err := cl.WriteNDJSON(ctx, job, writer, sess.Epoch, client.Seq(seq), body.Bytes()); err != nil {
+		if bin {
+			bbody = append(bbody[:0], "TXR1"...)
+			for i := range batchSize {
+				bbody = appendBinStr(bbody, "events")
+				bbody = appendBinStr(bbody, topic)
+				bbody = append(bbody, 0) // no partition
+				key = strconv.AppendInt(append(append(key[:0], writer...), ':'), produced+int64(i), 10)
+				bbody = append(binary.AppendUvarint(bbody, uint64(len(key))+1), key...)
+				v := valueAt(w, produced+int64(i))
+				bbody = append(binary.AppendUvarint(bbody, uint64(len(v))+1), v...)
+				bbody = append(bbody, 0) // no headers
+			}
+			_, err = cl.WriteBinary(ctx, job, writer, sess.Epoch, client.Seq(seq), bbody)
+		} else {
+			body.Reset()
+			for i := range batchSize {
+				body.WriteString(`{"sink":"events","topic":"`)
+				body.WriteString(topic)
+				body.WriteString(`","key":"`)
+				body.WriteString(writer)
+				body.WriteByte(':')
+				body.WriteString(strconv.FormatInt(produced+int64(i), 10))
+				body.WriteString(`","value":"`)
+				body.Write(valueAt(w, produced+int64(i)))
+				body.WriteString("\"}\n")
+			}
+			_, err = cl.WriteNDJSON(ctx, job, writer, sess.Epoch, client.Seq(seq), body.Bytes())
+		}
+		if err != nil {
 			return committed, errors.Join(fmt.Errorf("write: %w", err), e.sidecarAlive())
 		}
 		produced += batchSize
@@ -276,6 +298,11 @@ func verifyTopic(ctx context.Context, e *env, c *benchCase, topic string, record
 		return fmt.Errorf("%w: topic %s: %v", errMismatch, topic, problems)
 	}
 	return checkMarkers(ctx, e, c, topic, total)
+}
+
+// appendBinStr appends a length-prefixed string of the binary body.
+func appendBinStr(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
 }
 
 func parseKey(k []byte) (w int, n int64, ok bool) {

@@ -13,8 +13,10 @@
 //
 // Rows (select them with -cases, a regexp over the names; -h lists them):
 //
-//   - kafka-{direct,tcp,unix-<g>}-<interval>[-wN], mysql-{direct,sidecar-<g>,async}[-wN]:
-//     throughput, records/s, batches of 1,000 records.
+//   - kafka-{direct,tcp,unix-<g>,bin-eo}-<interval>[-wN], mysql-{direct,sidecar-<g>,async}[-wN]:
+//     throughput, records/s, batches of 1,000 records. kafka-bin-eo is
+//     kafka-unix-eo with the binary records body (application/vnd.txsink.records)
+//     instead of NDJSON, built by the app without JSON; exactly_once only.
 //   - ckpt-{kafka,both}-{direct,sidecar-<g>}-wN (N from -ckpt-writers, default
 //     1,4,16): small checkpoints (10 records a sink) in auto mode, each
 //     writer looping {write, checkpoint}; checkpoints/s, p50 and p99 of a
@@ -58,6 +60,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -212,7 +215,7 @@ func run() (int, error) {
 type benchCase struct {
 	name string
 	kind string // kafka | mysql
-	path string // direct | tcp | unix | sidecar | async
+	path string // direct | tcp | unix | bin (unix, binary body) | sidecar | async
 	// guarantee is the short tag of the sidecar job's delivery guarantee
 	// (eo, alo, none; guarantees.go), "" for the direct client and the
 	// rows that keep the default (tcp, async).
@@ -271,6 +274,9 @@ func plan(o options) []*benchCase {
 			cs = append(cs, kafkaCase("direct", "", iv, w), kafkaCase("tcp", "", iv, w))
 			for _, g := range o.guarantees {
 				cs = append(cs, kafkaCase("unix", g, iv, w))
+			}
+			if slices.Contains(o.guarantees, "eo") {
+				cs = append(cs, kafkaCase("bin", "eo", iv, w))
 			}
 		}
 	}

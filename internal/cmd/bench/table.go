@@ -47,6 +47,7 @@ func printTable(w io.Writer, o options, rs []*result) {
 			"direct":  "direct (franz-go txn producer)",
 			"tcp":     "sidecar, HTTP over TCP",
 			"unix":    "sidecar, HTTP over Unix socket",
+			"bin":     "sidecar, Unix socket, binary body",
 			"sidecar": "sidecar, HTTP over Unix socket (XA)",
 			"async":   "sidecar, Unix socket (XA), wait=prepared",
 		}[c.path]
