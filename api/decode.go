@@ -324,9 +324,16 @@ func decodeArrayJSON(body []byte, max int) ([]*twopc.Record, error) {
 	return pointers(slab), nil
 }
 
+// pointers returns the decoded records of a body. Every decoder ends here,
+// and each has checked the JSON of every key, value and arg it kept (the
+// fast path in skipValue, the fallback in encoding/json, which checks a
+// json.RawMessage with the scanner json.Valid uses; binary records have no
+// JSON fields), so the records are marked JSONChecked and the sinks do not
+// scan those values again.
 func pointers(slab []twopc.Record) []*twopc.Record {
 	recs := make([]*twopc.Record, len(slab))
 	for i := range slab {
+		slab[i].JSONChecked = true
 		recs[i] = &slab[i]
 	}
 	return recs

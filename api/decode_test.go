@@ -227,6 +227,18 @@ func FuzzFastDecoder(f *testing.F) {
 		if (err == nil) != (werr == nil) || (err == nil && !reflect.DeepEqual(got, want)) {
 			t.Fatalf("array %q: fast path got %v, %v; encoding/json %v, %v", arr, got, err, want, werr)
 		}
+		// What the decoders mark JSONChecked, the sinks no longer scan:
+		// it must be well-formed.
+		for _, r := range got {
+			if !r.JSONChecked {
+				t.Fatalf("array %q: a decoded record is not marked JSONChecked", arr)
+			}
+			for _, v := range append([]json.RawMessage{r.Key, r.Value}, r.Args...) {
+				if v != nil && !json.Valid(v) {
+					t.Fatalf("array %q: decoded %q, marked JSONChecked, is not valid JSON", arr, v)
+				}
+			}
+		}
 		if len(line) == 0 || line[0] != '{' || bytes.IndexByte(line, '\n') >= 0 {
 			return
 		}

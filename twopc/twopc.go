@@ -158,6 +158,13 @@ type Record struct {
 
 	Stmt string            `json:"stmt,omitempty"`
 	Args []json.RawMessage `json:"args,omitempty"`
+
+	// JSONChecked says that Key, Value and every Args element are
+	// well-formed JSON, checked by whoever made the record (the API's body
+	// decoders, which check every value they copy), so a sink need not
+	// scan them again. False means nothing is known: a sink checks. Never
+	// sent or journaled.
+	JSONChecked bool `json:"-"`
 }
 
 // BranchID names one branch: the transaction of one writer in one sink for

@@ -152,3 +152,24 @@ func BenchmarkCheckpoint(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkValidateObjectValue is Validate of a record whose value is a
+// JSON object (~100 bytes), as most JSON apps send them: unchecked (the
+// sink scans the value) and JSONChecked (the API's decoder scanned it, so
+// the sink does not), per record.
+func BenchmarkValidateObjectValue(b *testing.B) {
+	c := kafkatest.NewCluster(b, kfake.SeedTopics(1, "events"))
+	s := newSink(b, kafkatest.Addr(c))
+	value := []byte(`{"user":"u-12345","page":"/products/42?ref=home","at":"2026-12-03T08:00:00Z","n":42,"tags":["a","b"]}`)
+	for _, checked := range []bool{false, true} {
+		b.Run(fmt.Sprintf("checked=%v", checked), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				r := twopc.Record{Sink: "events", Key: []byte(`"u-12345"`), Value: value, JSONChecked: checked}
+				if err := s.Validate(&r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
