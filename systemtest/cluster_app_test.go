@@ -130,6 +130,19 @@ func (a *app) openLog() []openRec {
 	return slices.Clone(a.opens)
 }
 
+// firstOpenOn returns the app's first session open on n, failing the test
+// if there was none.
+func (a *app) firstOpenOn(n *cnode) openRec {
+	a.t.Helper()
+	for _, o := range a.openLog() {
+		if o.node == n.id {
+			return o
+		}
+	}
+	a.t.Fatalf("no session open of writer %s on %s recorded", a.writer, n.id)
+	return openRec{}
+}
+
 // value is the record of input number i.
 func (a *app) value(i int) string { return fmt.Sprintf("%s/%s/%06d", a.job, a.writer, i) }
 

@@ -138,16 +138,7 @@ func TestClusterKillOwnerAfterJournal(t *testing.T) {
 	t1 := time.Now()
 	a.moveTo(third)
 	progress(t, []*app{a}, 3, 20*time.Second, "after the move")
-	var first *openRec
-	for _, o := range a.openLog() {
-		if o.node == third.id {
-			first = &o
-			break
-		}
-	}
-	if first == nil {
-		t.Fatal("no session open on the third node recorded")
-	}
+	first := a.firstOpenOn(third)
 	t.Logf("writer reopened on %s %v after the move: checkpoint %d, position %d, epoch %d",
 		third.id, first.at.Sub(t1).Round(time.Millisecond), first.checkpoint, first.pos, first.epoch)
 	if first.checkpoint != wantCP || first.pos != wantPos {
@@ -189,16 +180,7 @@ func TestClusterAtLeastOnceKillOwner(t *testing.T) {
 	a.moveTo(third)
 	d := progress(t, []*app{a}, 5, 20*time.Second, "after the kill")
 	t.Logf("owner %s killed; the writer made 5 more checkpoints on %s within %v", owner.id, third.id, d.Round(time.Millisecond))
-	var reopened *openRec
-	for _, o := range a.openLog() {
-		if o.node == third.id {
-			reopened = &o
-			break
-		}
-	}
-	if reopened == nil {
-		t.Fatal("no session open on the third node recorded")
-	}
+	reopened := a.firstOpenOn(third)
 	t.Logf("reopened on %s: checkpoint %d, position %d, epoch %d", third.id, reopened.checkpoint, reopened.pos, reopened.epoch)
 
 	owner.launch(nil)
