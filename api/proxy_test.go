@@ -130,6 +130,35 @@ func TestProxyPassesSessionCallsToOwner(t *testing.T) {
 	c.wantKafka("a", "b", "c", "d", "e", "f")
 }
 
+// TestProxyPassesBinaryBody: a binary records body (BinaryRecordsType)
+// sent to a node that does not own the writer reaches the owner with its
+// Content-Type, and its records land once.
+func TestProxyPassesBinaryBody(t *testing.T) {
+	c := newCluster(t, []string{"n1", "n2"}, nil, nil)
+	n1, n2 := c.nodes["n1"], c.nodes["n2"]
+	must[twopc.JobInfo](t)(n1.c.PutJob(ctx(t), "j", twopc.ModeAuto, nil))
+	s := must[twopc.SessionInfo](t)(n1.c.OpenSession(ctx(t), "j", "w", nil))
+	body, err := client.AppendBinaryRecords(nil, []*twopc.Record{
+		{Sink: "events", KeyB64: []byte("k-a"), ValueB64: []byte("a")},
+		{Sink: "events", KeyB64: []byte("k-b"), ValueB64: []byte("b")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// n2 holds no session of j/w: a 200 can only come from n1, which
+	// decoded the body as binary (as NDJSON it would be a 400).
+	res := must[twopc.WriteResult](t)(n2.c.WriteBinary(ctx(t), "j", "w", s.Epoch, client.Seq(1), body))
+	if res.Accepted != 2 {
+		t.Fatalf("binary write via n2: %+v", res)
+	}
+	cp := must[twopc.CheckpointResult](t)(n2.c.Checkpoint(ctx(t), "j", "w", s.Epoch, 1, nil, ""))
+	if cp.Status != twopc.StatusCommitted {
+		t.Fatalf("checkpoint via n2: %+v", cp)
+	}
+	c.wantKafka("a", "b")
+	n2.waitProxied(t, api.ProxyAnswered, api.ProxyAnswered)
+}
+
 // TestProxyStreamsBodyUndecoded: the node that passes a call on neither
 // reads nor decodes its body. Checked three ways: n2 accepts at most 1 KiB
 // of body, yet a 8 KiB write through it succeeds; a malformed body through
