@@ -74,7 +74,10 @@ func (c *Coordinator) CheckpointWith(ctx context.Context, job, writer string, ep
 				ErrCheckpointOrder, n, job, writer)
 		}
 		r := *s.last
-		if cur, ok := c.m.CheckpointStatus(job, writer, n); ok {
+		if cur, ok := c.m.CheckpointStatus(job, writer, n); ok &&
+			(r.Status != StatusCommitted || cur.Status != StatusCommitting) {
+			// The journal's word, except "committing" after the answer
+			// said committed: the sinks did, and RESOLVED is on its way.
 			r = cur
 		}
 		if s.guarantee.Direct() {
@@ -213,16 +216,55 @@ func (c *Coordinator) CheckpointWith(ctx context.Context, job, writer string, ep
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			c.finish(context.WithoutCancel(ctx), fin)
+			c.finish(context.WithoutCancel(ctx), fin, nil)
 		}()
 		r := CheckpointResult{Checkpoint: n, Status: StatusCommitting, Branches: branchInfosOf(jbs, StatusCommitting)}
 		s.last = &r
 		return r, nil
 	}
-	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finish(ctx, fin) })
-	r := c.journaledStatus(job, writer, n, jbs, StatusCommitting)
+	// The answer comes once every sink has committed, not after the
+	// RESOLVED entry too: that entry only tells recovery there is nothing
+	// left to do, and costs a durable append the app need not wait for.
+	// Until it applies the branches' slots stay held (the next checkpoint
+	// takes another slot), and a crash before it re-commits, which the
+	// sinks answer as already done. Anything else (a failed or lost
+	// commit, data loss) is answered from the journal as before.
+	// A sink without a spare slot gets no early answer: the writer's next
+	// write would find every slot held and answer backpressure.
+	sinksDone := make(chan struct{})
+	var early <-chan struct{}
+	if c.spareSlots(job, writer, obs) {
+		early = sinksDone
+	}
+	c.finishWithin(cl.ctx, early, func(ctx context.Context) {
+		c.finish(ctx, fin, func() { close(sinksDone) })
+	})
+	var r CheckpointResult
+	select {
+	case <-sinksDone:
+		r = CheckpointResult{Checkpoint: n, Status: StatusCommitted, Branches: branchInfosOf(jbs, StatusCommitted)}
+	default:
+		r = c.journaledStatus(job, writer, n, jbs, StatusCommitting)
+	}
 	s.last = &r
 	return r, checkpointLoss(job, writer, r)
+}
+
+// spareSlots reports whether every sink of obs has a slot left for the
+// writer's next branch besides its unresolved ones.
+func (c *Coordinator) spareSlots(job, writer string, obs []*openBranch) bool {
+	used := map[string]int{}
+	for _, p := range c.m.Pending(job) {
+		if p.Writer == writer {
+			used[p.Branch.ID.Sink]++
+		}
+	}
+	for _, ob := range obs {
+		if used[ob.id.Sink] >= c.cfg.Sinks[ob.id.Sink].MaxInflight() {
+			return false
+		}
+	}
+	return true
 }
 
 // journaledStatus is checkpoint n's status in this node's copy of the
@@ -307,7 +349,7 @@ func (c *Coordinator) decide(ctx context.Context, job string, n int64, commit bo
 	// data_loss is no longer pending, so "nothing pending" afterwards would
 	// read as committed. The status comes from the journal instead.
 	scope := c.decidedCommits(job, inScope)
-	c.finishWithin(cl.ctx, func(ctx context.Context) { c.finishDecided(ctx, inScope) })
+	c.finishWithin(cl.ctx, nil, func(ctx context.Context) { c.finishDecided(ctx, inScope) })
 	// Writers other nodes own are finished there (or taken over by the
 	// leader): wait for the journal to say so, within the call's working
 	// time, and for this node's takeovers and finishes in progress. This

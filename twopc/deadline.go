@@ -106,14 +106,16 @@ func (cl *call) done() {
 }
 
 // finishWithin runs fn (finishing decided branches) in the background and
-// waits for it until ctx ends. The decision is durable already, so a commit
-// that takes longer than the call may is left running (and, should it fail,
-// to the recovery loop) and the caller answers committing.
+// waits for it until ctx ends, or until early (when not nil) is closed: fn
+// closes it once the sinks are done and only its journal entry is left. The
+// decision is durable already, so a commit that takes longer than the call
+// may is left running (and, should it fail, to the recovery loop) and the
+// caller answers committing.
 //
 // A panic in fn (a failpoint of the crash tests) surfaces in the caller
 // while it still waits, as if fn had run on its goroutine; afterwards it
 // panics the background goroutine.
-func (c *Coordinator) finishWithin(ctx context.Context, fn func(ctx context.Context)) {
+func (c *Coordinator) finishWithin(ctx context.Context, early <-chan struct{}, fn func(ctx context.Context)) {
 	var (
 		mu      sync.Mutex
 		waiting = true
@@ -138,6 +140,7 @@ func (c *Coordinator) finishWithin(ctx context.Context, fn func(ctx context.Cont
 	}()
 	select {
 	case <-done:
+	case <-early: // nil: never
 	case <-ctx.Done():
 	}
 	mu.Lock()

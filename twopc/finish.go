@@ -19,11 +19,19 @@ func (c *Coordinator) claim(ps []PendingBranch) []PendingBranch {
 // and journals their outcomes. Branches this process prepared are finished on
 // their own connection; others through the sink's Resolve with the handle.
 // A branch that fails stays unresolved for the recovery loop.
-func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
+//
+// committed, when not nil, runs once every branch of ps was committed by its
+// sink, before the RESOLVED entry is proposed: the checkpoint's records are
+// visible in every sink by then and its decision is durable, so an answer may
+// say committed without waiting for the entry (see DESIGN.md "Honest
+// answers"; until the entry applies the slots stay held, so nothing can reuse
+// them, and a crash before it re-commits, which every sink answers as done).
+func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch, committed func()) {
 	ctx, cancel := context.WithTimeout(ctx, finishTimeout)
 	defer cancel()
 	t0 := c.now()
 	byJob := map[string][]BranchOutcome{}
+	nCommitted := 0
 	for i, p := range ps {
 		if i == 1 {
 			c.failpoint("after-commit-first-sink")
@@ -84,6 +92,12 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch) {
 		}
 		byJob[p.Job] = append(byJob[p.Job], BranchOutcome{Writer: p.Writer, Checkpoint: p.Checkpoint, Sink: id.Sink,
 			Seq: id.Seq, Epoch: id.Epoch, Outcome: outcome})
+		if outcome == OutcomeCommitted {
+			nCommitted++
+		}
+	}
+	if committed != nil && nCommitted == len(ps) {
+		committed()
 	}
 	for job, outs := range byJob {
 		if _, err := c.propose(ctx, Command{Op: OpResolved, Job: job, Node: c.cfg.Node, Outcomes: outs}); err != nil {
@@ -110,6 +124,6 @@ func (c *Coordinator) finishDecided(ctx context.Context, match func(PendingBranc
 		}
 	}
 	if ps = c.claim(ps); len(ps) > 0 {
-		c.finish(ctx, ps)
+		c.finish(ctx, ps, nil)
 	}
 }

@@ -45,6 +45,23 @@ func (j *lateJournal) Propose(ctx context.Context, cmd []byte) (twopc.ApplyResul
 	return j.Journal.Propose(ctx, cmd)
 }
 
+// waitHeld waits (at most 10 s) until an entry was held back: one that a
+// background goroutine proposes after the call that caused it answered.
+func (j *lateJournal) waitHeld(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		j.mu.Lock()
+		held := j.held != nil
+		j.mu.Unlock()
+		if held {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no entry was held back within 10s")
+		}
+	}
+}
+
 func (j *lateJournal) apply(t *testing.T) {
 	t.Helper()
 	j.mu.Lock()
@@ -176,10 +193,12 @@ func TestResolveAfterLateResolvedIsNoDataLoss(t *testing.T) {
 	lj.mu.Lock()
 	lj.hold = true
 	lj.mu.Unlock()
-	// The commit succeeds; journaling RESOLVED has an unknown outcome.
-	if r := e.checkpoint("j", "w", s.Epoch, 1, "s1"); r.Status != twopc.StatusCommitting {
-		t.Fatalf("checkpoint: got %s, want committing (RESOLVED not applied yet)", r.Status)
+	// The commit succeeds, so the answer says committed without waiting
+	// for RESOLVED, whose journaling then has an unknown outcome.
+	if r := e.checkpoint("j", "w", s.Epoch, 1, "s1"); r.Status != twopc.StatusCommitted {
+		t.Fatalf("checkpoint: got %s, want committed (the sink committed; RESOLVED follows)", r.Status)
 	}
+	lj.waitHeld(t)
 	// The reopen finishes the decided branch again through Resolve.
 	s2 := e.open("j", "w", nil)
 	if s2.Status != twopc.StatusCommitted || len(s2.DataLoss) != 0 {
