@@ -84,6 +84,22 @@ func (e *env) start() {
 	e.c = c
 }
 
+// withJournal replaces e's coordinator with one over sinks a and b that
+// journals through j (a wrapper of e.j that delays or loses entries).
+func (e *env) withJournal(j twopc.Journal) {
+	e.t.Helper()
+	c, err := twopc.NewCoordinator(twopc.Config{
+		Node: "n1", Journal: j, Machine: e.j.Machine(),
+		Sinks:         map[string]twopc.Sink{"a": e.a, "b": e.b},
+		RetryInterval: 5 * time.Millisecond, Metrics: countMetrics{e},
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(c.Close)
+	e.c = c
+}
+
 // crashAt runs f and expects the failpoint to "kill" the process; then it
 // restarts from the journal with the same sinks (their servers survive).
 func (e *env) crashAt(point string, f func()) {

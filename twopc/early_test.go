@@ -41,15 +41,9 @@ func gatedEnv(t *testing.T, inflight int) (*env, *gateJournal) {
 	t.Helper()
 	e := newEnv(t, inflight)
 	gj := &gateJournal{Journal: e.j, open: make(chan struct{}), waiting: make(chan struct{}, 16)}
-	c, err := twopc.NewCoordinator(twopc.Config{
-		Node: "n1", Journal: gj, Machine: e.j.Machine(),
-		Sinks:         map[string]twopc.Sink{"a": e.a, "b": e.b},
-		RetryInterval: 5 * time.Millisecond, Metrics: countMetrics{e},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	e.withJournal(gj)
+	// Runs before the coordinator's Close (cleanups run last first), which
+	// waits for the finish that is held at the gate.
 	t.Cleanup(func() {
 		select {
 		case <-gj.open:
@@ -57,7 +51,6 @@ func gatedEnv(t *testing.T, inflight int) (*env, *gateJournal) {
 			close(gj.open)
 		}
 	})
-	e.c = c
 	return e, gj
 }
 

@@ -81,16 +81,7 @@ func lateEnv(t *testing.T) (*env, *lateJournal) {
 	t.Helper()
 	e := newEnv(t, 1)
 	lj := &lateJournal{Journal: e.j}
-	c, err := twopc.NewCoordinator(twopc.Config{
-		Node: "n1", Journal: lj, Machine: e.j.Machine(),
-		Sinks:         map[string]twopc.Sink{"a": e.a, "b": e.b},
-		RetryInterval: 5 * time.Millisecond, Metrics: countMetrics{e},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	e.c = c
+	e.withJournal(lj)
 	return e, lj
 }
 
