@@ -81,7 +81,7 @@ type Config struct {
 // Prometheus. Every method must be cheap and safe for concurrent use.
 type Metrics interface {
 	Records(job, sink string, n int, bytes int)
-	CheckpointDone(job, phase string, d time.Duration) // phase: prepare, journal, commit
+	CheckpointDone(job, phase string, d time.Duration) // phase: prepare, journal, commit (sinks), resolve (RESOLVED entry); flush
 	CommitRetry(sink string)
 	DataLoss(job, sink string)
 }

@@ -96,9 +96,15 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch, committed 
 			nCommitted++
 		}
 	}
+	// "commit" is the sinks' part, what an auto-mode checkpoint's answer
+	// waits for; "resolve" is the RESOLVED entry after it.
+	if len(ps) > 0 {
+		c.metrics.CheckpointDone(ps[0].Job, "commit", c.now().Sub(t0))
+	}
 	if committed != nil && nCommitted == len(ps) {
 		committed()
 	}
+	t1 := c.now()
 	for job, outs := range byJob {
 		if _, err := c.propose(ctx, Command{Op: OpResolved, Job: job, Node: c.cfg.Node, Outcomes: outs}); err != nil {
 			// The sinks are finished; the journal will learn it on a retry
@@ -109,8 +115,8 @@ func (c *Coordinator) finish(ctx context.Context, ps []PendingBranch, committed 
 	for _, p := range ps {
 		c.branches.forget(p.Branch.ID)
 	}
-	if len(ps) > 0 {
-		c.metrics.CheckpointDone(ps[0].Job, "commit", c.now().Sub(t0))
+	if len(byJob) > 0 {
+		c.metrics.CheckpointDone(ps[0].Job, "resolve", c.now().Sub(t1))
 	}
 }
 

@@ -310,6 +310,8 @@ func TestBinaryOperatorCommandsAndMetrics(t *testing.T) {
 		{"txsink_sink_errors_total", []string{"sink", "events", "op", "fence"}, eq(0), "0"},
 		{"txsink_journal_apply_seconds", nil, atLeast(4), ">= 4 (job, session, checkpoint, decision)"},
 		{"txsink_checkpoint_phase_seconds", []string{"job", "ext", "phase", "prepare"}, eq(1), "1"},
+		{"txsink_checkpoint_phase_seconds", []string{"job", "ext", "phase", "commit"}, eq(1), "1 (the sinks' commits)"},
+		{"txsink_checkpoint_phase_seconds", []string{"job", "ext", "phase", "resolve"}, eq(1), "1 (the RESOLVED entry)"},
 		{"txsink_raft_leader", nil, eq(1), "1"},
 		{"txsink_raft_leader_changes_total", nil, atLeast(1), ">= 1"},
 		{"txsink_raft_last_index", nil, atLeast(4), ">= 4"},

@@ -65,7 +65,7 @@ func newMetrics(m *twopc.Machine, node *raftlog.Node) *metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_record_bytes_total",
 			Help: "Key and value bytes of accepted records."}, []string{"job", "sink"}),
 		phase: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "txsink_checkpoint_phase_seconds",
-			Help:    "Duration of checkpoint phases: prepare (all sinks), journal (Raft entry), commit (all sinks); flush (all sinks) for at_least_once and none jobs.",
+			Help:    "Duration of checkpoint phases: prepare (all sinks), journal (Raft entry), commit (all sinks), resolve (the RESOLVED entry after the commits; an auto-mode checkpoint answers before it); flush (all sinks) for at_least_once and none jobs.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"job", "phase"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "txsink_commit_retries_total",
 			Help: "Commits or aborts of decided branches that failed and will be retried."}, []string{"sink"}),

@@ -159,13 +159,14 @@ func printLatencyTables(w io.Writer, o options, rs []*result) {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "- Sidecar mean ms: the write call and the checkpoint's phases as the sidecar measures them "+
 			"(txsink_http_request_duration_seconds of the records route, txsink_checkpoint_phase_seconds): "+
-			"prepare (all sinks), journal (the PREPARED+DECIDED entry), commit (all sinks, then the RESOLVED entry).")
+			"prepare (all sinks), journal (the PREPARED+DECIDED entry), commit (all sinks), resolve (the RESOLVED entry; "+
+			"a checkpoint whose sinks have a spare slot answers before it, so it is not in the loop's latency).")
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "- Guarantee: the sidecar job's (the price-of-exactly-once section below compares them). "+
 			"An at_least_once or none checkpoint has no prepare or commit: it flushes every sink (none: nothing to wait for), "+
-			"then journals state and committed in one entry, so its phases read write / flush / journal / —.")
+			"then journals state and committed in one entry, so its phases read write / flush / journal / — / —.")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| case | sinks | path | guarantee | writers | checkpoints | checkpoints/s | p50 | p99 | sidecar ÷ direct | fsyncs/ckpt | entries/ckpt | sidecar mean ms: write / prepare / journal / commit | CPU cores: app / sidecar / broker | sidecar peak RSS |")
+		fmt.Fprintln(w, "| case | sinks | path | guarantee | writers | checkpoints | checkpoints/s | p50 | p99 | sidecar ÷ direct | fsyncs/ckpt | entries/ckpt | sidecar mean ms: write / prepare / journal / commit / resolve | CPU cores: app / sidecar / broker | sidecar peak RSS |")
 		fmt.Fprintln(w, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, r := range ck {
 			c := r.c
@@ -188,11 +189,11 @@ func printLatencyTables(w io.Writer, o options, rs []*result) {
 					es = fmt.Sprintf("%.2f", j.entries/cps)
 					if dupsAllowed(c.guarantee) {
 						// A direct checkpoint: flush every sink, one journal entry, no commit phase.
-						phases = fmt.Sprintf("%.1f / flush %.1f / %.1f / —", msf(j.phaseMean("write")), msf(j.phaseMean("flush")),
+						phases = fmt.Sprintf("%.1f / flush %.1f / %.1f / — / —", msf(j.phaseMean("write")), msf(j.phaseMean("flush")),
 							msf(j.phaseMean("journal")))
 					} else {
-						phases = fmt.Sprintf("%.1f / %.1f / %.1f / %.1f", msf(j.phaseMean("write")), msf(j.phaseMean("prepare")),
-							msf(j.phaseMean("journal")), msf(j.phaseMean("commit")))
+						phases = fmt.Sprintf("%.1f / %.1f / %.1f / %.1f / %.1f", msf(j.phaseMean("write")), msf(j.phaseMean("prepare")),
+							msf(j.phaseMean("journal")), msf(j.phaseMean("commit")), msf(j.phaseMean("resolve")))
 					}
 				}
 			}
