@@ -199,7 +199,10 @@ func decodeLines(body []byte, max int) ([]*twopc.Record, error) {
 		if len(slab) == max {
 			return nil, fmt.Errorf("%w: more than %d records in one call", errTooManyRecords, max)
 		}
-		slab = append(slab, twopc.Record{})
+		// Within capacity (the line count bounds it) and still zero from
+		// make: reslicing skips append's typed zeroing of ~200 bytes,
+		// which costs write barriers while the GC runs.
+		slab = slab[:len(slab)+1]
 		r := &slab[len(slab)-1]
 		if d.record(line[start:], r) {
 			continue
@@ -254,7 +257,7 @@ func decodeArray(body []byte, max int) ([]*twopc.Record, error) {
 		if !ok {
 			return decodeArrayJSON(body, max)
 		}
-		slab = append(slab, twopc.Record{})
+		slab = slab[:len(slab)+1] // within capacity and zero, as in decodeLines
 		r := &slab[len(slab)-1]
 		if !d.record(body[i:end], r) {
 			*r = twopc.Record{}

@@ -56,7 +56,7 @@ func (d *fastDecoder) record(b []byte, r *twopc.Record) bool {
 		return skipSpace(b, i+1) == len(b)
 	}
 	for {
-		ks, ke, ok := plainString(b, i)
+		ks, ke, ok := fieldName(b, i)
 		if !ok {
 			return false
 		}
@@ -81,10 +81,10 @@ func (d *fastDecoder) record(b []byte, r *twopc.Record) bool {
 			r.Stmt, i, ok = d.name(b, i, &d.stmt)
 		case "key":
 			bit = fKey
-			r.Key, i, ok = d.raw(b, i)
+			r.Key, r.KeyPlain, i, ok = d.keyOrValue(b, i)
 		case "value":
 			bit = fValue
-			r.Value, i, ok = d.raw(b, i)
+			r.Value, r.ValuePlain, i, ok = d.keyOrValue(b, i)
 		case "key_b64":
 			bit = fKeyB64
 			r.KeyB64, i, ok = d.base64(b, i)
@@ -159,9 +159,34 @@ func plainString(b []byte, i int) (start, end int, ok bool) {
 	return 0, 0, false
 }
 
+// fieldName finds a record's key at b[i] ('"') like plainString, but only
+// as far as the longest field name: a key the fast path takes is spelled
+// exactly as one of them (ASCII, no escapes), so the bytes up to the first
+// quote either are one of them or send the record to encoding/json, and
+// need no scan for escapes or UTF-8.
+func fieldName(b []byte, i int) (start, end int, ok bool) {
+	const longest = len("value_b64")
+	if i >= len(b) || b[i] != '"' {
+		return 0, 0, false
+	}
+	// A loop, not bytes.IndexByte: for a handful of bytes its call costs
+	// more than the search.
+	for j, end := i+1, min(len(b), i+2+longest); j < end; j++ {
+		if b[j] == '"' {
+			return i + 1, j, true
+		}
+	}
+	return 0, 0, false
+}
+
 func (d *fastDecoder) name(b []byte, i int, last *string) (string, int, bool) {
 	if isNull(b, i) {
 		return "", i + 4, true
+	}
+	// The same name as the last record's (the common case) needs no scan:
+	// last came out of plainString, so the same bytes are as plain.
+	if l := len(*last); l > 0 && len(b)-i > l+1 && b[i] == '"' && b[i+1+l] == '"' && string(b[i+1:i+1+l]) == *last {
+		return *last, i + 2 + l, true
 	}
 	s, e, ok := plainString(b, i)
 	if !ok {
@@ -204,6 +229,20 @@ func (d *fastDecoder) raw(b []byte, i int) (json.RawMessage, int, bool) {
 		return nil, 0, false
 	}
 	return d.carve(b[i:e]), e, true
+}
+
+// keyOrValue copies a key or value like raw and reports whether it is a
+// plain string (Record.KeyPlain, ValuePlain): the Kafka sink then takes the
+// bytes between the quotes without scanning them a second time. The check
+// replaces raw's scan of the string, so it costs nothing extra.
+func (d *fastDecoder) keyOrValue(b []byte, i int) (json.RawMessage, bool, int, bool) {
+	if i < len(b) && b[i] == '"' {
+		if _, e, ok := plainString(b, i); ok {
+			return d.carve(b[i : e+1]), true, e + 1, true
+		}
+	}
+	v, e, ok := d.raw(b, i)
+	return v, false, e, ok
 }
 
 func (d *fastDecoder) base64(b []byte, i int) ([]byte, int, bool) {

@@ -165,6 +165,14 @@ type Record struct {
 	// scan them again. False means nothing is known: a sink checks. Never
 	// sent or journaled.
 	JSONChecked bool `json:"-"`
+	// KeyPlain (ValuePlain) says that Key (Value) is exactly a JSON string,
+	// quotes included and no space around, whose content is its own
+	// decoding: no escape, no control character, valid UTF-8. So the
+	// bytes between the quotes are the string, and a sink that wants them
+	// need not scan them again. Set only by the API's fast decoder, which
+	// checked it while copying the value; false means nothing is known.
+	// Never sent or journaled.
+	KeyPlain, ValuePlain bool `json:"-"`
 }
 
 // BranchID names one branch: the transaction of one writer in one sink for

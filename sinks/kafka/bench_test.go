@@ -153,19 +153,32 @@ func BenchmarkCheckpoint(b *testing.B) {
 	}
 }
 
-// BenchmarkValidateObjectValue is Validate of a record whose value is a
-// JSON object (~100 bytes), as most JSON apps send them: unchecked (the
-// sink scans the value) and JSONChecked (the API's decoder scanned it, so
-// the sink does not), per record.
-func BenchmarkValidateObjectValue(b *testing.B) {
+// BenchmarkValidateValue is Validate of one record, per record, for the two
+// common shapes of value: a JSON object (~100 bytes), as most JSON apps
+// send them, unchecked (the sink scans it) and JSONChecked (the API's
+// decoder scanned it, so the sink does not); and a 100-byte JSON string,
+// as `make bench` sends them, unmarked (the sink scans it for escapes) and
+// marked plain by the API's decoder (KeyPlain, ValuePlain: no scan).
+func BenchmarkValidateValue(b *testing.B) {
 	c := kafkatest.NewCluster(b, kfake.SeedTopics(1, "events"))
 	s := newSink(b, kafkatest.Addr(c))
-	value := []byte(`{"user":"u-12345","page":"/products/42?ref=home","at":"2026-12-03T08:00:00Z","n":42,"tags":["a","b"]}`)
-	for _, checked := range []bool{false, true} {
-		b.Run(fmt.Sprintf("checked=%v", checked), func(b *testing.B) {
+	object := []byte(`{"user":"u-12345","page":"/products/42?ref=home","at":"2026-12-03T08:00:00Z","n":42,"tags":["a","b"]}`)
+	str := []byte(fmt.Sprintf(`"%0100d"`, 42))
+	for _, tc := range []struct {
+		name           string
+		value          []byte
+		checked, plain bool
+	}{
+		{"object", object, false, false},
+		{"object/checked", object, true, false},
+		{"string", str, true, false},
+		{"string/plain", str, true, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				r := twopc.Record{Sink: "events", Key: []byte(`"u-12345"`), Value: value, JSONChecked: checked}
+				r := twopc.Record{Sink: "events", Key: []byte(`"u-12345"`), Value: tc.value, JSONChecked: tc.checked,
+					KeyPlain: tc.plain, ValuePlain: tc.plain}
 				if err := s.Validate(&r); err != nil {
 					b.Fatal(err)
 				}
