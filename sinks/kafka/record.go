@@ -77,8 +77,8 @@ func (s *Sink) topicAllowed(t string) bool {
 // about as much as the rest of Validate. plain (Record.KeyPlain,
 // ValuePlain) says raw is a quoted string that is its own decoding, also
 // checked by the API's decoder: the bytes between the quotes are taken
-// without a scan, which for the common 100-byte string value saves a
-// tenth of the sidecar's CPU per record in Validate.
+// without a scan (for a 100-byte string value Validate takes about 105
+// instead of 145 ns, BenchmarkValidateValue).
 func jsonBytes(raw json.RawMessage, checked, plain bool) ([]byte, error) {
 	if n := len(raw); plain && n >= 2 {
 		return raw[1 : n-1], nil
