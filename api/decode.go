@@ -177,11 +177,11 @@ func decodeRecords(body []byte, max int) ([]*twopc.Record, error) {
 }
 
 func decodeLines(body []byte, max int) ([]*twopc.Record, error) {
-	// One Record slab and one byte arena instead of allocations per record
-	// and field; the line count bounds the records.
+	// One Record slab and one copy of the body instead of allocations per
+	// record and field; the line count bounds the records.
 	n := bytes.Count(body, []byte{'\n'}) + 1
 	slab := make([]twopc.Record, 0, min(n, max+1))
-	d := fastDecoder{arena: make([]byte, 0, len(body))}
+	d, body := ownedDecoder(body)
 	for line, rest, ln := []byte(nil), body, 0; len(rest) > 0; {
 		ln++
 		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
@@ -241,7 +241,7 @@ func decodeLine(line []byte, r *twopc.Record) error {
 // problem (and its wording) to decodeArrayJSON.
 func decodeArray(body []byte, max int) ([]*twopc.Record, error) {
 	slab := make([]twopc.Record, 0, min(bytes.Count(body, []byte{'{'}), max+1))
-	d := fastDecoder{arena: make([]byte, 0, len(body))}
+	d, body := ownedDecoder(body)
 	i := skipSpace(body, skipSpace(body, 0)+1) // after '['
 	if i < len(body) && body[i] == ']' {
 		if skipSpace(body, i+1) != len(body) {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -10,9 +11,11 @@ import (
 )
 
 // fastDecoder decodes the common shape of a record line in one pass, with
-// no allocation per field: raw values and base64 bytes are carved out of one
-// arena (with capped capacity, so a sink appending to one cannot overwrite
-// the next), and sink, topic and statement names are interned.
+// no allocation per field: raw values alias the decoder's private copy of
+// the body (ownedDecoder) or are carved out of one arena, base64 bytes
+// always the latter (all with capped capacity, so a sink appending to one
+// cannot overwrite the next), and sink, topic and statement names are
+// interned.
 //
 // It accepts a subset of what encoding/json accepts and must produce exactly
 // what encoding/json produces for it: keys spelled exactly as the JSON tags,
@@ -21,8 +24,12 @@ import (
 // with encoding/json, which is the reference (FuzzFastDecoder checks both
 // agree).
 type fastDecoder struct {
-	arena []byte            // capacity bounds every copy: the body's length
-	names map[string]string // interned sink/topic/stmt/header names
+	// owned: the bytes being decoded are a private copy that the records
+	// may keep (ownedDecoder), so carve aliases them instead of copying.
+	owned     bool
+	arena     []byte            // capacity bounds every copy: the body's length
+	arenaSize int               // owned: the arena's capacity, allocated at the first base64 value
+	names     map[string]string // interned sink/topic/stmt/header names
 	// The last sink, topic and statement: records of a call mostly repeat
 	// them, and a comparison is cheaper than hashing for the map.
 	sink, topic, stmt string
@@ -212,8 +219,24 @@ func (d *fastDecoder) intern(b []byte) string {
 	return s
 }
 
-// carve copies b into the arena and returns the copy, capacity capped.
+// ownedDecoder returns a decoder for a JSON body and the private copy of
+// body it must decode: raw keys, values and args then alias the copy
+// instead of being copied one by one into an arena. The copy is one
+// allocation that the runtime need not zero (it is overwritten whole),
+// where the arena was zeroed and then filled value by value; the records
+// own it, while the caller's body buffer is pooled and reused after the
+// call.
+func ownedDecoder(body []byte) (fastDecoder, []byte) {
+	return fastDecoder{owned: true, arenaSize: len(body)}, bytes.Clone(body)
+}
+
+// carve returns b, a value of the body being decoded, as the records keep
+// it: b itself when the decoder owns the body, else a copy in the arena;
+// capacity capped either way.
 func (d *fastDecoder) carve(b []byte) []byte {
+	if d.owned {
+		return b[:len(b):len(b)]
+	}
 	n := len(d.arena)
 	if cap(d.arena)-n < len(b) { // cannot happen: copies never exceed the body
 		return append([]byte(nil), b...)
@@ -254,6 +277,9 @@ func (d *fastDecoder) base64(b []byte, i int) ([]byte, int, bool) {
 		return nil, 0, false
 	}
 	src := b[s:e]
+	if d.arena == nil && d.arenaSize > 0 {
+		d.arena = make([]byte, 0, d.arenaSize)
+	}
 	n := len(d.arena)
 	want := base64.StdEncoding.DecodedLen(len(src))
 	if cap(d.arena)-n < want {
